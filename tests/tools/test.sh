@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Test layers behind `make test` (and `make lint|sanity|unit|molecule`).
+# Each layer fails the run on any finding. The last line is "N passed, N failed".
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+. tests/tools/lib.sh
+export PATH="$root/.venv/bin:$root/.tools/bin:$PATH" ANSIBLE_CONFIG="$root/ansible.cfg"
+
+passed=0 failed=0 failures=()
+layer() { # name cmd...
+  local name=$1 start=$SECONDS; shift
+  say "=== $name"
+  if "$@"; then
+    passed=$((passed + 1)); say "=== $name: passed ($((SECONDS - start)) s)"
+  else
+    failed=$((failed + 1)); failures+=("$name"); say "=== $name: FAILED ($((SECONDS - start)) s)"
+  fi
+}
+
+lint() { ansible-lint --profile production --strict; }
+
+sanity() {
+  # ansible-test needs the collection under ansible_collections/<ns>/<name>: copy the tracked
+  # (and new, not ignored) files into a temporary tree and run there.
+  local tmp; tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' RETURN
+  local dest=$tmp/ansible_collections/llmops/onprem
+  mkdir -p "$dest"
+  git ls-files -z --cached --others --exclude-standard | xargs -0 -I{} cp --parents -P {} "$dest/" 2>/dev/null
+  (cd "$dest" && git init -q && git add -A && \
+   ansible-test sanity --python 3.12 --color no --requirements --venv-system-site-packages --venv 2>&1 | grep -v 'is ignored: it is neither')
+}
+
+unit() { python -m pytest -q tests/unit; }
+
+molecule_all() {
+  local image; image=$(tests/images/debian12-systemd/build.sh) || return 1
+  export LLMOPS_TEST_IMAGE=$image
+  eval "$(tests/tools/podman-env.sh)"
+  local s rc=0
+  for s in molecule/*/molecule.yml; do
+    s=$(basename "$(dirname "$s")")
+    layer "molecule $s" molecule test -s "$s" || rc=1
+  done
+  return $rc
+}
+
+what=${1:-all}
+case $what in
+  lint) layer lint lint ;;
+  sanity) layer sanity sanity ;;
+  unit) layer unit unit ;;
+  molecule) molecule_all ;;
+  all) layer lint lint; layer sanity sanity; layer unit unit; molecule_all ;;
+  *) die "unknown layer $what" ;;
+esac
+[ ${#failures[@]} -eq 0 ] || say "failed: ${failures[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
