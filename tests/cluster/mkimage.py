@@ -1,22 +1,21 @@
-#!/usr/bin/env python3
 """Build a single-layer container image from local files, with no engine and no registry.
 
 Outputs (at least one):
   --output ARCHIVE.tar   an image archive that `ctr -n k8s.io images import` (containerd),
-                         `docker load`, `podman load` and `skopeo copy oci-archive:...` accept:
+                         `podman load` and skopeo (oci-archive:/docker-archive:) accept:
                          an OCI image layout (oci-layout, index.json, blobs/) plus a
-                         docker-style manifest.json
+                         docker-style manifest.json (what `docker load` reads)
   --oci-layout DIR       a plain OCI image layout directory (e.g. for
                          `skopeo copy oci:DIR:localhost/busybox:1 docker://registry/...`);
                          several images may share one DIR: each is named by its full
                          reference in index.json (org.opencontainers.image.ref.name)
 
 Examples:
-  mkimage.py --tag localhost/busybox:1 --busybox /bin/busybox --output busybox.tar
-  mkimage.py --tag localhost/pause:3.4 --add ./pause:/pause:0755 --entrypoint '["/pause"]' \\
-             --output pause.tar --oci-layout ./layout
-  mkimage.py --tag localhost/web:1 --busybox /bin/busybox --add site/:/www \\
-             --cmd 'httpd -f -p 8080 -h /www' --env GREETING=hi --output web.tar
+  python3 mkimage.py --tag localhost/busybox:1 --busybox /bin/busybox --output busybox.tar
+  python3 mkimage.py --tag localhost/pause:3.4 --add ./pause:/pause:0755 --entrypoint '["/pause"]' \\
+                     --output pause.tar --oci-layout ./layout
+  python3 mkimage.py --tag localhost/web:1 --busybox /bin/busybox --add site/:/www \\
+                     --cmd 'httpd -f -p 8080 -h /www' --env GREETING=hi --output web.tar
 
 Standard library only; the output is reproducible (fixed mtimes, sorted entries).
 """
@@ -168,7 +167,7 @@ def build(a):
             raise SystemExit("--add %s: no such file or directory: %s" % (spec, src))
         layer.add_host_path(src, dest, mode)
     for spec in a.symlink:
-        target, _, link = spec.partition(":")
+        target, link = spec.partition(":")[::2]
         if not link:
             raise SystemExit("--symlink wants TARGET:LINK, got %r" % spec)
         layer.symlink(link, target)
@@ -275,7 +274,7 @@ def write_layout(d, blobs, entries):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
                                  epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tag", action="append", required=True,
@@ -309,13 +308,13 @@ def main(argv=None):
     entries = [index_entry(man_digest, man_size, ref, tag, a.arch) for ref, tag in refs]
     if a.output:
         docker_manifest = [{"Config": "blobs/sha256/" + cfg_digest.split(":", 1)[1],
-                            "RepoTags": [ref for ref, _ in refs],
+                            "RepoTags": [r[0] for r in refs],
                             "Layers": ["blobs/sha256/" + layer_digest.split(":", 1)[1]]}]
         write_archive(a.output, blobs, entries, docker_manifest)
     if a.oci_layout:
         write_layout(a.oci_layout, blobs, entries)
-    for ref, _ in refs:
-        print(ref, man_digest)
+    for r in refs:
+        print(r[0], man_digest)
     return 0
 
 

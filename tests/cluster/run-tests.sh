@@ -42,7 +42,7 @@ finish() {
   [ $left = 0 ] && echo "nothing left: no harness processes, no mounts under $W, no $K8S_BRIDGE, no KUBE-* chains, sysctls as before"
   rm -rf "$tmp"
   echo "== run-tests: $summary | up: $([ $up_ok = 1 ] && echo ok || echo FAILED) | down: $([ $down_rc = 0 ] && echo ok || echo FAILED) | leftovers: $([ $left = 0 ] && echo none || echo FOUND) | wall $(( $(date +%s) - t_start )) s"
-  if [ $up_ok = 1 ] && [ $pytest_rc = 0 ] && [ $down_rc = 0 ] && [ $left = 0 ]; then exit 0; fi
+  if [ $up_ok = 1 ] && [ "$pytest_rc" = 0 ] && [ $down_rc = 0 ] && [ $left = 0 ]; then exit 0; fi
   exit 1
 }
 trap finish EXIT
@@ -58,7 +58,7 @@ kc=$(tail -n 1 "$tmp/up.log" | sed -n 's/^KUBECONFIG=//p')
 up_ok=1
 export KUBECONFIG=$kc
 echo "== pytest tests/integration/cluster"
-cd "$REPO_ROOT"
+cd "$REPO_ROOT" || exit 1
 PYTHONDONTWRITEBYTECODE=1 "$PYTHON" -m pytest tests/integration/cluster -p no:cacheprovider -v "$@" 2>&1 | tee "$tmp/pytest.log"
 pytest_rc=${PIPESTATUS[0]}
 summary=$(grep -E '^=+ .*(passed|failed|error|no tests ran).* =+$' "$tmp/pytest.log" | tail -n 1 | sed 's/^=* //; s/ =*$//')

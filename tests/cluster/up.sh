@@ -33,13 +33,13 @@ if [ -f "$W/admin.kubeconfig" ] && all_alive && node_ready; then
   echo "KUBECONFIG=$W/admin.kubeconfig"
   exit 0
 fi
-if [ -d "$W/pids" ] && [ -n "$(ls -A "$W/pids" 2>/dev/null)" ]; then
-  log "a previous cluster is partly running or unhealthy: stopping it first"
-  "$CLUSTER_HERE/down.sh"
+if [ -n "$(ls -A "$W/pids" 2>/dev/null)" ] || [ -e "$W/sysctl.before" ] || ip link show "$K8S_BRIDGE" >/dev/null 2>&1; then
+  log "a previous cluster is partly running, unhealthy or was not stopped: stopping it first"
+  "$CLUSTER_HERE/down.sh" || die "down.sh could not clean up the previous cluster"
 fi
 
 ensure_debs etcd-server etcd-client containerd runc containernetworking-plugins busybox-static \
-  iptables conntrack openssl curl jq iproute2 gcc libc6-dev
+  iptables conntrack openssl curl jq iproute2
 BIN=$("$CLUSTER_HERE/build.sh" | sed -n 's/^K8S_BIN=//p')
 [ -x "$BIN/kube-apiserver" ] || die "build.sh gave no binaries"
 log "binaries: $BIN"

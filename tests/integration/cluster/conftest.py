@@ -106,7 +106,7 @@ class Kube:
     @staticmethod
     def run(cmd, check=True, **kw):
         """subprocess.run with text output; on failure the output is in the assertion message."""
-        p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+        p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False, **kw)
         if check:
             assert p.returncode == 0, "%s failed (rc %d):\n%s\n%s" % (cmd, p.returncode, p.stdout, p.stderr)
         return p
@@ -125,11 +125,16 @@ class Kube:
             return p if p.status.phase in ("Succeeded", "Failed") else None
         return wait_for("pod %s/%s to finish" % (namespace, name), done, timeout=timeout)
 
+    def pod_log(self, namespace, name):
+        """The pod's log as text (raw: some client versions parse a JSON log into a dict)."""
+        r = self.core.read_namespaced_pod_log(name, namespace, _preload_content=False)
+        return r.data.decode()
+
     def run_pod(self, namespace, name, command, timeout=120, **spec):
         """Run a busybox pod to completion and return its log; fail if it does not succeed."""
         self.core.create_namespaced_pod(namespace, self.busybox_pod(name, command, **spec))
         pod = self.wait_pod_done(namespace, name, timeout)
-        log = self.core.read_namespaced_pod_log(name, namespace)
+        log = self.pod_log(namespace, name)
         assert pod.status.phase == "Succeeded", "pod %s failed: %s\n%s" % (name, pod.status, log)
         return log
 
@@ -154,8 +159,9 @@ class Kube:
     def create_namespace(self):
         name = "t-" + uuid.uuid4().hex[:8]
         self.core.create_namespace(self.k8s.V1Namespace(metadata=self.k8s.V1ObjectMeta(name=name)))
-        wait_for("the default service account in %s" % name,
-                 lambda: self.core.read_namespaced_service_account("default", name), timeout=60)
+        # Kubernetes 1.20 puts the token in a Secret: pods are refused until it exists.
+        wait_for("the default service account's token in %s" % name,
+                 lambda: self.core.read_namespaced_service_account("default", name).secrets, timeout=60)
         return name
 
 

@@ -52,7 +52,7 @@ def test_fake_gpu_advertised_and_scheduled(kube, namespace, one_gpu):
     assert "ran-on-fake-gpu" in log
     assert kube.core.read_namespaced_pod("one-gpu", namespace).spec.node_name == "localhost"
 
-    # The kubelet's status updates (every 10 s) kept the extended resource.
+    # The kubelet's status syncs (every 2 s here) kept the extended resource all along.
     node = kube.core.read_node("localhost")
     assert node.status.allocatable["nvidia.com/gpu"] == "1"
 

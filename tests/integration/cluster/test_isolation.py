@@ -26,4 +26,3 @@ def test_components_listen_only_on_loopback_or_the_bridge(kube):
     # the ones that serve something were found (so the check above did look at them)
     assert {"etcd", "kube-apiserver", "kubelet", "kube-proxy"} <= set(seen), seen
     assert "127.0.0.1:6443" in seen["kube-apiserver"]
-

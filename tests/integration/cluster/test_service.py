@@ -57,8 +57,9 @@ def test_cluster_ip_routes_from_host_and_balances(kube, namespace):
 
 
 def test_cluster_ip_routes_from_a_pod(kube, namespace):
-    ip, _ = make_web(kube, namespace)
-    log = kube.run_pod(namespace, "client", ["sh", "-c",
-                       # busybox-static wget -T crashes; timeout(1) bounds it instead
-                       "for i in 1 2 3 4 5 6 7 8 9 10; do timeout 5 wget -q -O- http://%s/ && exit 0; sleep 1; done; exit 1" % ip])
+    ip = make_web(kube, namespace)[0]
+    # busybox-static's wget -T crashes; timeout(1) bounds each try instead
+    script = ("for i in 1 2 3 4 5 6 7 8 9 10; do timeout 5 wget -q -O- http://%s/ && exit 0; sleep 1; done; "
+              "exit 1" % ip)
+    log = kube.run_pod(namespace, "client", ["sh", "-c", script])
     assert log.startswith("svc-ok web-"), log

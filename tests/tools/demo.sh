@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `make demo`: create the lab (podman hosts from inventories/local) and run site.yml against it.
+# `make demo-down`: remove the lab. State on the controller (CA, passwords) stays in
+# inventories/local/.private until `make clean`.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+. tests/tools/lib.sh
+export PATH="$root/.venv/bin:$root/.tools/bin:$PATH" ANSIBLE_CONFIG="$root/ansible.cfg"
+inv=inventories/local
+case ${1:-up} in
+  up)
+    LLMOPS_TEST_IMAGE=$(tests/images/debian12-systemd/build.sh); export LLMOPS_TEST_IMAGE
+    eval "$(tests/tools/podman-env.sh)"
+    say "lab: podman hosts for $inv"
+    ansible-playbook -i "$inv" tests/lab/lab.yml
+    say "site: ansible-playbook -i $inv playbooks/site.yml"
+    ansible-playbook -i "$inv" playbooks/site.yml
+    ;;
+  down)
+    [ -x .venv/bin/ansible-playbook ] || exit 0
+    LLMOPS_TEST_IMAGE=unused; export LLMOPS_TEST_IMAGE
+    eval "$(tests/tools/podman-env.sh)"
+    ansible-playbook -i "$inv" tests/lab/lab.yml -e lab_state=absent
+    ;;
+  *) die "usage: demo.sh up|down" ;;
+esac
