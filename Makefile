@@ -5,7 +5,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/.tools/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help setup demo demo-down test lint sanity unit molecule cluster-test build clean
+.PHONY: help setup demo demo-down test lint sanity unit molecule cluster docs build clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ unit: setup ## pytest tests/unit
 
 molecule: setup ## every molecule scenario (converge, idempotence, verify, destroy)
 	@tests/tools/test.sh molecule
+
+docs: setup ## regenerate docs/roles/*.md from the roles' argument specs
+	@python tests/tools/role_docs.py
 
 build: setup ## build the collection tarball
 	@ansible-galaxy collection build --force --output-path .cache/dist .

@@ -153,6 +153,9 @@ if awk -v d="$W" 'index($2, d) == 1' /proc/self/mounts | grep -q .; then
   echo "LEFT: mounts under $W:" >&2; awk -v d="$W" 'index($2, d) == 1 {print "  " $2}' /proc/self/mounts >&2; fail=1
 fi
 if ip link show "$K8S_BRIDGE" >/dev/null 2>&1; then echo "LEFT: bridge $K8S_BRIDGE" >&2; fail=1; fi
+for ns in "${netns[@]}"; do
+  if [ -e "$ns" ]; then echo "LEFT: pod network namespace $ns" >&2; fail=1; fi
+done
 for t in filter nat mangle; do
   if iptables -w -t "$t" -S 2>/dev/null | grep -qE -- "-N (KUBE-|$K8S_GUARD_CHAIN)"; then
     echo "LEFT: iptables chains in $t" >&2; fail=1

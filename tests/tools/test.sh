@@ -5,7 +5,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 . tests/tools/lib.sh
-export PATH="$root/.venv/bin:$root/.tools/bin:$PATH" ANSIBLE_CONFIG="$root/ansible.cfg"
+export PATH="$root/.venv/bin:$root/.tools/bin:$PATH" ANSIBLE_CONFIG="$root/ansible.cfg" NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
 
 passed=0 failed=0 failures=()
 layer() { # name cmd...

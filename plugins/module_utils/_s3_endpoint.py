@@ -1,0 +1,256 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops.onprem contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to llmops.onprem; may change without notice.
+
+A small S3 client for site checks and bucket creation: standard library only (http.client,
+ssl), SigV4 from _sigv4, TLS verified against one CA bundle (never the system store when a
+bundle is given), path-style addressing, no proxies, no redirects. Errors are one type,
+OnpremError, whose ``kind`` tells an unreachable endpoint from a TLS failure from a refusal.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import re
+import socket
+import ssl
+import time
+from urllib.parse import urlsplit
+from xml.etree import ElementTree
+
+from ansible_collections.llmops.onprem.plugins.module_utils import _sigv4
+
+# Transient HTTP statuses worth a retry for idempotent requests.
+_TRANSIENT = (429, 500, 502, 503, 504)
+
+# S3 bucket naming rules (general purpose buckets).
+_BUCKET_CHARS = re.compile(r"^[a-z0-9.-]+$")
+_IPV4_SHAPED = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+class OnpremError(Exception):
+    """The one error type of the S3 and MinIO helpers.
+
+    kind: ``unreachable`` (no TCP connection), ``tls`` (handshake or verification failed),
+    ``http`` (the server answered with an error status), ``protocol`` (an unexpected answer),
+    ``input`` (bad parameters, nothing was sent).
+    """
+
+    def __init__(self, message, kind="http", status=None, code=None):
+        super(OnpremError, self).__init__(message)
+        self.kind = kind
+        self.status = status
+        self.code = code
+
+    @property
+    def details(self):
+        return dict(error_kind=self.kind, http_status=self.status, error_code=self.code)
+
+
+def bucket_name_problems(name):
+    """Reasons why S3 rejects ``name`` as a bucket name; an empty list when it is valid."""
+    name = "" if name is None else str(name)
+    out = []
+    if not 3 <= len(name) <= 63:
+        out.append("must be 3 to 63 characters long (has %d)" % len(name))
+    if not _BUCKET_CHARS.match(name or "-"):
+        out.append("may contain only lowercase letters, digits, '.' and '-'")
+    if name and not (name[0].isalnum() and name[-1].isalnum()):
+        out.append("must begin and end with a letter or digit")
+    if ".." in name:
+        out.append("must not contain two adjacent periods")
+    if _IPV4_SHAPED.match(name):
+        out.append("must not be formatted as an IP address")
+    for prefix in _RESERVED_PREFIXES:
+        if name.startswith(prefix):
+            out.append("must not start with the reserved prefix '%s'" % prefix)
+    for suffix in _RESERVED_SUFFIXES:
+        if name.endswith(suffix):
+            out.append("must not end with the reserved suffix '%s'" % suffix)
+    return out
+
+
+def _error_from_body(body):
+    """(code, message) from an S3 XML or MinIO admin JSON error body."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+    code = message = None
+    try:
+        root = ElementTree.fromstring(text)
+        code, message = root.findtext("Code"), root.findtext("Message")
+    except ElementTree.ParseError:
+        match = re.search(r'"Code"\s*:\s*"([^"]*)"', text)
+        code = match.group(1) if match else None
+        match = re.search(r'"Message"\s*:\s*"([^"]*)"', text)
+        message = match.group(1) if match else None
+    return code, message
+
+
+class Endpoint(object):
+    """One S3-compatible endpoint and one credential."""
+
+    def __init__(self, url, access_key="", secret_key="", region="us-east-1", ca_path=None,
+                 timeout=10, retries=2, clock=None, sleep=None):
+        parts = urlsplit(url or "")
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise OnpremError("endpoint URL %r must look like https://host:port" % (url,), kind="input")
+        if parts.path not in ("", "/") or parts.query:
+            raise OnpremError("endpoint URL %r must not have a path or query (path-style buckets are added)" % (url,),
+                              kind="input")
+        self.url = url.rstrip("/")
+        self.scheme = parts.scheme
+        self.hostname = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.host_header = parts.netloc
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.region = region
+        self.ca_path = ca_path
+        self.timeout = timeout
+        self.retries = retries
+        self._clock = clock
+        self._sleep = sleep or time.sleep
+
+    def with_credential(self, access_key, secret_key):
+        """The same endpoint, another credential."""
+        return Endpoint(self.url, access_key, secret_key, self.region, self.ca_path, self.timeout,
+                        self.retries, self._clock, self._sleep)
+
+    # --- transport -------------------------------------------------------------------------
+    def _ssl_context(self):
+        if self.ca_path:
+            return ssl.create_default_context(cafile=self.ca_path)
+        return ssl.create_default_context()
+
+    def _connection(self):
+        if self.scheme == "https":
+            return http.client.HTTPSConnection(self.hostname, self.port, timeout=self.timeout,
+                                               context=self._ssl_context())
+        return http.client.HTTPConnection(self.hostname, self.port, timeout=self.timeout)
+
+    def build(self, method, path, query=None, body=b"", headers=None, region=None):
+        """The signed request (no I/O)."""
+        now = self._clock() if self._clock else None
+        return _sigv4.sign(method, self.host_header, path, query=query, headers=headers, body=body,
+                           access_key=self.access_key, secret_key=self.secret_key,
+                           region=self.region if region is None else region, now=now)
+
+    def send(self, request):
+        """Send a SignedRequest once. Returns (status, headers, body); raises OnpremError for
+        transport failures (never for HTTP error statuses)."""
+        conn = self._connection()
+        try:
+            conn.request(request.method, request.target, body=request.body or None, headers=request.headers)
+            resp = conn.getresponse()
+            return resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), resp.read()
+        except ssl.SSLCertVerificationError as e:
+            raise OnpremError("TLS verification of %s failed: %s" % (self.url, e.verify_message or e), kind="tls")
+        except ssl.SSLError as e:
+            raise OnpremError("TLS handshake with %s failed: %s" % (self.url, e), kind="tls")
+        except (socket.timeout, TimeoutError) as e:
+            raise OnpremError("%s did not answer within %s s: %s" % (self.url, self.timeout, e), kind="unreachable")
+        except (OSError, http.client.HTTPException) as e:
+            if isinstance(e, http.client.RemoteDisconnected) and self.scheme == "https":
+                raise OnpremError("TLS connection to %s was closed: %s" % (self.url, e), kind="tls")
+            raise OnpremError("cannot connect to %s: %s" % (self.url, e), kind="unreachable")
+        finally:
+            conn.close()
+
+    def call(self, method, path, query=None, body=b"", headers=None, ok=(200,), retry=None, region=None):
+        """Sign and send; retry transient failures of idempotent requests with jittered backoff.
+        Returns (status, headers, body) for statuses in ``ok``; raises OnpremError otherwise."""
+        retry = method.upper() in ("GET", "HEAD") if retry is None else retry
+        attempts = 1 + (self.retries if retry else 0)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                status, headers_out, data = self.send(self.build(method, path, query, body, headers, region))
+            except OnpremError as e:
+                # A refused connection is an answer, not a hiccup: only timeouts are retried.
+                if last or e.kind != "unreachable" or "refused" in str(e).lower():
+                    raise
+                self._sleep(min(8.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.5))
+                continue
+            if status in ok:
+                return status, headers_out, data
+            if status in _TRANSIENT and not last:
+                self._sleep(min(8.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.5))
+                continue
+            code, message = _error_from_body(data)
+            raise OnpremError("%s %s answered HTTP %s%s%s" % (
+                method.upper(), path, status, (" " + code) if code else "", (": " + message) if message else ""),
+                kind="http", status=status, code=code or str(status))
+        raise OnpremError("unreachable: no attempt made", kind="protocol")  # pragma: no cover
+
+    # --- S3 operations ---------------------------------------------------------------------
+    def list_buckets(self):
+        """Names of the buckets this credential sees (a signed GET /: proves the credential)."""
+        _status, _headers, data = self.call("GET", "/")
+        try:
+            root = ElementTree.fromstring(data)
+        except ElementTree.ParseError as e:
+            raise OnpremError("GET / on %s did not return an S3 bucket list: %s" % (self.url, e), kind="protocol")
+        return sorted(el.text for el in root.iter() if el.tag.split("}")[-1] == "Name" and el.text)
+
+    def authenticates(self):
+        """True when the endpoint accepts this credential's signature (a signed GET /).
+
+        A credential that may not list all buckets (AccessDenied) still authenticates; an
+        unknown access key or a wrong secret raises OnpremError with its S3 error code."""
+        try:
+            self.call("GET", "/")
+        except OnpremError as e:
+            if e.code != "AccessDenied":
+                raise
+        return True
+
+    def bucket_state(self, bucket):
+        """``present``, ``missing`` or ``denied`` (exists, but this credential may not use it),
+        from a signed GetBucketLocation, which unlike HEAD returns an error code."""
+        try:
+            self.call("GET", "/" + bucket, query={"location": ""})
+            return "present"
+        except OnpremError as e:
+            if e.code == "NoSuchBucket" or (e.status == 404 and e.code in (None, "404")):
+                return "missing"
+            if e.code == "AccessDenied":
+                return "denied"
+            raise
+
+    def create_bucket_request(self, bucket):
+        """The signed CreateBucket request (a location constraint outside us-east-1)."""
+        body = b""
+        if self.region and self.region != "us-east-1":
+            body = ('<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                    "<LocationConstraint>%s</LocationConstraint></CreateBucketConfiguration>" % self.region).encode()
+        return "PUT", "/" + bucket, body
+
+    def create_bucket(self, bucket):
+        """Create a bucket; one that this credential already owns counts as created."""
+        method, path, body = self.create_bucket_request(bucket)
+        try:
+            self.call(method, path, body=body, retry=False)
+        except OnpremError as e:
+            if e.code != "BucketAlreadyOwnedByYou":
+                raise
+
+
+def endpoint_argument_spec():
+    """Argument spec of the llmops.onprem.s3_endpoint doc fragment."""
+    return dict(
+        endpoint_url=dict(type="str", required=True),
+        access_key=dict(type="str", required=True, no_log=False),
+        secret_key=dict(type="str", required=True, no_log=True),
+        region=dict(type="str", default="us-east-1"),
+        ca_path=dict(type="path"),
+        timeout=dict(type="int", default=10),
+    )
+
+
+def endpoint_from_params(params):
+    """An Endpoint from module parameters (raises OnpremError for a malformed URL)."""
+    return Endpoint(params["endpoint_url"], params["access_key"], params["secret_key"], params["region"],
+                    params.get("ca_path"), params["timeout"])
