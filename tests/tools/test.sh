@@ -62,13 +62,18 @@ molecule_all() {
   return $rc
 }
 
+# The Kubernetes 1.20 harness: build (cached), up, pytest tests/integration/cluster, down, and
+# a check that nothing is left running (tests/cluster/run-tests.sh).
+cluster() { tests/cluster/run-tests.sh; }
+
 what=${1:-all}
 case $what in
   lint) layer lint lint ;;
   sanity) layer sanity sanity ;;
   unit) layer unit unit ;;
   molecule) molecule_all ;;
-  all) layer lint lint; layer sanity sanity; layer unit unit; molecule_all ;;
+  cluster) layer cluster cluster ;;
+  all) layer lint lint; layer sanity sanity; layer unit unit; molecule_all; layer cluster cluster ;;
   *) die "unknown layer $what" ;;
 esac
 [ ${#failures[@]} -eq 0 ] || say "failed: ${failures[*]}"

@@ -1,0 +1,86 @@
+"""llmops.onprem.cluster_secrets puts generated credentials into the cluster as Secrets:
+check mode predicts and creates nothing, a real run creates the Secret with the controller's
+password, a re-run changes nothing, and no run prints the password, even at -vvv."""
+import base64
+import json
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+PLAYBOOK = Path(__file__).parent / "playbooks" / "cluster_secrets.yml"
+
+
+@pytest.fixture
+def site(tmp_path, kube):
+    """An inventory like the redis stage leaves behind: a host with redis_connection, and the
+    password file in the inventory's .private directory (0600)."""
+    password = secrets.token_urlsafe(36)
+    private = tmp_path / "inventory" / ".private" / "redis"
+    private.mkdir(parents=True, mode=0o700)
+    pw_file = private / "password"
+    pw_file.write_text(password)
+    pw_file.chmod(0o600)
+    ns = "t-secrets-" + secrets.token_hex(3)
+    connection = {"host": "10.89.0.2", "port": 6379, "tls": True, "password_file": str(pw_file),
+                  "k8s_secret": {"name": "llmops-redis-auth", "key": "auth-token"}}
+    inventory = tmp_path / "inventory" / "hosts.yml"
+    inventory.write_text(json.dumps({"all": {
+        "hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": kube.PYTHON},
+                  "redis-host": {"redis_connection": connection}},
+        "children": {"redis": {"hosts": {"redis-host": {}}}},
+        "vars": {"llmops_kubeconfig": kube.kubeconfig, "cluster_secrets_namespace": ns}}}))
+    yield {"inventory": inventory, "password": password, "namespace": ns}
+    kube.delete_namespace(ns)
+
+
+def play(kube, site, *args, expect_rc=0):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+               ANSIBLE_COLLECTIONS_PATH=str(kube.REPO / ".cache" / "collections"))
+    p = kube.run([Path(kube.PYTHON).parent / "ansible-playbook", "-i", site["inventory"], *args, PLAYBOOK],
+                 check=False, env=env)
+    out = p.stdout + p.stderr
+    assert p.returncode == expect_rc, out[-6000:]
+    assert site["password"] not in out, "the Redis password appears in the output"
+    assert base64.b64encode(site["password"].encode()).decode() not in out, "the encoded password appears in the output"
+    recap = [line for line in p.stdout.splitlines() if line.startswith("localhost ") and "changed=" in line]
+    return out, int(recap[-1].split("changed=")[1].split()[0]) if recap else None
+
+
+def secret_value(kube, ns):
+    try:
+        s = kube.core.read_namespaced_secret("llmops-redis-auth", ns)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return base64.b64decode(s.data["auth-token"]).decode()
+
+
+def test_check_mode_then_create_then_no_change(kube, site):
+    ns = site["namespace"]
+    out, changed = play(kube, site, "--check", "--diff", "-vvv")
+    assert changed == 2, out[-3000:]  # namespace and Secret would be created
+    with pytest.raises(ApiException) as e:
+        kube.core.read_namespace(ns)
+    assert e.value.status == 404, "check mode created the namespace"
+
+    out, changed = play(kube, site, "--diff", "-vvv")
+    assert changed == 2, out[-3000:]
+    assert secret_value(kube, ns) == site["password"]
+    assert '"gpus": ' in out and '"localhost"' in out  # cluster_secrets_connection lists the node
+
+    out, changed = play(kube, site, "--diff", "-vvv")
+    assert changed == 0, out[-3000:]
+
+    out, changed = play(kube, site, "--check", "--diff")
+    assert changed == 0, out[-3000:]
+
+
+def test_missing_kubeconfig_is_named_and_nothing_is_created(kube, site):
+    out, _ = play(kube, site, "-e", "llmops_kubeconfig=/nonexistent/admin.kubeconfig", expect_rc=2)
+    assert "cluster_secrets: no kubeconfig at /nonexistent/admin.kubeconfig; set llmops_kubeconfig" in out
+    with pytest.raises(ApiException):
+        kube.core.read_namespace(site["namespace"])
