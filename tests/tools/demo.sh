@@ -17,6 +17,9 @@ case ${1:-up} in
     say "lab: Kubernetes (tests/cluster: built once from Debian's source package, then cached)"
     tests/cluster/build.sh
     tests/cluster/up.sh
+    # The lab has no GPU: advertise one fake nvidia.com/gpu and GPU feature-discovery labels so
+    # GPU requests, selectors and "Insufficient nvidia.com/gpu" behave as on a GPU node.
+    tests/cluster/fake-gpu.sh 1
     say "site: ansible-playbook -i $inv playbooks/site.yml"
     ansible-playbook -i "$inv" playbooks/site.yml
     ;;
