@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import secrets
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -26,13 +27,33 @@ def site(tmp_path, kube):
     ns = "t-secrets-" + secrets.token_hex(3)
     connection = {"host": "10.89.0.2", "port": 6379, "tls": True, "password_file": str(pw_file),
                   "k8s_secret": {"name": "llmops-redis-auth", "key": "auth-token"}}
+    # The registry stage leaves a .dockerconfigjson for its pull-only user; postgres a password
+    # (with characters a URL must encode) and a DATABASE_URL template.
+    pull = tmp_path / "inventory" / ".private" / "registry" / "pull-secret.json"
+    pull.parent.mkdir(mode=0o700)
+    pull_auth = base64.b64encode(("llmops-pull:" + secrets.token_urlsafe(30)).encode()).decode()
+    pull.write_text(json.dumps({"auths": {"10.89.0.2:5000": {"auth": pull_auth}}}))
+    pull.chmod(0o600)
+    pg_password = secrets.token_urlsafe(30) + "@/:%"
+    pg_file = tmp_path / "inventory" / ".private" / "postgres-password"
+    pg_file.write_text(pg_password)
+    pg_file.chmod(0o600)
+    registry_connection = {"k8s_pull_secret": {"name": "llmops-registry-pull", "file": str(pull)}}
+    postgres_connection = {
+        "password_file": str(pg_file),
+        "database_url_template": "postgresql://llm_engine:{password}@10.89.0.2:5432/llm_engine?sslmode=verify-full",
+        "k8s_secret": {"name": "llm-engine-postgres-credentials", "key": "database_url"}}
     inventory = tmp_path / "inventory" / "hosts.yml"
     inventory.write_text(json.dumps({"all": {
         "hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": kube.PYTHON},
-                  "redis-host": {"redis_connection": connection}},
-        "children": {"redis": {"hosts": {"redis-host": {}}}},
+                  "redis-host": {"redis_connection": connection},
+                  "registry-host": {"registry_connection": registry_connection},
+                  "postgres-host": {"postgres_connection": postgres_connection}},
+        "children": {"redis": {"hosts": {"redis-host": {}}}, "registry": {"hosts": {"registry-host": {}}},
+                     "postgres": {"hosts": {"postgres-host": {}}}},
         "vars": {"llmops_kubeconfig": kube.kubeconfig, "cluster_secrets_namespace": ns}}}))
-    yield {"inventory": inventory, "password": password, "namespace": ns}
+    yield {"inventory": inventory, "password": password, "namespace": ns, "pull": pull.read_text(),
+           "pull_auth": pull_auth, "pg_password": pg_password}
     kube.delete_namespace(ns)
 
 
@@ -43,33 +64,41 @@ def play(kube, site, *args, expect_rc=0):
                  check=False, env=env)
     out = p.stdout + p.stderr
     assert p.returncode == expect_rc, out[-6000:]
-    assert site["password"] not in out, "the Redis password appears in the output"
-    assert base64.b64encode(site["password"].encode()).decode() not in out, "the encoded password appears in the output"
+    for name in ("password", "pull_auth", "pg_password"):
+        assert site[name] not in out, "the %s appears in the output" % name
+        assert base64.b64encode(site[name].encode()).decode() not in out, "the encoded %s appears in the output" % name
     recap = [line for line in p.stdout.splitlines() if line.startswith("localhost ") and "changed=" in line]
     return out, int(recap[-1].split("changed=")[1].split()[0]) if recap else None
 
 
-def secret_value(kube, ns):
+def secret_value(kube, ns, name="llmops-redis-auth", key="auth-token"):
     try:
-        s = kube.core.read_namespaced_secret("llmops-redis-auth", ns)
+        s = kube.core.read_namespaced_secret(name, ns)
     except ApiException as e:
         if e.status == 404:
             return None
         raise
-    return base64.b64decode(s.data["auth-token"]).decode()
+    return s.type, base64.b64decode(s.data[key]).decode()
 
 
 def test_check_mode_then_create_then_no_change(kube, site):
     ns = site["namespace"]
     out, changed = play(kube, site, "--check", "--diff", "-vvv")
-    assert changed == 2, out[-3000:]  # namespace and Secret would be created
+    assert changed == 2, out[-3000:]  # the namespace, and (one task) the three Secrets it would get
+    assert out.count("would create Secret ") >= 3, out[-3000:]
     with pytest.raises(ApiException) as e:
         kube.core.read_namespace(ns)
     assert e.value.status == 404, "check mode created the namespace"
 
     out, changed = play(kube, site, "--diff", "-vvv")
-    assert changed == 2, out[-3000:]
-    assert secret_value(kube, ns) == site["password"]
+    assert changed == 2, out[-3000:]  # the namespace, and the Secrets task
+    assert secret_value(kube, ns) == ("Opaque", site["password"])
+    assert secret_value(kube, ns, "llmops-registry-pull", ".dockerconfigjson") == (
+        "kubernetes.io/dockerconfigjson", site["pull"])
+    kind, url = secret_value(kube, ns, "llm-engine-postgres-credentials", "database_url")
+    assert kind == "Opaque"
+    assert url == "postgresql://llm_engine:%s@10.89.0.2:5432/llm_engine?sslmode=verify-full" % (
+        urllib.parse.quote(site["pg_password"], safe=""))
     assert '"gpus": ' in out and '"localhost"' in out  # cluster_secrets_connection lists the node
 
     out, changed = play(kube, site, "--diff", "-vvv")
