@@ -17,6 +17,13 @@ for t in "$HELM" "$PYTHON"; do [ -x "$t" ] || die "$t not found: run 'make setup
 [ -x "$(dirname "$PYTHON")/ansible-playbook" ] || die "no ansible-playbook next to $PYTHON"
 export HELM KUBECTL PYTHON
 
+# A cluster left running (by `make demo`, say) changed the kernel settings already: stop it
+# first, so the baseline below is the machine's own and the tests start from a fresh cluster.
+if [ -n "$(harness_pids | grep -vx -e "$$" || true)" ]; then
+  echo "== a cluster is running: stopping it first"
+  "$CLUSTER_HERE/down.sh" || die "could not stop the running cluster"
+fi
+
 tmp=$(mktemp -d)
 for s in $K8S_SYSCTLS; do v=$(sysctl -n "$s" 2>/dev/null) && echo "$s=$v"; done > "$tmp/sysctl.start"
 pytest_rc=1 down_rc=1 left=0 up_ok=0 summary="pytest did not run"
