@@ -19,7 +19,6 @@ options:
       - Access key of the credential that signs the requests (SigV4).
     type: str
     required: true
-    no_log: false
   secret_key:
     description:
       - Secret key of that credential. Never logged or returned.
@@ -43,5 +42,5 @@ options:
 requirements:
   - Python standard library only (http.client, ssl); SigV4 is implemented in the collection.
 notes:
-  - The modules run wherever the task runs; the C(llmops.onprem.minio) role runs them on the controller (C(delegate_to: localhost)).
+  - "The modules run wherever the task runs; the C(llmops.onprem.minio) role runs them on the controller (C(delegate_to: localhost))."
 """

@@ -18,7 +18,7 @@ description:
     with the admin secret key as madmin does.
   - Whether the user's secret is still right is checked with a request signed by the user's own
     credential, so a secret is only re-set when it does not authenticate.
-  - B(Unverified against a running MinIO): request construction, signing and encryption are unit
+  - B(Unverified against a running MinIO.) Request construction, signing and encryption are unit
     tested against madmin-go's and sio-go's sources and sio's test vectors; the test harness has
     no MinIO binary.
 extends_documentation_fragment:
@@ -74,7 +74,7 @@ options:
 requirements:
   - cryptography (AES-GCM for the encrypted admin request bodies)
 author:
-  - llmops.onprem maintainers
+  - llmops.onprem maintainers (@llmops-onprem)
 """
 
 EXAMPLES = r"""

@@ -37,7 +37,7 @@ options:
     choices: [present]
     default: present
 author:
-  - llmops.onprem maintainers
+  - llmops.onprem maintainers (@llmops-onprem)
 """
 
 EXAMPLES = r"""

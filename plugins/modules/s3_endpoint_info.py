@@ -45,7 +45,6 @@ options:
         description: Access key.
         type: str
         required: true
-        no_log: false
       secret_key:
         description: Secret key. Never logged or returned.
         type: str
@@ -57,7 +56,7 @@ options:
     elements: str
     default: []
 author:
-  - llmops.onprem maintainers
+  - llmops.onprem maintainers (@llmops-onprem)
 """
 
 EXAMPLES = r"""

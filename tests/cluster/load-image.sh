@@ -8,7 +8,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 [ $# -gt 0 ] || die "usage: $0 ARCHIVE.tar..."
-pid_alive containerd && [ -S "$W/containerd/containerd.sock" ] || die "the test cluster is not running (tests/cluster/up.sh)"
+if ! { pid_alive containerd && [ -S "$W/containerd/containerd.sock" ]; }; then die "the test cluster is not running (tests/cluster/up.sh)"; fi
 for a in "$@"; do
   [ -f "$a" ] || die "no such archive: $a"
   ctr_k8s images import "$a" | sed 's/^/  /' || die "ctr images import $a failed"

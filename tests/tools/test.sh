@@ -3,7 +3,7 @@
 # Each layer fails the run on any finding. The last line is "N passed, N failed".
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$root"
+cd "$root" || exit 1
 . tests/tools/lib.sh
 export PATH="$root/.venv/bin:$root/.tools/bin:$PATH" ANSIBLE_CONFIG="$root/ansible.cfg" NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
 

@@ -109,7 +109,7 @@ def test_check_mode_then_create_then_no_change(kube, site):
 
 
 def test_missing_kubeconfig_is_named_and_nothing_is_created(kube, site):
-    out, _ = play(kube, site, "-e", "llmops_kubeconfig=/nonexistent/admin.kubeconfig", expect_rc=2)
+    out, _changed = play(kube, site, "-e", "llmops_kubeconfig=/nonexistent/admin.kubeconfig", expect_rc=2)
     assert "cluster_secrets: no kubeconfig at /nonexistent/admin.kubeconfig; set llmops_kubeconfig" in out
     with pytest.raises(ApiException):
         kube.core.read_namespace(site["namespace"])
