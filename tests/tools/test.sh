@@ -50,6 +50,31 @@ sanity() {
 
 unit() { python -m pytest -q tests/unit; }
 
+# The built collection installs offline and its content resolves by FQCN; no controller state
+# (.private: CA and service keys, passwords) ends up in the tarball.
+build() {
+  local tmp rc
+  tmp=$(mktemp -d)
+  (
+    set -e
+    ansible-galaxy collection build --force --output-path "$tmp/dist" . >/dev/null
+    if tar -tzf "$tmp"/dist/llmops-onprem-*.tar.gz | grep -E '(^|/)\.private/|(^|/)\.cache/'; then
+      echo "the tarball holds controller state or caches" >&2; exit 1
+    fi
+    : > "$tmp/ansible.cfg"
+    export ANSIBLE_COLLECTIONS_PATH=$tmp/collections ANSIBLE_CONFIG=$tmp/ansible.cfg
+    ansible-galaxy collection install --offline --force -p "$tmp/collections" "$tmp"/dist/llmops-onprem-*.tar.gz >/dev/null
+    ansible-galaxy collection list llmops.onprem | grep -q "llmops.onprem *0.1.0"
+    ansible-doc -t module llmops.onprem.s3_buckets | grep -q "s3_buckets"
+    ansible-doc -t filter llmops.onprem.pki_sans >/dev/null
+    ansible-doc -t role llmops.onprem.redis >/dev/null
+    cd "$tmp" && ansible-playbook -i localhost, --syntax-check llmops.onprem.site
+  )
+  rc=$?
+  rm -rf "$tmp"
+  return $rc
+}
+
 molecule_all() {
   local image; image=$(tests/images/debian12-systemd/build.sh) || return 1
   export LLMOPS_TEST_IMAGE=$image
@@ -71,9 +96,10 @@ case $what in
   lint) layer lint lint ;;
   sanity) layer sanity sanity ;;
   unit) layer unit unit ;;
+  build) layer build build ;;
   molecule) molecule_all ;;
   cluster) layer cluster cluster ;;
-  all) layer lint lint; layer sanity sanity; layer unit unit; molecule_all; layer cluster cluster ;;
+  all) layer lint lint; layer sanity sanity; layer unit unit; layer build build; molecule_all; layer cluster cluster ;;
   *) die "unknown layer $what" ;;
 esac
 [ ${#failures[@]} -eq 0 ] || say "failed: ${failures[*]}"
