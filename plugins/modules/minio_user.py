@@ -23,14 +23,11 @@ description:
     no MinIO binary.
 extends_documentation_fragment:
   - llmops.onprem.s3_endpoint
+  - llmops.onprem.attributes
   - ansible.builtin.action_common_attributes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: full
-  platform:
-    platforms: posix
 options:
   name:
     description:

@@ -15,14 +15,11 @@ description:
   - Bucket names are checked against the S3 naming rules before any request is sent.
 extends_documentation_fragment:
   - llmops.onprem.s3_endpoint
+  - llmops.onprem.attributes
   - ansible.builtin.action_common_attributes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: full
-  platform:
-    platforms: posix
 options:
   names:
     description:

@@ -16,14 +16,11 @@ description:
     its own variables. The module fails only on malformed parameters.
 extends_documentation_fragment:
   - llmops.onprem.s3_endpoint
+  - llmops.onprem.attributes
   - ansible.builtin.action_common_attributes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: none
-  platform:
-    platforms: posix
 options:
   name:
     description:
