@@ -50,6 +50,10 @@ sanity() {
 
 unit() { python -m pytest -q tests/unit; }
 
+# Tests against real servers started on loopback by the tests themselves (rclone serve s3,
+# Debian's docker-registry, ...). The cluster tests run in their own layer.
+integration() { python -m pytest -q -p no:cacheprovider tests/integration --ignore=tests/integration/cluster; }
+
 # The built collection installs offline and its content resolves by FQCN; no controller state
 # (.private: CA and service keys, passwords) ends up in the tarball.
 build() {
@@ -96,10 +100,11 @@ case $what in
   lint) layer lint lint ;;
   sanity) layer sanity sanity ;;
   unit) layer unit unit ;;
+  integration) layer integration integration ;;
   build) layer build build ;;
   molecule) molecule_all ;;
   cluster) layer cluster cluster ;;
-  all) layer lint lint; layer sanity sanity; layer unit unit; layer build build; molecule_all; layer cluster cluster ;;
+  all) layer lint lint; layer sanity sanity; layer unit unit; layer integration integration; layer build build; molecule_all; layer cluster cluster ;;
   *) die "unknown layer $what" ;;
 esac
 [ ${#failures[@]} -eq 0 ] || say "failed: ${failures[*]}"
