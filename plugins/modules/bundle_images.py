@@ -1,0 +1,200 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: llmops.onprem contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: bundle_images
+short_description: Put container images into the bundle's single OCI image layout, pinned to digests
+version_added: 0.1.0
+description:
+  - Copies each image with C(skopeo copy) into one OCI image layout (C(images/) of the bundle). All images share
+    the layout's C(blobs/), so a layer used by ten images is stored once.
+  - Each image is named in C(index.json) by its full upstream reference (C(org.opencontainers.image.ref.name)),
+    which is what M(llmops.onprem.oci_mirror) and the C(llmops.onprem.site_image) filter map to the site registry.
+  - References are resolved at build time; the digest each one got in the layout is returned (and recorded by
+    M(llmops.onprem.bundle_seal) in the manifest), so the site installs exactly what was built.
+  - C(latest) and untagged references are refused unless pinned by digest.
+  - Idempotent. C(images/sources.json) records each reference's source digest; an image whose source still has
+    that digest and whose blobs are all in the layout is not copied again.
+extends_documentation_fragment:
+  - llmops.onprem.attributes
+  - ansible.builtin.action_common_attributes
+attributes:
+  diff_mode:
+    support: full
+options:
+  layout:
+    description: The OCI layout directory (created when missing).
+    type: path
+    required: true
+  images:
+    description: The images.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      ref:
+        description: Full upstream reference, e.g. C(public.ecr.aws/b2z8n5q1/vllm:v0.6.3) or C(...@sha256:...).
+        type: str
+        required: true
+      source:
+        description:
+          - Where skopeo reads the image, as a skopeo transport (C(docker://...), C(oci-archive:/path.tar),
+            C(docker-archive:...), C(oci:/dir:name)). Default C(docker://<ref>).
+        type: str
+  skopeo:
+    description: The skopeo binary.
+    type: path
+    default: skopeo
+requirements:
+  - skopeo
+author:
+  - llmops.onprem maintainers (@llmops-onprem)
+"""
+
+EXAMPLES = r"""
+- name: Images into the bundle
+  llmops.onprem.bundle_images:
+    layout: /srv/bundles/site-a/images
+    images:
+      - ref: public.ecr.aws/b2z8n5q1/vllm:v0.6.3
+      - ref: localhost/llmops/model-pull:0.1.0
+        source: oci-archive:/build/model-pull.tar
+"""
+
+RETURN = r"""
+images:
+  description: Every image with the digest of its manifest in the layout and the digest of its source.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{ref: docker.io/library/busybox:1.36, digest: "sha256:4627...", source_digest: "sha256:4627..."}]
+copied:
+  description: References copied (or, in check mode, that would be copied).
+  returned: always
+  type: list
+  elements: str
+"""
+
+import hashlib
+import json
+import os
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+class ImageError(Exception):
+    pass
+
+
+def ref_problem(ref):
+    name = ref.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if "@sha256:" in ref:
+        return None
+    if ":" not in last:
+        return "%s has no tag: pin it with a tag (not latest) or a digest" % ref
+    if last.endswith(":latest"):
+        return "%s uses the tag latest, which changes under you: pin a version tag or a digest" % ref
+    if not re.match(r"^[a-z0-9.-]+(:[0-9]+)?/", name):
+        return "%s lacks its registry: write the full reference (docker.io/library/nginx:1.25, not nginx:1.25)" % ref
+    return None
+
+
+def read_json(path, default):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def layout_digests(layout):
+    index = read_json(os.path.join(layout, "index.json"), {"manifests": []})
+    return dict((m.get("annotations", {}).get(REF_NAME), m["digest"]) for m in index.get("manifests", []))
+
+
+def blobs_present(layout, digest):
+    """The manifest blob and every blob it names exist in the layout."""
+    path = os.path.join(layout, "blobs", *digest.split(":", 1))
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    m = json.loads(data.decode())
+    refs = [m.get("config", {})] + m.get("layers", []) + m.get("manifests", [])
+    return all(blobs_present(layout, r["digest"]) if r.get("mediaType", "").endswith(("manifest.v1+json", "manifest.v2+json"))
+               else os.path.exists(os.path.join(layout, "blobs", *r["digest"].split(":", 1))) for r in refs if r.get("digest"))
+
+
+def run(module, p):
+    layout = p["layout"]
+    problems = [x for x in (ref_problem(i["ref"]) for i in p["images"]) if x]
+    if problems:
+        raise ImageError("; ".join(problems))
+    sources_path = os.path.join(layout, "sources.json")
+    sources = read_json(sources_path, {})
+    before = layout_digests(layout)
+    copied, out = [], []
+    for img in p["images"]:
+        ref, source = img["ref"], img.get("source") or "docker://" + img["ref"]
+        rc, raw, err = module.run_command([p["skopeo"], "inspect", "--raw", source], binary_data=True)
+        if rc != 0:
+            raise ImageError("cannot read %s from %s: %s" % (ref, source, (err or b"").decode("utf-8", "replace").strip()))
+        src_digest = "sha256:" + hashlib.sha256(raw if isinstance(raw, bytes) else raw.encode()).hexdigest()
+        rec = sources.get(ref, {})
+        have = before.get(ref)
+        if have and rec.get("source_digest") == src_digest and rec.get("digest") == have and blobs_present(layout, have):
+            out.append(dict(ref=ref, digest=have, source_digest=src_digest))
+            continue
+        copied.append(ref)
+        if module.check_mode:
+            out.append(dict(ref=ref, digest=None, source_digest=src_digest))
+            continue
+        os.makedirs(layout, exist_ok=True)
+        rc, dummy, err = module.run_command([p["skopeo"], "copy", "--quiet", source, "oci:%s:%s" % (layout, ref)])
+        if rc != 0:
+            raise ImageError("skopeo could not copy %s from %s: %s" % (ref, source, err.strip()))
+        digest = layout_digests(layout).get(ref)
+        sources[ref] = dict(source=source, source_digest=src_digest, digest=digest)
+        out.append(dict(ref=ref, digest=digest, source_digest=src_digest))
+    if copied and not module.check_mode:
+        with open(sources_path + ".tmp", "w") as f:
+            json.dump(sources, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(sources_path + ".tmp", sources_path)
+    after = dict(before)
+    after.update((i["ref"], i["digest"] or "(to be copied)") for i in out)
+    return dict(changed=bool(copied), copied=copied, images=out,
+                diff=dict(before="\n".join("%s %s" % kv for kv in sorted(before.items())) + "\n",
+                          after="\n".join("%s %s" % kv for kv in sorted(after.items())) + "\n"))
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            layout=dict(type="path", required=True),
+            images=dict(type="list", elements="dict", required=True, options=dict(
+                ref=dict(type="str", required=True),
+                source=dict(type="str"),
+            )),
+            skopeo=dict(type="path", default="skopeo"),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module, module.params)
+    except ImageError as e:
+        module.fail_json(msg=str(e))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

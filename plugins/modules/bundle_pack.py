@@ -1,0 +1,179 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: llmops.onprem contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: bundle_pack
+short_description: Pack a sealed bundle into standalone media segments (USB stick, FAT32, DVD)
+version_added: 0.1.0
+description:
+  - Writes the files of a sealed bundle (see M(llmops.onprem.bundle_seal)) as C(bundle-0001.tar),
+    C(bundle-0002.tar), ... into O(dest), each no larger than O(segment_size) and each a valid tar by itself
+    (C(tar -tf) lists it, C(tar -xf) extracts it without the others).
+  - A file larger than the room left in a segment is split into parts named
+    C(<path>.part-0001-of-0003) ...; each part carries its own sha256 in C(segments.json).
+  - C(segments.json) lists every segment (size, sha256) and member, is bound to the manifest by its sha256,
+    and is signed with the same key into C(segments.json.sig). C(manifest.json) and its signature are copied
+    next to the segments, so the site verifies the signatures before reading a single segment.
+  - After writing, every segment is read back from O(dest) and its sha256 compared (O(read_back)), so a
+    failing stick is caught on the connected side, not at the site.
+  - Idempotent: when O(dest) already holds the segments of this manifest with the recorded sizes (and, with
+    O(read_back), hashes), nothing is written.
+  - Files in O(dest) that are not part of this pack are refused rather than deleted (the media is never
+    cleaned up behind your back).
+extends_documentation_fragment:
+  - llmops.onprem.attributes
+  - ansible.builtin.action_common_attributes
+attributes:
+  diff_mode:
+    support: none
+options:
+  src:
+    description: The sealed bundle directory.
+    type: path
+    required: true
+  dest:
+    description: Where the segments go (the mounted medium, or a staging folder). Created when missing.
+    type: path
+    required: true
+  private_key:
+    description: PEM file of the Ed25519 key the bundle was sealed with; signs C(segments.json).
+    type: path
+    required: true
+  segment_size:
+    description:
+      - Largest segment, in bytes or with a unit (C(4095MiB), C(700MiB), C(8MiB)).
+      - The default stays under FAT32's 4 GiB file size limit.
+    type: str
+    default: 4095MiB
+  read_back:
+    description: Read every segment back after writing (and on re-runs) and compare its sha256.
+    type: bool
+    default: true
+  progress_file:
+    description: A file to write progress to (JSON with bytes done and total, rate), updated twice a second.
+    type: path
+author:
+  - llmops.onprem maintainers (@llmops-onprem)
+"""
+
+EXAMPLES = r"""
+- name: Pack the bundle for a FAT32 stick
+  llmops.onprem.bundle_pack:
+    src: /srv/bundles/site-a
+    dest: /media/usb
+    private_key: "{{ inventory_dir }}/.private/bundle/signing-key.pem"
+"""
+
+RETURN = r"""
+segments:
+  description: The segments with size and sha256.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: bundle-0001.tar, size: 4293918720, sha256: 4a1c...}]
+bytes:
+  description: Total size of the segments.
+  returned: always
+  type: int
+split_files:
+  description: Files that were split into parts across segments.
+  returned: always
+  type: list
+  elements: str
+"""
+
+import hashlib
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.llmops.onprem.plugins.module_utils._bundle import (
+    MANIFEST, MEDIA_CONTROL, SEGMENTS, SEGMENTS_SCHEMA, SEGMENTS_SIG, SIGNATURE, BundleError, Progress, canonical,
+    parse_size, plan_segments, read_json, segment_name, sha256_file, sign, walk_files, write_atomic, write_segment)
+
+
+def _current(dest, manifest_sha256, segment_size, read_back):
+    """The existing pack in dest when it is complete for this manifest, else None."""
+    try:
+        dummy, table = read_json(os.path.join(dest, SEGMENTS), SEGMENTS)
+    except BundleError:
+        return None
+    if table.get("manifest_sha256") != manifest_sha256 or table.get("segment_size") != segment_size:
+        return None
+    for s in table.get("segments", []):
+        p = os.path.join(dest, s["name"])
+        if not os.path.isfile(p) or os.path.getsize(p) != s["size"]:
+            return None
+        if read_back and sha256_file(p) != s["sha256"]:
+            return None
+    return table
+
+
+def run(p, check_mode):
+    src, dest = p["src"], p["dest"]
+    data, manifest = read_json(os.path.join(src, MANIFEST), MANIFEST)
+    manifest_sha256 = hashlib.sha256(data).hexdigest()
+    segment_size = parse_size(p["segment_size"])
+    plan = plan_segments(manifest, segment_size)
+    names = [segment_name(i) for i in range(len(plan))]
+    if os.path.isdir(dest):
+        foreign = [f for f in walk_files(dest, skip_root=MEDIA_CONTROL) if f not in names and not f.endswith(".tar.partial")]
+        if foreign:
+            raise BundleError("%s already holds %s, which is not part of this pack: empty the medium or choose another "
+                              "destination (bundle_pack never deletes files on the media)" % (dest, foreign[0]))
+    table = _current(dest, manifest_sha256, segment_size, p["read_back"]) if os.path.isdir(dest) else None
+    changed = table is None
+    if changed and not check_mode:
+        os.makedirs(dest, exist_ok=True)
+        prog = Progress(manifest["totals"]["bytes"], p["progress_file"])
+        segs = []
+        for name, members in zip(names, plan):
+            size, digest = write_segment(os.path.join(dest, name), src, members, prog)
+            segs.append(dict(name=name, size=size, sha256=digest, members=members))
+        prog.write("done")
+        if p["read_back"]:
+            for s in segs:
+                got = sha256_file(os.path.join(dest, s["name"]))
+                if got != s["sha256"]:
+                    raise BundleError("read-back of %s gives sha256 %s, but %s was written: the medium is failing; "
+                                      "use another one" % (s["name"], got, s["sha256"]))
+        table = dict(schema=SEGMENTS_SCHEMA, manifest_sha256=manifest_sha256, segment_size=segment_size, segments=segs)
+        tdata = canonical(table)
+        for name in (MANIFEST, SIGNATURE):
+            with open(os.path.join(src, name), "rb") as f:
+                write_atomic(os.path.join(dest, name), f.read())
+        write_atomic(os.path.join(dest, SEGMENTS), tdata)
+        write_atomic(os.path.join(dest, SEGMENTS_SIG), sign(tdata, p["private_key"]))
+    if table is None:  # check mode: the plan without hashes
+        table = dict(segments=[dict(name=n, size=None, sha256=None, members=m) for n, m in zip(names, plan)])
+    split = sorted(set(m["path"] for s in table["segments"] for m in s["members"] if m["parts"]))
+    return dict(changed=changed, bytes=sum(s["size"] or 0 for s in table["segments"]), split_files=split,
+                segments=[dict(name=s["name"], size=s["size"], sha256=s["sha256"], members=len(s["members"])) for s in table["segments"]])
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            src=dict(type="path", required=True),
+            dest=dict(type="path", required=True),
+            private_key=dict(type="path", required=True, no_log=False),
+            segment_size=dict(type="str", default="4095MiB"),
+            read_back=dict(type="bool", default=True),
+            progress_file=dict(type="path"),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module.params, module.check_mode)
+    except (BundleError, OSError) as e:
+        module.fail_json(msg=str(e))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

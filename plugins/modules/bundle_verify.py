@@ -1,0 +1,136 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: llmops.onprem contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: bundle_verify
+short_description: Verify an air-gap bundle against its signature and, optionally, import it
+version_added: 0.1.0
+description:
+  - Reads a bundle directory, or media holding C(bundle-NNNN.tar) segments, without writing or deleting
+    anything there (read-only media work).
+  - Order of checks, each refusing the whole bundle with a message naming the file and the reason
+    C(manifest.json) against C(manifest.json.sig) with the site's public key; C(segments.json) against its
+    signature and against the manifest; every segment present with its recorded size; no file that is not listed;
+    no listed file missing; free space at O(dest) for what still has to be copied.
+  - Then streams every byte once - hashing it and, with O(dest), writing it there - and compares every part and
+    every file with the signed sha256. Split files are reassembled straight into O(dest), with no temporary copy.
+  - Resumable. Each file verified in O(dest) is recorded with its sha256, size, mtime and inode; a re-run (for
+    example after the import was killed) skips those files without reading them again.
+  - The import counts as done only when every file verified; then C(.llmops-import/manifest.json) is written and
+    per-model checkpoint manifests land in C(.llmops-import/checkpoints/<model>.json) (what
+    M(llmops.onprem.checkpoint_sync) and the in-cluster model-pull read), derived from the signed manifest.
+  - Check mode reads and verifies everything and writes nothing; C(files_copied) and C(bytes_copied) say what a
+    real run would copy.
+extends_documentation_fragment:
+  - llmops.onprem.attributes
+  - ansible.builtin.action_common_attributes
+attributes:
+  diff_mode:
+    support: none
+options:
+  src:
+    description: The bundle directory or the mounted media with segments.
+    type: path
+    required: true
+  public_key:
+    description: PEM file of the Ed25519 public key the site trusts. It must not come from the bundle itself.
+    type: path
+    required: true
+  dest:
+    description: Import into this directory. Without it the bundle is only verified.
+    type: path
+  progress_file:
+    description: A file to write progress to (JSON with bytes done and total, rate), updated twice a second.
+    type: path
+author:
+  - llmops.onprem maintainers (@llmops-onprem)
+"""
+
+EXAMPLES = r"""
+- name: Verify the stick and import it
+  llmops.onprem.bundle_verify:
+    src: /media/usb
+    public_key: /etc/llmops/bundle-signing.pub.pem
+    dest: /var/lib/llmops/bundle
+    progress_file: /var/lib/llmops/bundle-import.progress
+"""
+
+RETURN = r"""
+manifest_sha256:
+  description: sha256 of the verified C(manifest.json).
+  returned: success
+  type: str
+files_total:
+  description: Files in the bundle.
+  returned: success
+  type: int
+bytes_total:
+  description: Bytes in the bundle.
+  returned: success
+  type: int
+files_copied:
+  description: Files copied (or, in check mode, that would be copied) into O(dest).
+  returned: success
+  type: int
+files_skipped:
+  description: Files already verified in O(dest) by an earlier run.
+  returned: success
+  type: int
+bytes_copied:
+  description: Bytes copied (or that would be copied).
+  returned: success
+  type: int
+kinds:
+  description: Files and bytes per kind.
+  returned: success
+  type: dict
+images:
+  description: Images with their pinned digests, from the manifest.
+  returned: success
+  type: list
+  elements: dict
+versions:
+  description: The versions matrix the bundle was built from.
+  returned: success
+  type: dict
+checkpoints:
+  description: Per model, the checkpoint manifest digest and (with O(dest)) the path of its manifest file.
+  returned: success
+  type: dict
+segmented:
+  description: Whether the source held segments.
+  returned: success
+  type: bool
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.llmops.onprem.plugins.module_utils._bundle import BundleError, Importer
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            src=dict(type="path", required=True),
+            public_key=dict(type="path", required=True),
+            dest=dict(type="path"),
+            progress_file=dict(type="path"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        result = Importer(p["src"], p["public_key"], p["dest"], p["progress_file"], module.check_mode).run()
+    except BundleError as e:
+        module.fail_json(msg=str(e))
+    except OSError as e:
+        module.fail_json(msg="bundle import failed: %s" % e)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
