@@ -249,7 +249,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     conf_dir = "$W/cni/net.d"
     max_conf_num = 1
   [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = ""
+    config_path = "$C/certs.d"
 EOF
 start containerd containerd --config "$C/config.toml"
 wait_for containerd 30 test -S "$C/containerd.sock"
