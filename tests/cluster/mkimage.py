@@ -1,4 +1,10 @@
-"""Build a single-layer container image from local files, with no engine and no registry.
+"""Build a container image from local files, with no engine and no registry.
+
+The image has one layer made from --busybox/--add/--symlink (plus /etc/passwd and the usual
+top-level directories), on top of any number of --layer DIR layers (bottom first). A --layer
+is the tree of a host directory at / as its own layer: built from the same directory it has
+the same bytes and digest in every image, so images built on one shared base (a Python
+runtime unpacked from .deb packages, say) share that layer in a registry, a layout and on nodes.
 
 Outputs (at least one):
   --output ARCHIVE.tar   an image archive that `ctr -n k8s.io images import` (containerd),
@@ -16,6 +22,8 @@ Examples:
                      --output pause.tar --oci-layout ./layout
   python3 mkimage.py --tag localhost/web:1 --busybox /bin/busybox --add site/:/www \\
                      --cmd 'httpd -f -p 8080 -h /www' --env GREETING=hi --output web.tar
+  python3 mkimage.py --tag localhost/app:1 --layer ./python-rootfs --add app.py:/app/app.py \\
+                     --entrypoint '["/usr/bin/python3", "/app/app.py"]' --output app.tar
 
 Standard library only; the output is reproducible (fixed mtimes, sorted entries).
 """
@@ -72,26 +80,28 @@ class Layer:
         self.entries[path] = (ti, None)
 
     def add_host_path(self, src, dest, mode=None):
-        """A host file, or a directory tree, at dest."""
+        """A host file, or a directory tree, at dest (dest "/" = the tree's contents at the root)."""
         if os.path.isdir(src):
-            self.dir(dest, mode or 0o755)
+            if dest.strip("/"):
+                self.dir(dest, mode or 0o755)
             for root, dirs, files in os.walk(src):
                 dirs.sort()
                 rel = os.path.relpath(root, src)
                 base = dest.rstrip("/") if rel == "." else dest.rstrip("/") + "/" + rel
+                base = base.strip("/")
                 for d in dirs:
                     full = os.path.join(root, d)
                     if os.path.islink(full):
-                        self.symlink(base + "/" + d, os.readlink(full))
+                        self.symlink(_join(base, d), os.readlink(full))
                     else:
-                        self.dir(base + "/" + d, os.stat(full).st_mode & 0o7777)
+                        self.dir(_join(base, d), os.stat(full).st_mode & 0o7777)
                 for f in sorted(files):
                     full = os.path.join(root, f)
                     if os.path.islink(full):
-                        self.symlink(base + "/" + f, os.readlink(full))
+                        self.symlink(_join(base, f), os.readlink(full))
                     else:
                         with open(full, "rb") as fh:
-                            self.file(base + "/" + f, fh.read(), os.stat(full).st_mode & 0o7777)
+                            self.file(_join(base, f), fh.read(), os.stat(full).st_mode & 0o7777)
         else:
             with open(src, "rb") as fh:
                 data = fh.read()
@@ -105,6 +115,10 @@ class Layer:
                 ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, 0, "root", "root"
                 t.addfile(ti, io.BytesIO(data) if data is not None else None)
         return buf.getvalue()
+
+
+def _join(base, name):
+    return base + "/" + name if base else name
 
 
 def digest(data):
@@ -172,12 +186,14 @@ def build(a):
             raise SystemExit("--symlink wants TARGET:LINK, got %r" % spec)
         layer.symlink(link, target)
 
-    raw = layer.tar()
-    diff_id = digest(raw)
-    if a.no_compress:
-        blob, layer_type = raw, "application/vnd.oci.image.layer.v1.tar"
-    else:
-        blob, layer_type = gzip.compress(raw, compresslevel=6, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip"
+    layers = []  # (diff_id, blob, media type, created_by), bottom first
+    for d in a.layer:
+        if not os.path.isdir(d):
+            raise SystemExit("--layer %s: not a directory" % d)
+        base = Layer()
+        base.add_host_path(d, "/")
+        layers.append(_layer_blob(base.tar(), a.no_compress, "mkimage.py --layer %s" % os.path.basename(d.rstrip("/"))))
+    layers.append(_layer_blob(layer.tar(), a.no_compress, "mkimage.py (llmops.onprem tests/cluster)"))
 
     env = [DEFAULT_PATH] if not any(e.startswith("PATH=") for e in a.env) else []
     env += a.env
@@ -196,19 +212,29 @@ def build(a):
         "os": "linux",
         "created": EPOCH,
         "config": config,
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": EPOCH, "created_by": "mkimage.py (llmops.onprem tests/cluster)"}],
+        "rootfs": {"type": "layers", "diff_ids": [lay[0] for lay in layers]},
+        "history": [{"created": EPOCH, "created_by": lay[3]} for lay in layers],
     }
     cfg_b = json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": digest(cfg_b), "size": len(cfg_b)},
-        "layers": [{"mediaType": layer_type, "digest": digest(blob), "size": len(blob)}],
+        "layers": [{"mediaType": lay[2], "digest": digest(lay[1]), "size": len(lay[1])} for lay in layers],
     }
     man_b = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    blobs = {digest(blob): blob, digest(cfg_b): cfg_b, digest(man_b): man_b}
-    return blobs, digest(man_b), len(man_b), digest(cfg_b), digest(blob)
+    blobs = {digest(cfg_b): cfg_b, digest(man_b): man_b}
+    for lay in layers:
+        blobs[digest(lay[1])] = lay[1]
+    return blobs, digest(man_b), len(man_b), digest(cfg_b), [digest(lay[1]) for lay in layers]
+
+
+def _layer_blob(raw, no_compress, created_by):
+    """(diff_id, blob, media type, created_by) of one layer tar."""
+    if no_compress:
+        return digest(raw), raw, "application/vnd.oci.image.layer.v1.tar", created_by
+    return (digest(raw), gzip.compress(raw, compresslevel=6, mtime=0),
+            "application/vnd.oci.image.layer.v1.tar+gzip", created_by)
 
 
 def index_entry(man_digest, man_size, ref, tag, arch):
@@ -281,6 +307,8 @@ def main(argv=None):
                     help="image reference, e.g. localhost/busybox:1 (repeatable)")
     ap.add_argument("--output", "-o", help="write an image archive (tar) here")
     ap.add_argument("--oci-layout", help="write/extend an OCI image layout directory here")
+    ap.add_argument("--layer", action="append", default=[], metavar="DIR",
+                    help="a host directory tree at / as its own layer, below the main one (repeatable, bottom first)")
     ap.add_argument("--busybox", metavar="PATH",
                     help="a static busybox: installed as /bin/busybox with a /bin symlink per applet")
     ap.add_argument("--add", action="append", default=[], metavar="SRC:DEST[:MODE]",
@@ -303,13 +331,13 @@ def main(argv=None):
         if "=" not in kv:
             ap.error("--env/--label want KEY=VALUE, got %r" % kv)
 
-    blobs, man_digest, man_size, cfg_digest, layer_digest = build(a)
+    blobs, man_digest, man_size, cfg_digest, layer_digests = build(a)
     refs = [parse_tag(t) for t in a.tag]
     entries = [index_entry(man_digest, man_size, ref, tag, a.arch) for ref, tag in refs]
     if a.output:
         docker_manifest = [{"Config": "blobs/sha256/" + cfg_digest.split(":", 1)[1],
                             "RepoTags": [r[0] for r in refs],
-                            "Layers": ["blobs/sha256/" + layer_digest.split(":", 1)[1]]}]
+                            "Layers": ["blobs/sha256/" + d.split(":", 1)[1] for d in layer_digests]}]
         write_archive(a.output, blobs, entries, docker_manifest)
     if a.oci_layout:
         write_layout(a.oci_layout, blobs, entries)

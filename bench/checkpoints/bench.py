@@ -1,0 +1,289 @@
+"""Checkpoint transfer benchmark: llmops.onprem's checkpoint_sync and model-pull next to
+`aws s3 sync`, `s5cmd sync`, `rclone copy` and `cp`, against `rclone serve s3` on 127.0.0.1,
+on a generated checkpoint, in one run. Prints a table of seconds and ratios.
+
+Run through bench/checkpoints/run.sh (it prepares the peer tools' venv). Options:
+  --size-gib N     checkpoint size (default 2.0; a few large shards plus small JSON files)
+  --shards N       number of safetensors shards (default 4)
+  --noop-files N   files in the no-op re-sync checkpoint (default 100)
+  --workdir DIR    where the data goes (default: a temporary directory, removed at the end)
+  --parallel N     our concurrency (default 16)
+  --etag-hash H    rclone serve s3's ETag hash (default off; see --help)
+  --steps S        steps to time, comma-separated: upload,pull,noop (default all)
+Steps are timed one at a time, after `sync`, with the sources warm in the page cache for every
+tool alike. Nothing here is a test; numbers depend on the machine.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, ".cache", "collections"))
+
+from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint  # noqa: E402
+from ansible_collections.llmops.onprem.plugins.modules import checkpoint_sync  # noqa: E402
+
+KEY = ("llmops-bench", "bench-secret-0123456789abcdefghijkl")
+BUCKET = "bench"
+MiB = 1 << 20
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_shard(path, nbytes):
+    """A valid safetensors file holding one U8 tensor of nbytes random bytes."""
+    header = json.dumps({"__metadata__": {"format": "pt"},
+                         "w": {"dtype": "U8", "shape": [nbytes], "data_offsets": [0, nbytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    block = os.urandom(16 * MiB)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(header)) + header)
+        left = nbytes
+        while left:
+            n = min(left, len(block))
+            fh.write(block[:n] if n < len(block) else block)
+            left -= n
+            block = block[1:] + block[:1] if left else block  # not the same block every time
+
+
+def make_big(root, size_gib, shards):
+    os.makedirs(root)
+    per = int(size_gib * 1024 * MiB) // shards
+    weight_map = {}
+    for i in range(shards):
+        name = "model-%05d-of-%05d.safetensors" % (i + 1, shards)
+        write_shard(os.path.join(root, name), per)
+        weight_map["w%d" % i] = name
+    for name, obj in (("config.json", {"architectures": ["LlamaForCausalLM"]}),
+                      ("tokenizer.json", {"model": {"type": "BPE", "vocab": {str(i): i for i in range(20000)}}}),
+                      ("model.safetensors.index.json", {"weight_map": weight_map})):
+        with open(os.path.join(root, name), "w") as fh:
+            json.dump(obj, fh)
+
+
+def make_many(root, files):
+    os.makedirs(root)
+    for i in range(files):
+        with open(os.path.join(root, "part-%03d.bin" % i), "wb") as fh:
+            fh.write(os.urandom(256 * 1024))
+
+
+def tree_bytes(root):
+    return sum(_checkpoint.list_files(root).values())
+
+
+class Bench(object):
+    def __init__(self, a, work, bench_bin):
+        self.a, self.work, self.bench_bin = a, work, bench_bin
+        self.venv_bin = os.path.dirname(sys.executable)
+        self.data = os.path.join(work, "s3data")
+        os.makedirs(os.path.join(self.data, BUCKET))
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.log = open(os.path.join(work, "rclone-serve.log"), "wb")
+        self.server = subprocess.Popen(
+            [os.path.join(self.venv_bin, "rclone"), "serve", "s3", "--config", "/dev/null", "--addr",
+             "127.0.0.1:%d" % self.port, "--auth-key", "%s,%s" % KEY, "--etag-hash", a.etag_hash, self.data], stdout=self.log, stderr=subprocess.STDOUT)
+        for _i in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY[0], AWS_SECRET_ACCESS_KEY=KEY[1], AWS_DEFAULT_REGION="us-east-1",
+                        AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/dev/null",
+                        AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+        self.rows = []
+
+    def close(self):
+        self.server.terminate()
+        self.server.wait()
+        self.log.close()
+
+    def remote(self, prefix):
+        return "s3://%s/%s" % (BUCKET, prefix)
+
+    def rclone_remote(self, prefix):
+        return ":s3,provider=Other,endpoint='%s',access_key_id=%s,secret_access_key=%s:%s/%s" % (
+            self.url, KEY[0], KEY[1], BUCKET, prefix)
+
+    def cmd(self, tool, kind, src, dst):
+        aws = [os.path.join(self.bench_bin, "aws"), "--endpoint-url", self.url, "--only-show-errors", "s3", "sync"]
+        s5 = [os.path.join(self.venv_bin, "s5cmd"), "--endpoint-url", self.url, "sync"]
+        rc = [os.path.join(self.venv_bin, "rclone"), "--config", "/dev/null", "copy", "--transfers", "16"]
+        if kind == "up":
+            return {"aws s3 sync": aws + [src, self.remote(dst)],
+                    "s5cmd sync": s5 + [src.rstrip("/") + "/", self.remote(dst) + "/"],
+                    "rclone copy": rc + [src, self.rclone_remote(dst)]}[tool]
+        return {"aws s3 sync": aws + [self.remote(src), dst],
+                "s5cmd sync": s5 + [self.remote(src) + "/*", dst.rstrip("/") + "/"],
+                "rclone copy": rc + [self.rclone_remote(src), dst],
+                "cp": ["cp", "-r", os.path.join(self.data, BUCKET, src), dst]}[tool]
+
+    def timed(self, fn):
+        subprocess.run(["sync"], check=True)
+        t = time.monotonic()
+        fn()
+        return time.monotonic() - t
+
+    def run(self, argv):
+        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise SystemExit("%s failed (%s): %s %s" % (argv[0], proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:]))
+        return proc.stdout
+
+    def ours_sync(self, src, prefix, manifest=None):
+        p = dict(endpoint_url=self.url, access_key=KEY[0], secret_key=KEY[1], region="us-east-1", ca_path=None,
+                 timeout=30, src=src, name=None, manifest=manifest, bucket=BUCKET, prefix=prefix, delete=False,
+                 verify=False, parallel=self.a.parallel, part_size=64, progress_file=None)
+        return checkpoint_sync.run(p, False)
+
+    def record(self, step, tool, secs, nbytes, ref):
+        self.rows.append((step, tool, secs, nbytes, ref))
+        print("  %-28s %-32s %8.2f s" % (step, tool, secs), flush=True)
+
+    def drop_prefix(self, prefix):
+        shutil.rmtree(os.path.join(self.data, BUCKET, prefix), ignore_errors=True)
+
+    def upload(self, src, manifest):
+        nbytes = tree_bytes(src)
+        print("upload (%.2f GiB)" % (nbytes / 1024.0 / MiB), flush=True)
+        secs = self.timed(lambda: self.ours_sync(src, "ours", manifest))
+        self.record("upload", "ours (checkpoint_sync, manifest)", secs, nbytes, "s5cmd sync")
+        self.drop_prefix("ours-h")
+        secs = self.timed(lambda: self.ours_sync(src, "ours-h"))
+        self.record("upload", "ours (hashing locally)", secs, nbytes, "s5cmd sync")
+        self.drop_prefix("ours-h")
+        for tool in ("aws s3 sync", "s5cmd sync", "rclone copy"):
+            dst = tool.split()[0]
+            secs = self.timed(lambda: self.run(self.cmd(tool, "up", src, dst)))
+            self.record("upload", tool, secs, nbytes, "s5cmd sync")
+            self.drop_prefix(dst)
+
+    def pull(self, digest, nbytes):
+        """Two rounds over all tools, each pulling into a fresh directory; a tool's better run
+        counts (the first pull after the uploads pays for the page cache and writeback state
+        they left, whichever tool it is)."""
+        print("pull into a node cache (two rounds, the better run of each tool counts)", flush=True)
+        cache = os.path.join(self.work, "cache")
+        pull = [sys.executable, os.path.join(ROOT, "serving", "model-pull", "model_pull.py"), "--endpoint", self.url,
+                "--bucket", BUCKET, "--prefix", "ours", "--model", "bench", "--digest", digest, "--cache-root", cache,
+                "--parallel", str(self.a.parallel)]
+        if os.path.exists("/usr/bin/python3.11"):
+            pull[0] = "/usr/bin/python3.11"   # the interpreter the model-pull image carries
+        tools = ["ours (model-pull, sha256 checked)", "aws s3 sync", "s5cmd sync", "rclone copy", "cp"]
+        runs = dict((t, []) for t in tools)
+        warm = None
+        for attempt in range(2):
+            for tool in (tools if attempt == 0 else list(reversed(tools))):
+                if tool.startswith("ours"):
+                    runs[tool].append(self.timed(lambda: self.run(pull)))
+                    if warm is None:
+                        warm = self.timed(lambda: self.run(pull))
+                    shutil.rmtree(cache)
+                    continue
+                dst = os.path.join(self.work, "pull-" + tool.split()[0])
+                os.makedirs(dst)
+                runs[tool].append(self.timed(lambda: self.run(self.cmd(tool, "down", "ours", dst))))
+                shutil.rmtree(dst)
+                print("    %s: %s" % (tool, ", ".join("%.2f s" % r for r in runs[tool])), flush=True)
+        for tool in tools:
+            self.record("pull", tool, min(runs[tool]), nbytes, "cp")
+            if tool.startswith("ours"):
+                self.record("pull (warm restart)", "ours (model-pull)", warm, 0, None)
+
+    def noop(self, src):
+        print("no-op re-sync (%d files)" % len(_checkpoint.list_files(src)))
+        manifest = os.path.join(self.work, "many.manifest.json")
+        with open(manifest, "wb") as fh:
+            fh.write(_checkpoint.canonical_bytes(_checkpoint.manifest_from_dir(src, "many")))
+        self.ours_sync(src, "many-ours", manifest)
+        secs = self.timed(lambda: self.ours_sync(src, "many-ours", manifest))
+        self.record("no-op re-sync", "ours (checkpoint_sync)", secs, 0, "s5cmd sync")
+        for tool in ("s5cmd sync", "aws s3 sync"):
+            dst = "many-" + tool.split()[0]
+            self.run(self.cmd(tool, "up", src, dst))
+            secs = self.timed(lambda: self.run(self.cmd(tool, "up", src, dst)))
+            self.record("no-op re-sync", tool, secs, 0, "s5cmd sync")
+
+    def table(self):
+        secs_of = dict(((r[0], r[1]), r[2]) for r in self.rows)
+        lines = ["", "| step | tool | seconds | MiB/s | time vs reference |", "| --- | --- | ---: | ---: | ---: |"]
+        for step, tool, secs, nbytes, ref in self.rows:
+            rate = "%.0f" % (nbytes / MiB / secs) if nbytes else ""
+            ratio = ""
+            if ref and (step, ref) in secs_of:
+                ratio = "%.2fx %s" % (secs / secs_of[(step, ref)], ref)
+            lines.append("| %s | %s | %.2f | %s | %s |" % (step, tool, secs, rate, ratio))
+        return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    ap.add_argument("--size-gib", type=float, default=2.0)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--noop-files", type=int, default=100)
+    ap.add_argument("--workdir")
+    ap.add_argument("--parallel", type=int, default=16)
+    ap.add_argument("--etag-hash", default="",
+                    help="rclone serve s3 --etag-hash (default off: with MD5, rclone re-reads the whole file to make "
+                         "the ETag of every GET, HEAD and listing, which MinIO and other stores do not; use MD5 to see it)")
+    ap.add_argument("--steps", default="upload,pull,noop",
+                    help="comma-separated steps to time (default upload,pull,noop); pull alone still uploads the "
+                         "checkpoint once, untimed")
+    ap.add_argument("--bench-bin", required=True, help="bin directory of the peer-tools venv (aws)")
+    a = ap.parse_args(argv)
+    steps = set(a.steps.split(","))
+    if not steps or steps - {"upload", "pull", "noop"}:
+        ap.error("--steps takes upload, pull and noop")
+    work = a.workdir or tempfile.mkdtemp(prefix="llmops-bench-ckpt-")
+    os.makedirs(work, exist_ok=True)
+    bench = None
+    try:
+        big = os.path.join(work, "big")
+        print("generating a %.1f GiB checkpoint (%d shards) in %s" % (a.size_gib, a.shards, big), flush=True)
+        if steps == {"noop"}:
+            make_big(big, 0.001, 1)
+        else:
+            make_big(big, a.size_gib, a.shards)
+        manifest_path = os.path.join(work, "big.manifest.json")
+        manifest = _checkpoint.manifest_from_dir(big, "bench")
+        with open(manifest_path, "wb") as fh:
+            fh.write(_checkpoint.canonical_bytes(manifest))
+        bench = Bench(a, work, a.bench_bin)
+        if "upload" in steps:
+            bench.upload(big, manifest_path)
+        elif "pull" in steps:
+            bench.ours_sync(big, "ours", manifest_path)
+        if "pull" in steps:
+            bench.pull(_checkpoint.manifest_digest(manifest), tree_bytes(big))
+        if "noop" in steps:
+            many = os.path.join(work, "many")
+            make_many(many, a.noop_files)
+            bench.noop(many)
+        print(bench.table())
+        print("\nrclone %s; python %s; %d CPUs" % (
+            subprocess.run([os.path.join(os.path.dirname(sys.executable), "rclone"), "version"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()[0], sys.version.split()[0], os.cpu_count()))
+    finally:
+        if bench:
+            bench.close()
+        if not a.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

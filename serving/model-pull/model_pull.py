@@ -1,0 +1,600 @@
+# Copyright: llmops.onprem contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""model-pull: put a verified model checkpoint from an S3-compatible store into a node cache.
+
+  model-pull --endpoint URL --bucket B --prefix P --model NAME --digest SHA256HEX
+             --cache-root DIR [--ca-file F] [--parallel N] [--rehash]
+
+Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the read-only Secret).
+The checkpoint manifest is read from s3://B/P/.llmops/manifest.json (written there by
+llmops.onprem.checkpoint_sync); its digest must equal --digest. Files land in
+DIR/<model>/<digest>/, each checked against its sha256; a marker file then records the
+verified copy, and a warm start with a verified copy moves 0 bytes. A lock on
+DIR/<model>/.lock keeps concurrent pulls on one node from downloading twice. The last line
+printed is MODEL_PATH=DIR/<model>/<digest>. Exit codes: see README.md next to this file.
+
+Standard library only; SigV4 signing is the collection's _sigv4.py, copied next to this file
+in the image (and found in plugins/module_utils when run from a checkout).
+"""
+import argparse
+import concurrent.futures
+import difflib
+import errno
+import fcntl
+import hashlib
+import http.client
+import json
+import mmap
+import os
+import re
+import ssl
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+from xml.etree import ElementTree
+
+_HERE = os.path.dirname(os.path.realpath(__file__))
+for _cand in (_HERE, os.path.join(_HERE, "..", "..", "plugins", "module_utils")):
+    if os.path.exists(os.path.join(_cand, "_sigv4.py")):
+        sys.path.insert(0, os.path.abspath(_cand))
+        break
+import _sigv4  # noqa: E402  pylint: disable=wrong-import-position
+
+EXIT_OK, EXIT_USAGE, EXIT_CREDENTIAL, EXIT_NOT_FOUND, EXIT_VERIFY, EXIT_DISK, EXIT_UNREACHABLE = 0, 2, 3, 4, 5, 6, 7
+SCHEMA = "llmops.onprem/checkpoint-manifest/v1"
+MANIFEST_KEY = ".llmops/manifest.json"
+MARKER = ".llmops-verified.json"
+# One ranged GET. Measured here against rclone serve s3: 64 MiB ranges cost the server about 2 s of
+# CPU per 2 GiB, whole-file GETs (or 256 MiB ranges) 3.5 to 5 s, and 16 MiB ranges no less.
+CHUNK = 64 * 1024 * 1024
+HASH_PIECE = 4 * 1024 * 1024      # one sha256 update over the page cache (mmap)
+# One read from the socket, one pwrite. Measured here: 128-256 KiB moves a GiB in about half the
+# time (and system CPU) of 4 MiB pieces, which fall out of the CPU caches between copies.
+BUF = 256 * 1024
+DISK_MARGIN = 64 * 1024 * 1024    # free space left over after the pull
+CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken")
+
+
+class PullError(Exception):
+    def __init__(self, code, message):
+        super(PullError, self).__init__(message)
+        self.code = code
+
+
+def log(msg):
+    sys.stdout.write("model-pull: %s\n" % msg)
+    sys.stdout.flush()
+
+
+def boot_id():
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+class S3(object):
+    """GET/HEAD on one endpoint with one credential; one keep-alive connection per thread."""
+
+    def __init__(self, endpoint, access_key, secret_key, region="us-east-1", ca_file=None, timeout=30):
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise PullError(EXIT_USAGE, "--endpoint %r must look like https://host:port (no path)" % endpoint)
+        self.url = endpoint.rstrip("/")
+        self.scheme, self.hostname = parts.scheme, parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.host = parts.netloc
+        self.access_key, self.secret_key, self.region = access_key, secret_key, region
+        self.timeout = timeout
+        self.context = None
+        if self.scheme == "https":
+            try:
+                self.context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+            except (OSError, ssl.SSLError) as e:
+                raise PullError(EXIT_USAGE, "--ca-file %s cannot be used: %s" % (ca_file, e))
+        self.local = threading.local()
+
+    def _conn(self, fresh=False):
+        conn = getattr(self.local, "conn", None)
+        if conn is None or fresh:
+            if conn is not None:
+                conn.close()
+            if self.scheme == "https":
+                conn = http.client.HTTPSConnection(self.hostname, self.port, timeout=self.timeout, context=self.context)
+            else:
+                conn = http.client.HTTPConnection(self.hostname, self.port, timeout=self.timeout)
+            self.local.conn = conn
+        return conn
+
+    def request(self, method, path, query=None, headers=None):
+        """Send a signed request; returns the response (body unread). Transport errors -> PullError 7.
+        A dropped keep-alive connection is retried once on a fresh connection."""
+        for attempt in (0, 1):
+            req = _sigv4.sign(method, self.host, path, query=query, headers=headers, body=b"",
+                              access_key=self.access_key, secret_key=self.secret_key, region=self.region)
+            conn = self._conn(fresh=attempt > 0)
+            try:
+                conn.request(req.method, req.target, headers=req.headers)
+                return conn.getresponse()
+            except ssl.SSLCertVerificationError as e:
+                raise PullError(EXIT_UNREACHABLE, "TLS verification of %s failed: %s (check --ca-file)"
+                                % (self.url, e.verify_message or e))
+            except ssl.SSLError as e:
+                raise PullError(EXIT_UNREACHABLE, "TLS handshake with %s failed: %s" % (self.url, e))
+            except (http.client.RemoteDisconnected, http.client.ImproperConnectionState, BrokenPipeError,
+                    ConnectionResetError) as e:
+                if attempt:
+                    raise PullError(EXIT_UNREACHABLE, "connection to %s dropped: %s" % (self.url, e))
+            except (OSError, http.client.HTTPException) as e:
+                raise PullError(EXIT_UNREACHABLE, "cannot reach %s: %s" % (self.url, e))
+        raise PullError(EXIT_UNREACHABLE, "cannot reach %s" % self.url)  # pragma: no cover
+
+    def get_small(self, path, query=None):
+        """(status, body, S3 error code) of a small GET."""
+        resp = self.request("GET", path, query=query)
+        try:
+            body = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise PullError(EXIT_UNREACHABLE, "reading the answer of %s failed: %s" % (self.url, e))
+        code = None
+        if resp.status >= 300:
+            try:
+                code = ElementTree.fromstring(body).findtext("Code")
+            except ElementTree.ParseError:
+                code = None
+        return resp.status, body, code
+
+
+def credential_refused(status, code, what):
+    if status == 403 and code in CREDENTIAL_CODES or code in CREDENTIAL_CODES[:2]:
+        return PullError(EXIT_CREDENTIAL, "the object store refused the credential (%s %s) on %s: check the "
+                         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY of the read-only Secret" % (status, code or "", what))
+    return None
+
+
+def list_names(s3, bucket, parent):
+    """Immediate sub-prefixes of ``parent`` in ``bucket`` (for the 'did you mean' hint)."""
+    status, body, _code = s3.get_small("/" + bucket, {"list-type": "2", "prefix": parent, "delimiter": "/",
+                                                      "max-keys": "1000"})
+    if status != 200:
+        return []
+    root = ElementTree.fromstring(body)
+    out = []
+    for el in root.iter():
+        if el.tag.split("}")[-1] == "Prefix" and el.text and el.text != parent:
+            out.append(el.text[len(parent):].rstrip("/"))
+    return sorted(set(out))
+
+
+def not_found_message(s3, bucket, prefix, code):
+    if code == "NoSuchBucket":
+        status, body, _c = s3.get_small("/")
+        names = []
+        if status == 200:
+            names = [el.text for el in ElementTree.fromstring(body).iter() if el.tag.split("}")[-1] == "Name" and el.text]
+        hint = difflib.get_close_matches(bucket, names, n=1)
+        return "bucket %r does not exist on %s%s" % (bucket, s3.url, "; did you mean %r?" % hint[0] if hint else "")
+    parts = prefix.split("/")
+    # Walk down from the bucket: the first level that does not exist is the likely typo.
+    for depth in range(len(parts)):
+        parent = "/".join(parts[:depth]) + ("/" if depth else "")
+        names = list_names(s3, bucket, parent)
+        if parts[depth] not in names:
+            hint = difflib.get_close_matches(parts[depth], names, n=1, cutoff=0.5)
+            where = "s3://%s/%s" % (bucket, parent)
+            if hint:
+                return ("no checkpoint at s3://%s/%s: %r does not exist under %s; did you mean %r "
+                        "(s3://%s/%s%s)?" % (bucket, prefix, parts[depth], where, hint[0], bucket, parent, hint[0]))
+            return ("no checkpoint at s3://%s/%s: %r does not exist under %s (which holds: %s)"
+                    % (bucket, prefix, parts[depth], where, ", ".join(names[:10]) or "nothing"))
+    return ("no checkpoint at s3://%s/%s: the prefix exists but has no %s (was it uploaded with "
+            "llmops.onprem.checkpoint_sync? a .tar under the prefix is not a checkpoint)" % (bucket, prefix, MANIFEST_KEY))
+
+
+def fetch_manifest(s3, bucket, prefix, digest):
+    key = "%s/%s" % (prefix, MANIFEST_KEY) if prefix else MANIFEST_KEY
+    status, body, code = s3.get_small("/%s/%s" % (bucket, key))
+    refused = credential_refused(status, code, "s3://%s/%s" % (bucket, key))
+    if refused:
+        raise refused
+    if status == 404:
+        raise PullError(EXIT_NOT_FOUND, not_found_message(s3, bucket, prefix, code))
+    if status != 200:
+        raise PullError(EXIT_UNREACHABLE, "GET s3://%s/%s answered HTTP %s %s" % (bucket, key, status, code or ""))
+    try:
+        manifest = json.loads(body.decode("utf-8"))
+        assert manifest.get("schema") == SCHEMA and isinstance(manifest.get("files"), list)
+    except (ValueError, AssertionError, AttributeError):
+        raise PullError(EXIT_VERIFY, "s3://%s/%s is not a checkpoint manifest (%s)" % (bucket, key, SCHEMA))
+    got = hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    if got != digest:
+        raise PullError(EXIT_VERIFY, "the manifest at s3://%s/%s has digest %s, not --digest %s: the prefix holds "
+                        "another version of the checkpoint (re-run the checkpoints stage, or fix the digest)"
+                        % (bucket, key, got, digest))
+    for f in manifest["files"]:
+        p = f.get("path", "")
+        if not p or p.startswith("/") or any(x in ("", ".", "..") for x in p.split("/")):
+            raise PullError(EXIT_VERIFY, "the manifest names an unsafe path %r" % p)
+    return manifest
+
+
+def stamp(path):
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    buf = bytearray(BUF)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            n = fh.readinto(buf)
+            if not n:
+                return h.hexdigest()
+            h.update(view[:n])
+
+
+def cached_ok(dest, manifest, rehash, parallel):
+    """Which manifest files the cache already holds verified: (ok paths, stamps of them).
+
+    A file whose size, mtime and inode equal the stamps recorded when it was verified (in the
+    marker, same boot) is trusted without reading it; any other present file of the right size
+    is re-hashed. --rehash, or a reboot since the marker, re-hashes everything."""
+    marker = {}
+    try:
+        with open(os.path.join(dest, MARKER)) as fh:
+            marker = json.load(fh)
+    except (OSError, ValueError):
+        marker = {}
+    stamps = marker.get("files", {}) if marker.get("boot_id") == boot_id() and not rehash else {}
+    ok, new_stamps, to_hash = [], {}, []
+    for f in manifest["files"]:
+        path = os.path.join(dest, f["path"])
+        try:
+            st = stamp(path)
+        except OSError:
+            continue
+        if st[0] != f["size"]:
+            continue
+        if stamps.get(f["path"]) == st + [f["sha256"]]:
+            ok.append(f["path"])
+            new_stamps[f["path"]] = st + [f["sha256"]]
+        else:
+            to_hash.append(f)
+    if to_hash:
+        log("re-hashing %d cached file(s) without a current verification stamp" % len(to_hash))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(parallel, len(to_hash)))) as pool:
+            digests = list(pool.map(lambda f: sha256_file(os.path.join(dest, f["path"])), to_hash))
+        for f, got in zip(to_hash, digests):
+            if got == f["sha256"]:
+                ok.append(f["path"])
+                new_stamps[f["path"]] = stamp(os.path.join(dest, f["path"])) + [f["sha256"]]
+            else:
+                log("cached %s is corrupt (sha256 %s, expected %s): fetching it again" % (f["path"], got, f["sha256"]))
+    return ok, new_stamps
+
+
+def write_marker(dest, manifest_digest, stamps):
+    tmp = os.path.join(dest, MARKER + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"digest": manifest_digest, "boot_id": boot_id(), "files": stamps}, fh, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, os.path.join(dest, MARKER))
+
+
+class Progress(object):
+    def __init__(self, total, files):
+        self.total, self.files, self.done, self.files_done = total, files, 0, 0
+        self.start = self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def add(self, n):
+        with self.lock:
+            self.done += n
+            now = time.monotonic()
+            if now - self.last >= 2:
+                self.last = now
+                self.report()
+
+    def report(self):
+        secs = max(time.monotonic() - self.start, 1e-6)
+        log("progress %d/%d MiB (%.0f%%), %d/%d files, %.0f MiB/s" % (
+            self.done >> 20, self.total >> 20, 100.0 * self.done / max(self.total, 1), self.files_done, self.files,
+            self.done / secs / 1048576))
+
+
+class FileJob(object):
+    """One file: its chunks (one ranged GET each) are fetched in parallel. The sha256 follows the contiguous done
+    prefix: the thread fetching the next chunk to hash hashes its bytes as they arrive, while they are hot in the
+    CPU cache; a chunk that finished ahead of its turn is hashed later from the page cache (mmap, no copy)."""
+
+    def __init__(self, dest, entry):
+        self.entry = entry
+        self.final = os.path.join(dest, entry["path"])
+        self.part = self.final + ".part"
+        self.size = entry["size"]
+        self.chunks = [(off, min(CHUNK, self.size - off)) for off in range(0, self.size, CHUNK)] or [(0, 0)]
+        self.done = [False] * len(self.chunks)
+        self.hashed = 0
+        self.hash = hashlib.sha256()
+        self.lock = threading.Lock()
+        self.hash_lock = threading.Lock()
+        self.fd = None
+        self.map = None
+
+    def open(self):
+        os.makedirs(os.path.dirname(self.final), exist_ok=True)
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        # Sized, not preallocated (posix_fallocate measured slower here); free space was checked
+        # before the download, and ENOSPC while writing is exit code 6.
+        os.ftruncate(self.fd, self.size)
+        if len(self.chunks) > 1:
+            self.map = mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ)
+
+    def close(self):
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def hash_inline(self, i):
+        """True when the caller fetching chunk i may hash its bytes as they arrive (every chunk before it is
+        hashed and no other thread is hashing); the caller then holds hash_lock until chunk_done()/release."""
+        with self.lock:
+            if self.hashed != i:
+                return False
+        if not self.hash_lock.acquire(False):
+            return False
+        with self.lock:
+            if self.hashed == i:
+                return True
+        self.hash_lock.release()
+        return False
+
+    def chunk_done(self, i, inline=False):
+        """Mark chunk i written (and hashed, when inline), then hash every chunk now contiguous from the start.
+        One thread hashes a file at a time; the others go back to fetching, and the hashing thread picks up what
+        they finished. Returns True to exactly one caller: the one that hashed the file's last chunk."""
+        finished = False
+        with self.lock:
+            self.done[i] = True
+            if inline:
+                self.hashed = i + 1
+                finished = self.hashed == len(self.chunks)
+        if inline:
+            self.hash_lock.release()
+        while True:
+            if not self.hash_lock.acquire(False):
+                return finished
+            try:
+                while True:
+                    with self.lock:
+                        if self.hashed >= len(self.chunks) or not self.done[self.hashed]:
+                            break
+                        off, length = self.chunks[self.hashed]
+                    if length:
+                        with memoryview(self.map) as view:
+                            for pos in range(off, off + length, HASH_PIECE):
+                                self.hash.update(view[pos:min(pos + HASH_PIECE, off + length)])
+                    with self.lock:
+                        self.hashed += 1
+                        finished = finished or self.hashed == len(self.chunks)
+            finally:
+                self.hash_lock.release()
+            with self.lock:  # a chunk finished while this thread was leaving: hash it too
+                if self.hashed >= len(self.chunks) or not self.done[self.hashed]:
+                    return finished
+
+
+class Stopped(Exception):
+    """Another chunk failed: this one gives up."""
+
+
+def fetch_chunk(s3, bucket, key, job, i, progress, stop):
+    if stop.is_set():
+        return False
+    off, length = job.chunks[i]
+    end = off + length
+    buf = bytearray(BUF)
+    view = memoryview(buf)
+    inline = job.hash_inline(i)
+    try:
+        pos = off
+        for attempt in range(4):
+            try:
+                # A retry asks for the rest of the chunk only: the bytes before pos are written (and hashed).
+                headers = {"range": "bytes=%d-%d" % (pos, end - 1)} if length else {}
+                resp = s3.request("GET", "/%s/%s" % (bucket, key), headers=headers)
+                if resp.status not in (200, 206):
+                    body = resp.read()
+                    s3._conn(fresh=True)
+                    code = None
+                    try:
+                        code = ElementTree.fromstring(body).findtext("Code")
+                    except ElementTree.ParseError:
+                        pass
+                    refused = credential_refused(resp.status, code, "s3://%s/%s" % (bucket, key))
+                    if refused:
+                        raise refused
+                    if resp.status == 404:
+                        raise PullError(EXIT_NOT_FOUND, "s3://%s/%s is in the manifest but not in the bucket "
+                                        "(an incomplete upload? re-run the checkpoints stage)" % (bucket, key))
+                    if resp.status in (429, 500, 502, 503, 504) and attempt < 3:
+                        time.sleep(0.5 * 2 ** attempt)
+                        continue
+                    raise PullError(EXIT_UNREACHABLE, "GET s3://%s/%s answered HTTP %s %s" % (bucket, key, resp.status, code or ""))
+                # Some servers (rclone serve s3) answer a range with 200 and a Content-Range header.
+                if (resp.status == 200 and length and (pos, end) != (0, job.size)
+                        and not (resp.getheader("content-range") or "").startswith("bytes %d-%d/" % (pos, end - 1))):
+                    s3._conn(fresh=True)
+                    raise PullError(EXIT_UNREACHABLE, "%s ignored the Range header" % s3.url)
+                while pos < end and not stop.is_set():
+                    n = resp.readinto(view[:min(BUF, end - pos)])
+                    if not n:
+                        break
+                    os.pwrite(job.fd, view[:n], pos)
+                    if inline:
+                        job.hash.update(view[:n])
+                    pos += n
+                    progress.add(n)
+                if stop.is_set():
+                    s3._conn(fresh=True)
+                    raise Stopped()
+                if pos < end:
+                    raise ConnectionResetError("the answer ended after %d of %d bytes" % (pos - off, length))
+                resp.read()  # drain (nothing left), keeps the connection reusable
+                break
+            except PullError:
+                raise
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise PullError(EXIT_DISK, "no space left on the cache volume while writing %s" % job.final)
+                if attempt == 3:
+                    raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
+                s3._conn(fresh=True)
+                time.sleep(0.5 * 2 ** attempt)
+            except http.client.HTTPException as e:
+                if attempt == 3:
+                    raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
+                s3._conn(fresh=True)
+        else:
+            raise PullError(EXIT_UNREACHABLE, "fetching %s failed" % key)  # pragma: no cover
+    except BaseException as e:
+        if inline:
+            job.hash_lock.release()
+        if isinstance(e, Stopped):
+            return False
+        raise
+    return job.chunk_done(i, inline)
+
+
+def download(s3, bucket, prefix, dest, entries, parallel, progress):
+    jobs = [FileJob(dest, f) for f in entries]
+    for job in jobs:
+        job.open()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel)
+    stop = threading.Event()
+    try:
+        futures = {}
+        for job in jobs:
+            key = "%s/%s" % (prefix, job.entry["path"]) if prefix else job.entry["path"]
+            for i in range(len(job.chunks)):
+                futures[pool.submit(fetch_chunk, s3, bucket, key, job, i, progress, stop)] = job
+        for fut in concurrent.futures.as_completed(futures):
+            job = futures[fut]
+            if fut.result():
+                got = job.hash.hexdigest()
+                if got != job.entry["sha256"]:
+                    raise PullError(EXIT_VERIFY, "%s: downloaded sha256 %s, the manifest says %s (the object store "
+                                    "holds other bytes than the manifest)" % (job.entry["path"], got, job.entry["sha256"]))
+                job.close()
+                os.replace(job.part, job.final)
+                progress.files_done += 1
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for job in jobs:
+            job.close()
+
+
+def pull(a, env):
+    access, secret = env.get("AWS_ACCESS_KEY_ID", ""), env.get("AWS_SECRET_ACCESS_KEY", "")
+    if not access or not secret:
+        raise PullError(EXIT_USAGE, "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set (mount the read-only Secret)")
+    if not re.match(r"^[0-9a-f]{64}$", a.digest):
+        raise PullError(EXIT_USAGE, "--digest must be 64 lowercase hex digits (the manifest digest), got %r" % a.digest)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", a.model):
+        raise PullError(EXIT_USAGE, "--model %r must be a plain name (letters, digits, . _ -)" % a.model)
+    prefix = a.prefix.strip("/")
+    s3 = S3(a.endpoint, access, secret, env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            a.ca_file)
+    model_dir = os.path.join(a.cache_root, a.model)
+    dest = os.path.join(model_dir, a.digest)
+    try:
+        os.makedirs(dest, exist_ok=True)
+    except OSError as e:
+        raise PullError(EXIT_DISK if e.errno == errno.ENOSPC else EXIT_USAGE, "cannot create %s: %s" % (dest, e))
+    lock_fd = os.open(os.path.join(model_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log("another pull of %s holds %s; waiting for it" % (a.model, os.path.join(model_dir, ".lock")))
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        start = time.monotonic()
+        manifest = fetch_manifest(s3, a.bucket, prefix, a.digest)
+        total = sum(f["size"] for f in manifest["files"])
+        ok, stamps = cached_ok(dest, manifest, a.rehash, a.parallel)
+        need = [f for f in manifest["files"] if f["path"] not in set(ok)]
+        need_bytes = sum(f["size"] for f in need)
+        log("%s: %d files, %d bytes; %d already verified in the cache, %d to fetch (%d bytes)"
+            % (a.model, len(manifest["files"]), total, len(ok), len(need), need_bytes))
+        if need:
+            st = os.statvfs(dest)
+            free = st.f_bavail * st.f_frsize
+            if free < need_bytes + DISK_MARGIN:
+                raise PullError(EXIT_DISK, "not enough disk space in %s: %d bytes free, the pull needs %d (+%d margin)"
+                                % (dest, free, need_bytes, DISK_MARGIN))
+            progress = Progress(need_bytes, len(need))
+            download(s3, a.bucket, prefix, dest, need, a.parallel, progress)
+            progress.report()
+            for f in need:
+                stamps[f["path"]] = stamp(os.path.join(dest, f["path"])) + [f["sha256"]]
+        wanted = set(f["path"] for f in manifest["files"])
+        for root, _dirs, files in os.walk(dest):
+            for name in files:
+                rel = os.path.relpath(os.path.join(root, name), dest).replace(os.sep, "/")
+                if rel not in wanted and rel != MARKER:
+                    os.remove(os.path.join(root, name))
+        write_marker(dest, a.digest, stamps)
+        secs = time.monotonic() - start
+        log("done: %d bytes fetched in %.1f s (%.0f MiB/s), %d files verified"
+            % (need_bytes, secs, need_bytes / max(secs, 1e-6) / 1048576, len(manifest["files"])))
+        return dest, need_bytes
+    finally:
+        os.close(lock_fd)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="model-pull", description=__doc__.split("\n\n", 1)[0])
+    ap.add_argument("--endpoint", required=True, help="S3 endpoint URL, https://host:port")
+    ap.add_argument("--bucket", required=True)
+    ap.add_argument("--prefix", required=True, help="the checkpoint's prefix in the bucket")
+    ap.add_argument("--model", required=True, help="model name (the cache directory's name)")
+    ap.add_argument("--digest", required=True, help="the checkpoint manifest's digest (sha256 hex)")
+    ap.add_argument("--cache-root", required=True, help="the node cache directory (hostPath or PVC)")
+    ap.add_argument("--ca-file", help="PEM CA bundle for an https endpoint")
+    ap.add_argument("--parallel", type=int, default=16, help="concurrent ranged GETs (default 16)")
+    ap.add_argument("--rehash", action="store_true", help="re-hash every cached file instead of trusting stamps")
+    a = ap.parse_args(argv)
+    if a.parallel < 1:
+        ap.error("--parallel must be at least 1")
+    return a
+
+
+def main(argv=None, env=None):
+    try:
+        a = parse_args(argv)
+    except SystemExit as e:
+        return EXIT_OK if e.code in (0, None) else EXIT_USAGE
+    try:
+        dest, _moved = pull(a, os.environ if env is None else env)
+    except PullError as e:
+        sys.stderr.write("model-pull: ERROR: %s\n" % e)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    sys.stdout.write("MODEL_PATH=%s\n" % dest)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
