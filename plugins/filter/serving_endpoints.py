@@ -1,0 +1,93 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops.onprem contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""endpoint_ready's endpoints for the vllm_serving role's models, from the Services the chart made."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+DOCUMENTATION = r"""
+name: serving_endpoints
+short_description: The endpoints llmops.onprem.endpoint_ready waits for, one per served model
+version_added: 0.1.0
+description:
+  - For each C(vllm_serving_models) entry, the URL of its Service (C(http://<clusterIP>:<port>)) or of its Ingress
+    (C(https://<ingress_host>)), its served name, and the namespace and label selector of its pods.
+options:
+  _input:
+    description: C(vllm_serving_models).
+    type: list
+    elements: dict
+    required: true
+  services:
+    description: The Services of the release (kubernetes.core.k8s_info resources).
+    type: list
+    elements: dict
+    required: true
+  release:
+    description: The Helm release name.
+    type: str
+    required: true
+  namespace:
+    description: The release's namespace.
+    type: str
+    required: true
+  via:
+    description: C(service) or C(ingress).
+    type: str
+    default: service
+  api_key:
+    description: API key to send (kept out of logs by endpoint_ready).
+    type: str
+  ca_file:
+    description: CA file for https URLs.
+    type: str
+"""
+
+EXAMPLES = r"""
+- name: Endpoints of the served models
+  ansible.builtin.set_fact:
+    endpoints: "{{ vllm_serving_models | llmops.onprem.serving_endpoints(services.resources, 'llmops-serving', 'llmops') }}"
+"""
+
+RETURN = r"""
+_value:
+  description: endpoint_ready's O(endpoints).
+  type: list
+  elements: dict
+  sample: [{"name": "chat", "url": "http://10.0.0.12:8000", "model": "chat", "namespace": "llmops",
+            "selector": "app.kubernetes.io/instance=llmops-serving,llmops.onprem/model=chat"}]
+"""
+
+
+def serving_endpoints(models, services, release, namespace, via="service", api_key=None, ca_file=None):
+    """endpoint_ready's endpoints for the role's models, from the Services the chart made."""
+    by_name = dict((s["metadata"]["name"], s) for s in services or [])
+    out = []
+    for m in models:
+        obj = ("%s-%s" % (release, m["name"]))[:63].rstrip("-")
+        if via == "ingress":
+            if not m.get("ingress_host"):
+                raise AnsibleFilterError("vllm_serving_models[%s]: probing via ingress needs its ingress_host" % m["name"])
+            url = "https://%s" % m["ingress_host"]
+        else:
+            svc = by_name.get(obj)
+            if svc is None:
+                raise AnsibleFilterError("no Service %s in %s: is the chart installed?" % (obj, namespace))
+            url = "http://%s:%s" % (svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"])
+        ep = dict(name=m["name"], url=url, model=m.get("served_name") or m["name"], namespace=namespace,
+                  selector="app.kubernetes.io/instance=%s,llmops.onprem/model=%s" % (release, m["name"]))
+        if api_key:
+            ep["api_key"] = api_key
+        if ca_file:
+            ep["ca_file"] = ca_file
+        out.append(ep)
+    return out
+
+
+class FilterModule(object):
+    """llmops.onprem serving endpoint filters."""
+
+    def filters(self):
+        return {"serving_endpoints": serving_endpoints}

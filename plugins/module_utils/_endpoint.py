@@ -1,0 +1,431 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops.onprem contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to llmops.onprem; may change without notice.
+
+Readiness of vLLM endpoints (the endpoint_ready module): the ordered steps a served model
+passes (pods scheduled, init containers done, /health 200, /v1/models lists the served name,
+a real completion returns text), each timed, and when a step does not pass, a diagnosis from
+the cluster (pod phase, container states, init exit codes, events, last log lines) with what
+to do about it. HTTP is the standard library (urllib, ssl with the site CA); the Kubernetes
+side is the `kubernetes` client, imported only when an endpoint names its namespace.
+
+The diagnosis is a pure function of plain dicts (pods, events, logs as the API returns them),
+so it is unit tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.error
+
+from ansible.module_utils.urls import SSLValidationError, open_url
+
+STEPS = ("pods_scheduled", "init_done", "health", "models", "completion")
+HTTP_STEPS = ("health", "models", "completion")
+
+# model-pull's exit codes (serving/model-pull): what each means and what to do.
+DOWNLOADER_EXITS = {
+    2: ("downloader_usage", "the downloader was started with bad arguments",
+        "Check the chart's downloader values (objectStore.endpoint, bucket, checkpoint prefix and digest)."),
+    3: ("credential_refused", "the object store refused the downloader's read-only credential",
+        "The read-only credential in the object-store Secret does not match the object store: re-run the minio "
+        "(or external object store) and cluster_secrets stages so the Secret holds a valid read-only key."),
+    4: ("checkpoint_missing", "the checkpoint prefix is empty or wrong: no .llmops/manifest.json under it",
+        "Check the model's checkpoint bucket/prefix against what the checkpoints stage uploaded "
+        "(<prefix>/.llmops/manifest.json must exist), or run the checkpoints stage first."),
+    5: ("checkpoint_corrupt", "the downloaded checkpoint failed sha256 verification against its manifest",
+        "Re-upload the checkpoint with the checkpoints stage; the object store holds different bytes than its manifest."),
+    6: ("cache_full", "the node's model cache has no space for the checkpoint",
+        "Free space in the node cache (cache.hostPath or its PVC), or make it larger."),
+    7: ("object_store_unreachable", "the downloader cannot reach the object store (network or TLS)",
+        "Check objectStore.endpoint and that the site CA (objectStore.caName) signs the object store's certificate."),
+}
+UNSUPPORTED_ARCH = "are not supported for now. supported architectures"
+PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+
+
+class EndpointError(Exception):
+    """A failed HTTP step: ``status`` (None when no answer), ``body`` (text, shortened)."""
+
+    def __init__(self, message, status=None, body="", details=None):
+        super(EndpointError, self).__init__(message)
+        self.status = status
+        self.body = body
+        self.details = details if details is not None else dict(changed=False, ready=False, endpoints=[])
+
+
+def tls_options(ca_file=None, validate_certs=True):
+    """open_url's TLS keyword arguments for an endpoint."""
+    return dict(ca_path=ca_file or None, validate_certs=validate_certs)
+
+
+def http_json(url, api_key=None, body=None, timeout=10, context=None):
+    """GET (or POST a JSON body) -> (status, parsed JSON or text). Raises EndpointError when no answer.
+
+    context: open_url's TLS keyword arguments (tls_options()). No proxy, no redirects."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    if api_key:
+        headers["Authorization"] = "Bearer " + api_key
+    try:
+        r = open_url(url, data=data, headers=headers, method="POST" if data is not None else "GET", timeout=timeout,
+                     use_proxy=False, follow_redirects="none", http_agent="llmops-endpoint-ready", **(context or {}))
+        status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    except SSLValidationError as e:
+        raise EndpointError("TLS to %s failed: %s (is ca_file the site CA?)" % (url, e))
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, ssl.SSLError):
+            raise EndpointError("TLS to %s failed: %s (is ca_file the site CA?)" % (url, reason))
+        raise EndpointError("no answer from %s: %s" % (url, reason))
+    except (OSError, ValueError) as e:
+        if isinstance(e, ssl.SSLError):
+            raise EndpointError("TLS to %s failed: %s (is ca_file the site CA?)" % (url, e))
+        raise EndpointError("no answer from %s: %s" % (url, e))
+    text = raw.decode("utf-8", "replace")
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+def _short(value, limit=300):
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_health(ep, ctx):
+    status, body = http_json(ep["url"] + "/health", timeout=10, context=ctx)
+    if status != 200:
+        raise EndpointError("/health answered %d (%s)" % (status, _short(body) or "loading or warming up"), status, _short(body))
+    return "/health 200"
+
+
+def check_models(ep, ctx):
+    status, body = http_json(ep["url"] + "/v1/models", api_key=ep.get("api_key"), timeout=10, context=ctx)
+    if status != 200:
+        raise EndpointError("/v1/models answered %d: %s" % (status, _short(body)), status, _short(body))
+    ids = [m.get("id") for m in (body.get("data") or [])] if isinstance(body, dict) else []
+    if ep["model"] not in ids:
+        raise EndpointError("/v1/models lists %s, not the served name %r" % (ids, ep["model"]), status, _short(body))
+    return "/v1/models lists %s" % ", ".join(ids)
+
+
+def check_completion(ep, ctx, prompt="Say hello.", max_tokens=4):
+    req = dict(model=ep["model"], prompt=prompt, max_tokens=max_tokens, temperature=0)
+    status, body = http_json(ep["url"] + "/v1/completions", api_key=ep.get("api_key"), body=req, timeout=120, context=ctx)
+    if status != 200:
+        raise EndpointError("/v1/completions answered %d: %s" % (status, _short(body)), status, _short(body))
+    try:
+        text = body["choices"][0]["text"]
+    except (KeyError, IndexError, TypeError):
+        raise EndpointError("/v1/completions answered without choices[0].text: %s" % _short(body), status, _short(body))
+    if not text or not text.strip():
+        raise EndpointError("/v1/completions returned empty text", status, _short(body))
+    return text
+
+
+# --- Kubernetes side ---------------------------------------------------------------------------
+
+def _state_of(status):
+    """A container status dict -> (kind, reason, exit_code, message) of its current state."""
+    state = status.get("state") or {}
+    for kind in ("waiting", "terminated", "running"):
+        if state.get(kind):
+            s = state[kind]
+            return kind, s.get("reason") or "", s.get("exitCode"), s.get("message") or ""
+    return "unknown", "", None, ""
+
+
+def _last_terminated(status):
+    state = status.get("state") or {}
+    if state.get("terminated"):
+        return state["terminated"]
+    return (status.get("lastState") or {}).get("terminated")
+
+
+def pod_steps(pods):
+    """(scheduled, init_done, detail) for the endpoint's pods (plain dicts)."""
+    if not pods:
+        return False, False, "no pod matches the selector yet"
+    scheduled = all(any(c.get("type") == "PodScheduled" and c.get("status") == "True"
+                        for c in (p.get("status") or {}).get("conditions") or []) for p in pods)
+    init_done = all(any(c.get("type") == "Initialized" and c.get("status") == "True"
+                        for c in (p.get("status") or {}).get("conditions") or []) for p in pods)
+    names = ", ".join(p["metadata"]["name"] for p in pods)
+    return scheduled, init_done, "%d pod(s): %s" % (len(pods), names)
+
+
+def summarize_pod(pod):
+    st = pod.get("status") or {}
+    out = dict(pod=pod["metadata"]["name"], phase=st.get("phase") or "", containers=[])
+    for group, key in (("init", "initContainerStatuses"), ("main", "containerStatuses")):
+        for c in st.get(key) or []:
+            kind, reason, code, message = _state_of(c)
+            out["containers"].append(dict(name=c.get("name"), kind=group, state=kind, reason=reason, exit_code=code,
+                                          restarts=c.get("restartCount", 0), message=_short(message, 200)))
+    return out
+
+
+def diagnose(ep, pods, events, logs, http_error=None):
+    """What is wrong with one endpoint, from the cluster's view.
+
+    pods: pod dicts (API JSON); events: {pod name: [event dicts]}; logs: {(pod, container): text}.
+    http_error: the last EndpointError of the HTTP steps (or None).
+    Returns dict(code, message, fix, fatal, evidence).
+    """
+    evidence = dict(pods=[summarize_pod(p) for p in pods], events=[], log_tail=[])
+
+    def found(code, message, fix, fatal=True, pod=None, container=None):
+        if pod is not None:
+            evidence["events"] = [_short("%s %s: %s" % (e.get("type"), e.get("reason"), e.get("message")), 300)
+                                  for e in events.get(pod, [])][-8:]
+            if container is not None:
+                evidence["log_tail"] = (logs.get((pod, container)) or "").splitlines()[-20:]
+        return dict(code=code, message=message, fix=fix, fatal=fatal, evidence=evidence)
+
+    where = "%s (model %s)" % (ep.get("name"), ep.get("model"))
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        st = pod.get("status") or {}
+        statuses = [("init", c) for c in st.get("initContainerStatuses") or []] + \
+                   [("main", c) for c in st.get("containerStatuses") or []]
+        # 1. images the node cannot pull
+        for _group, c in statuses:
+            kind, reason, _code, message = _state_of(c)
+            if kind == "waiting" and reason in PULL_REASONS:
+                image = c.get("image") or ""
+                return found("image_pull", "%s: pod %s cannot pull image %s for container %s (%s): %s"
+                             % (where, name, image, c.get("name"), reason, _short(message, 300)),
+                             "The image is not in the site registry (or the node cannot reach it): mirror it with the "
+                             "image mirror stage from the bundle, and pass image values only through "
+                             "llmops.onprem.site_image so they name the site registry.", pod=name)
+        # 2. not schedulable
+        for cond in st.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                msg = cond.get("message") or ""
+                sched = [e.get("message") or "" for e in events.get(name, []) if e.get("reason") == "FailedScheduling"]
+                text = sched[-1] if sched else msg
+                if "nvidia.com/gpu" in text and "Insufficient" in text:
+                    return found("insufficient_gpu", "%s: pod %s is Pending: %s" % (where, name, text),
+                                 "Not enough free GPUs: the model asks %s GPU(s) per replica (plus one more replica's "
+                                 "worth during a rolling update with maxSurge 1). Free GPUs, lower gpus for this model, "
+                                 "or check the nodes' allocatable nvidia.com/gpu (GPU operator / device plugin)."
+                                 % ep.get("gpus", "its"), pod=name)
+                if text:
+                    return found("unschedulable", "%s: pod %s is Pending: %s" % (where, name, text),
+                                 "Make a node fit the pod: check nodeSelector (nvidia.com/gpu.product), taints and "
+                                 "resource requests against `kubectl describe nodes`.", pod=name)
+        # 3. the downloader (init container) failed
+        for group, c in statuses:
+            if group != "init":
+                continue
+            term = _last_terminated(c)
+            if term and term.get("exitCode") not in (None, 0):
+                code = term["exitCode"]
+                tail = (logs.get((name, c.get("name"))) or "").strip().splitlines()[-3:]
+                known = DOWNLOADER_EXITS.get(code)
+                if known:
+                    return found(known[0], "%s: init container %s of pod %s exited %d: %s. Last log lines: %s"
+                                 % (where, c.get("name"), name, code, known[1], " | ".join(tail)),
+                                 known[2], pod=name, container=c.get("name"))
+                return found("init_failed", "%s: init container %s of pod %s exited %d. Last log lines: %s"
+                             % (where, c.get("name"), name, code, " | ".join(tail)),
+                             "Read the init container's log (kubectl logs %s -c %s) and fix its cause." % (name, c.get("name")),
+                             pod=name, container=c.get("name"))
+        # 4. the engine failed
+        for group, c in statuses:
+            if group != "main":
+                continue
+            term = _last_terminated(c)
+            log = logs.get((name, c.get("name"))) or ""
+            if UNSUPPORTED_ARCH in log.lower():
+                line = [ln for ln in log.splitlines() if UNSUPPORTED_ARCH in ln.lower()][-1]
+                return found("unsupported_architecture", "%s: the engine in pod %s cannot serve this checkpoint: %s"
+                             % (where, name, _short(line.strip(), 400)),
+                             "This vLLM release does not implement the checkpoint's architecture (config.json "
+                             "'architectures'): serve it with a vLLM image that supports it (a newer release, mirrored "
+                             "into the site registry) or pick a checkpoint of a supported architecture.",
+                             pod=name, container=c.get("name"))
+            if term and term.get("exitCode") not in (None, 0):
+                tail = log.strip().splitlines()[-3:]
+                return found("engine_failed", "%s: engine container of pod %s exited %s (restarts %s). Last log lines: %s"
+                             % (where, name, term.get("exitCode"), c.get("restartCount", 0), " | ".join(tail)),
+                             "Read the engine log (kubectl logs %s -c %s --previous) and fix its cause (GPU memory, "
+                             "engine arguments, checkpoint files)." % (name, c.get("name")), pod=name, container=c.get("name"))
+    if http_error is not None and http_error.status == 401:
+        return found("unauthorized", "%s: %s answered 401 Unauthorized: the API key given is not the engine's"
+                     % (where, ep.get("url")),
+                     "Pass the key from the serving API-key Secret (the chart's apiKey.secretName) as api_key; the "
+                     "engine reads it from VLLM_API_KEY.", fatal=True)
+    if not pods and ep.get("namespace"):
+        return found("no_pods", "%s: no pod in namespace %s matches %r" % (where, ep.get("namespace"), ep.get("selector")),
+                     "Check that the serving chart is installed in that namespace and the selector names its labels.",
+                     fatal=False)
+    message = "%s: not ready yet" % where
+    if http_error is not None:
+        message += ": %s" % http_error
+    return found("not_ready", message, "Wait longer (the start-up budget grows with the checkpoint's size) or read "
+                 "the engine log.", fatal=False)
+
+
+class Cluster(object):
+    """Reads pods, events and logs with the kubernetes client (imported here, not at module load)."""
+
+    def __init__(self, kubeconfig=None, context=None):
+        try:
+            from kubernetes import client, config
+        except ImportError:
+            raise EndpointError("the kubernetes Python package is needed to inspect pods (pip install kubernetes)")
+        try:
+            api = config.new_client_from_config(config_file=kubeconfig, context=context)
+        except Exception as e:  # pylint: disable=broad-except  # ConfigException, missing file, bad YAML
+            raise EndpointError("cannot load the kubeconfig %s: %s" % (kubeconfig or "(default)", e))
+        self.core = client.CoreV1Api(api)
+        self.api = api
+
+    def _plain(self, obj):
+        return self.api.sanitize_for_serialization(obj)
+
+    def pods(self, namespace, selector):
+        return [self._plain(p) for p in self.core.list_namespaced_pod(namespace, label_selector=selector or "").items]
+
+    def events(self, namespace, pod):
+        items = self.core.list_namespaced_event(namespace, field_selector="involvedObject.name=%s" % pod).items
+        return [self._plain(e) for e in items]
+
+    def log(self, namespace, pod, container, previous=False, lines=40):
+        try:
+            r = self.core.read_namespaced_pod_log(pod, namespace, container=container, previous=previous,
+                                                  tail_lines=lines, _preload_content=False)
+            return r.data.decode("utf-8", "replace")
+        except Exception:  # pylint: disable=broad-except  # no log yet (waiting container): nothing to add
+            return ""
+
+    def snapshot(self, namespace, selector):
+        """(pods, events by pod, logs by (pod, container)) for a diagnosis."""
+        pods = self.pods(namespace, selector)
+        events, logs = {}, {}
+        for p in pods:
+            name = p["metadata"]["name"]
+            events[name] = self.events(namespace, name)
+            st = p.get("status") or {}
+            for c in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
+                state = c.get("state") or {}
+                previous = not state.get("terminated") and bool((c.get("lastState") or {}).get("terminated"))
+                if state.get("waiting") and not previous:
+                    continue
+                text = self.log(namespace, name, c["name"], previous=previous)
+                if not text.strip() and not previous:
+                    # Restarted between the status read and the log read: the failed run is now the previous one.
+                    text = self.log(namespace, name, c["name"], previous=True)
+                logs[(name, c["name"])] = text
+        return pods, events, logs
+
+
+class Probe(object):
+    """Walks one endpoint through its steps; call poll() until done."""
+
+    def __init__(self, ep, cluster=None, clock=time.monotonic, prompt="Say hello.", max_tokens=4):
+        self.ep = ep
+        self.cluster = cluster if ep.get("namespace") else None
+        self.clock = clock
+        self.prompt, self.max_tokens = prompt, max_tokens
+        self.steps = [s for s in STEPS if self.cluster is not None or s in HTTP_STEPS]
+        self.index = 0
+        self.started = clock()
+        self.step_started = self.started
+        self.results = []
+        self.text = ""
+        self.error = None
+        self.diagnosis = None
+        self.ctx = tls_options(ep.get("ca_file"), ep.get("validate_certs", True))
+
+    @property
+    def done(self):
+        return self.index >= len(self.steps) or (self.diagnosis is not None and self.diagnosis["fatal"])
+
+    @property
+    def ready(self):
+        return self.index >= len(self.steps)
+
+    def _pass(self, detail):
+        now = self.clock()
+        self.results.append(dict(step=self.steps[self.index], ok=True, seconds=round(now - self.step_started, 3),
+                                 detail=detail))
+        self.index += 1
+        self.step_started = now
+
+    def poll(self):
+        """Try the current step (and the following ones while they pass)."""
+        while not self.done:
+            step = self.steps[self.index]
+            try:
+                if step in ("pods_scheduled", "init_done"):
+                    pods = self.cluster.pods(self.ep["namespace"], self.ep.get("selector"))
+                    scheduled, init_done, detail = pod_steps(pods)
+                    if not (scheduled if step == "pods_scheduled" else init_done):
+                        raise EndpointError("%s: %s" % (step, detail))
+                    self._pass(detail)
+                elif step == "health":
+                    self._pass(check_health(self.ep, self.ctx))
+                elif step == "models":
+                    self._pass(check_models(self.ep, self.ctx))
+                else:
+                    self.text = check_completion(self.ep, self.ctx, self.prompt, self.max_tokens)
+                    self._pass("%d characters of text" % len(self.text))
+            except EndpointError as e:
+                self.error = e
+                self.diagnose()
+                return
+        self.error = None
+        self.diagnosis = None
+
+    def diagnose(self):
+        if self.cluster is not None:
+            try:
+                pods, events, logs = self.cluster.snapshot(self.ep["namespace"], self.ep.get("selector"))
+            except Exception as e:  # pylint: disable=broad-except  # the API may blip; keep waiting
+                self.diagnosis = dict(code="cluster_unreadable", message="cannot read pods: %s" % e,
+                                      fix="Check the kubeconfig and the API server.", fatal=False, evidence={})
+                return
+        else:
+            pods, events, logs = [], {}, {}
+        self.diagnosis = diagnose(self.ep, pods, events, logs, self.error)
+
+    def result(self):
+        now = self.clock()
+        steps = list(self.results)
+        if not self.ready:
+            steps.append(dict(step=self.steps[self.index], ok=False, seconds=round(now - self.step_started, 3),
+                              detail=str(self.error) if self.error else ""))
+        out = dict(name=self.ep["name"], url=self.ep["url"], model=self.ep["model"], ready=self.ready,
+                   seconds=round(now - self.started, 3), steps=steps, completion=self.text,
+                   diagnosis=None if self.ready else self.diagnosis)
+        return out
+
+
+def wait(endpoints, cluster_factory=None, timeout=900, interval=2.0, clock=time.monotonic, sleep=time.sleep,
+         prompt="Say hello.", max_tokens=4):
+    """Probe every endpoint until all are ready, one fails for good, or timeout; return their results."""
+    cluster = None
+    if any(ep.get("namespace") for ep in endpoints):
+        cluster = cluster_factory()
+    probes = [Probe(ep, cluster, clock, prompt, max_tokens) for ep in endpoints]
+    deadline = clock() + timeout
+    while True:
+        for p in probes:
+            if not p.done:
+                p.poll()
+        if all(p.done for p in probes) or clock() >= deadline:
+            break
+        sleep(interval)
+    for p in probes:
+        if not p.done and p.diagnosis is None:
+            p.diagnose()
+    return [p.result() for p in probes]

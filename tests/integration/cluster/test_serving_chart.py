@@ -1,0 +1,123 @@
+"""serving/chart (llmops-serving) on the 1.20 test cluster with the vLLM stand-in engine and a
+stand-in downloader: lint/render/validate, install and endpoint_ready, a pod restart that
+downloads nothing, a rolling update to a new checkpoint digest with no failed request, and a
+SIGTERM during a long request that still completes."""
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import serving_helpers as sh
+
+RELEASE = "srv"
+
+
+@pytest.fixture(scope="module")
+def images(kube):
+    sh.build_and_load_images(kube)
+
+
+@pytest.fixture
+def cache(kube, namespace):
+    c = sh.CacheDir()
+    yield c
+    c.remove(kube, namespace)
+
+
+def post(url, body, key=sh.API_KEY, timeout=60):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - the test's own pod
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_chart_lints_renders_and_validates(kube):
+    p = kube.run([sh.REPO / "tests" / "cluster" / "validate-chart.sh", sh.CHART, sh.CHART / "ci" / "test-values.yaml"])
+    assert "chart OK: helm lint (1.20.2," in p.stdout and "10 resources use APIs Kubernetes 1.20.2 serves" in p.stdout
+
+
+def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, capsys):
+    ns = namespace
+    sh.secrets(kube, ns)
+    vals = sh.values(cache.path, [sh.model("tiny")],
+                     engine=dict(extraEnv=[{"name": "STANDIN_DELAY_PER_TOKEN", "value": "0.05"},
+                                           {"name": "STANDIN_LOAD_SECONDS", "value": "2"}]))
+    sh.helm(kube, ns, RELEASE, vals)
+    result, out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny")], timeout=240)
+    assert result["ready"], result
+    ep = result["endpoints"][0]
+    assert [s["step"] for s in ep["steps"]] == ["pods_scheduled", "init_done", "health", "models", "completion"]
+    assert len(ep["completion"].split()) == 4 and sh.API_KEY not in out
+    pod = kube.core.list_namespaced_pod(ns, label_selector="llmops.onprem/model=tiny").items[0]
+    engine = pod.spec.containers[0]
+    assert engine.args[:10] == ["--model", "/models/tiny/" + sh.DIGEST_A, "--served-model-name", "tiny-served",
+                                "--host", "0.0.0.0", "--port", "8000", "--tensor-parallel-size", "1"]
+    env = dict((e.name, e.value) for e in engine.env if e.value is not None)
+    assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"
+    assert pod.spec.termination_grace_period_seconds == 3 + 20 + 10
+    assert (cache.path / "tiny" / sh.DIGEST_A / "config.json").is_file()
+
+    # Restart: the new pod finds the checkpoint in the node cache and downloads nothing.
+    kube.core.delete_namespaced_pod(pod.metadata.name, ns)
+    result, _out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny")], timeout=240)
+    assert result["ready"], result
+    new = [p for p in kube.core.list_namespaced_pod(ns, label_selector="llmops.onprem/model=tiny").items
+           if p.metadata.name != pod.metadata.name and p.metadata.deletion_timestamp is None][0]
+    log = kube.core.read_namespaced_pod_log(new.metadata.name, ns, container="model-pull", _preload_content=False).data.decode()
+    assert "0 bytes downloaded" in log
+
+    # Rolling update to a new digest while a bounded request loop runs against the Service.
+    url = sh.cluster_ip(kube, ns, "%s-tiny" % RELEASE) + "/v1/completions"
+    failures, codes, stop = [], [], threading.Event()
+
+    def loop():
+        while not stop.is_set() and len(codes) < 5000:
+            try:
+                code, body = post(url, {"model": "tiny-served", "prompt": "roll", "max_tokens": 2, "temperature": 0},
+                                  timeout=30)
+            except OSError as e:
+                code, body = None, str(e)
+            codes.append(code)
+            if code != 200:
+                failures.append((code, body))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        vals["models"][0]["checkpoint"]["digest"] = sh.DIGEST_B
+        sh.helm(kube, ns, RELEASE, vals)
+
+        def rolled():
+            pods = kube.core.list_namespaced_pod(ns, label_selector="llmops.onprem/model=tiny").items
+            return len(pods) == 1 and pods[0].metadata.annotations["llmops.onprem/checkpoint-digest"] == sh.DIGEST_B \
+                and all(c.ready for c in pods[0].status.container_statuses or [])
+        kube.wait_for("the roll to the new digest", rolled, timeout=240)
+        time.sleep(2)
+    finally:
+        stop.set()
+        t.join(60)
+    assert len(codes) > 20 and failures == [], (len(codes), failures[:5])
+    assert (cache.path / "tiny" / sh.DIGEST_B / "config.json").is_file()
+
+    # SIGTERM (pod deletion) during a long request: the request still completes.
+    pod = kube.core.list_namespaced_pod(ns, label_selector="llmops.onprem/model=tiny").items[0]
+    pod_url = "http://%s:8000/v1/completions" % pod.status.pod_ip
+    result = {}
+    long_body = {"model": "tiny-served", "prompt": "long", "max_tokens": 160, "temperature": 0}
+    t = threading.Thread(target=lambda: result.update(r=post(pod_url, long_body)))
+    t.start()
+    time.sleep(1.0)  # 160 tokens x 0.05 s = 8 s of work in flight
+    t0 = time.monotonic()
+    kube.core.delete_namespaced_pod(pod.metadata.name, ns)
+    t.join(60)
+    code, body = result["r"]
+    assert code == 200 and len(body["choices"][0]["text"].split()) == 160
+    assert time.monotonic() - t0 >= 3  # it ran past the preStop wait, into the drain
+    kube.run([kube.HELM, "--kubeconfig", kube.kubeconfig, "-n", ns, "uninstall", RELEASE])

@@ -1,0 +1,80 @@
+"""The vllm_serving role on the 1.20 test cluster: values rendered from the inventory's model
+list, the chart installed with kubernetes.core.helm, endpoint_ready waited, the report exported;
+a second run changes nothing; a bad model list is refused before anything is installed."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import serving_helpers as sh
+
+PLAYBOOK = Path(__file__).parent / "playbooks" / "serving_role.yml"
+MODELS = [dict(name="tiny", served_name="tiny-chat", gpus=0, preset="chat_small", checkpoint=dict(name="tiny-ckpt"))]
+# What the checkpoints stage exports (checkpoints_synced); the role picks a model's checkpoint by name.
+SYNCED = [dict(name="tiny-ckpt", bucket="checkpoints", prefix="models/tiny", digest=sh.DIGEST_A, bytes=4096)]
+
+
+@pytest.fixture(scope="module")
+def images(kube):
+    sh.build_and_load_images(kube)
+
+
+def play(kube, ns, cache, key_file, models):
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+               KUBECONFIG=kube.kubeconfig)
+    p = kube.run([Path(kube.PYTHON).parent / "ansible-playbook", "-i", "localhost,", PLAYBOOK,
+                  "-e", "ansible_python_interpreter=%s" % kube.PYTHON,
+                  "-e", json.dumps(dict(serving_namespace=ns, serving_cache=str(cache), serving_key_file=str(key_file),
+                                        serving_models=models, checkpoints_synced=SYNCED,
+                                        helm_binary=kube.HELM))],
+                 check=False, env=env)
+    out = json.loads(p.stdout[p.stdout.index("{"):])
+    return p, out
+
+
+def task(out, name):
+    return [t for t in out["plays"][0]["tasks"] if t["task"]["name"] == name][0]["hosts"]["localhost"]
+
+
+def test_role_serves_reports_and_is_idempotent(kube, namespace, images):
+    cache = sh.CacheDir()
+    key_dir = Path(tempfile.mkdtemp(prefix="serving-key-"))
+    try:
+        kube.core.create_namespaced_secret(namespace, kube.k8s.V1Secret(
+            metadata=kube.k8s.V1ObjectMeta(name="llmops-serving-object-storage"),
+            string_data={"access-key": "reader", "secret-key": "R" * 40}))
+        p, out = play(kube, namespace, cache.path, key_dir / "api-key", MODELS)
+        assert p.returncode == 0, p.stdout[-4000:]
+        report = task(out, "Show the report")["vllm_serving_report"]
+        ep = report["endpoints"][0]
+        assert (ep["name"], ep["model"], ep["ready"]) == ("tiny", "tiny-chat", True)
+        assert [s["step"] for s in ep["steps"]] == ["pods_scheduled", "init_done", "health", "models", "completion"]
+        assert ep["url"].startswith("http://10.") and report["namespace"] == namespace
+        key = (key_dir / "api-key").read_text().strip()
+        assert len(key) == 40 and oct((key_dir / "api-key").stat().st_mode & 0o777) == "0o600"
+        assert key not in p.stdout
+        dep = kube.apps.read_namespaced_deployment("llmops-serving-tiny", namespace)
+        assert dep.spec.template.spec.containers[0].image == "localhost/llmops/engine-standin:0.1.0"
+        assert dep.spec.template.spec.init_containers[-1].image == "localhost/llmops-test/fake-model-pull:1"
+
+        p, out = play(kube, namespace, cache.path, key_dir / "api-key", MODELS)
+        assert p.returncode == 0 and out["stats"]["localhost"]["changed"] == 0, out["stats"]
+    finally:
+        cache.remove(kube, namespace)
+        for f in key_dir.iterdir():
+            f.unlink()
+        key_dir.rmdir()
+
+
+def test_bad_model_list_is_refused_before_installing(kube, namespace):
+    bad = [dict(MODELS[0], preset="huge")]
+    p, out = play(kube, namespace, "/nonexistent", "/nonexistent/key", bad)
+    assert p.returncode != 0
+    res = task(out, "Serve and wait")
+    msg = json.dumps(out)
+    assert "vllm_serving_models: each model needs a unique name" in msg and "a preset (chat, chat_small, completion)" in msg
+    assert kube.core.list_namespaced_secret(namespace, label_selector="app.kubernetes.io/part-of=llmops-onprem").items == []
+    assert res is not None

@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""STAND-IN for the model-pull downloader in the serving chart's cluster tests (not the real one).
+
+Takes model-pull's command line, and instead of reading the object store it decides by the
+prefix, so each downloader outcome the readiness module must diagnose can be provoked:
+  prefix containing "missing"  -> exit 4 (no manifest at the prefix), like model-pull
+  prefix containing "denied"   -> exit 3 (credential refused), like model-pull
+  otherwise                    -> writes <cache-root>/<model>/<digest>/ with a config.json
+                                  (architectures Qwen3ForCausalLM when the prefix contains
+                                  "qwen3", else LlamaForCausalLM) and a small weights file,
+                                  prints MODEL_PATH=..., exit 0. An existing dir is kept
+                                  (prints "0 bytes downloaded").
+"""
+import argparse
+import json
+import os
+import sys
+
+
+def main():
+    p = argparse.ArgumentParser(prog="model-pull")
+    for flag in ("--endpoint", "--bucket", "--prefix", "--model", "--digest", "--cache-root"):
+        p.add_argument(flag, required=True)
+    p.add_argument("--ca-file")
+    p.add_argument("--parallel", type=int, default=4)
+    a = p.parse_args()
+    print("fake model-pull (test stand-in): s3://%s/%s from %s" % (a.bucket, a.prefix, a.endpoint), flush=True)
+    if "missing" in a.prefix:
+        print("model-pull: no manifest at s3://%s/%s/.llmops/manifest.json: the prefix is empty or wrong"
+              % (a.bucket, a.prefix), file=sys.stderr)
+        return 4
+    if "denied" in a.prefix:
+        print("model-pull: the object store refused the credential %s: InvalidAccessKeyId"
+              % os.environ.get("AWS_ACCESS_KEY_ID", "?"), file=sys.stderr)
+        return 3
+    path = os.path.join(a.cache_root, a.model, a.digest)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        print("0 bytes downloaded: %s is complete" % path)
+    else:
+        os.makedirs(path, exist_ok=True)
+        arch = "Qwen3ForCausalLM" if "qwen3" in a.prefix else "LlamaForCausalLM"
+        with open(os.path.join(path, "config.json"), "w") as fh:
+            json.dump({"architectures": [arch], "model_type": "llama", "max_position_embeddings": 4096}, fh)
+        with open(os.path.join(path, "model.safetensors"), "wb") as fh:
+            fh.write(b"\0" * 4096)
+        print("4096 bytes downloaded")
+    print("MODEL_PATH=%s" % path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

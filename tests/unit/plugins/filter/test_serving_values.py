@@ -1,0 +1,65 @@
+"""serving_model_values and serving_endpoints: the vllm_serving role's inventory -> chart values
+and Services -> endpoint_ready endpoints."""
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.llmops.onprem.plugins.filter.serving_endpoints import serving_endpoints
+from ansible_collections.llmops.onprem.plugins.filter.serving_model_values import serving_model_values
+
+DIGEST = "d" * 64
+
+
+def test_model_values_rename_and_keep():
+    m = dict(name="chat", served_name="Llama", gpus="2", preset="chat", gpu_product="NVIDIA-H100-80GB-HBM3",
+             lora_modules={"a": "lora/a"}, ingress_host="chat.site", quantization=None,
+             checkpoint=dict(prefix="p", digest=DIGEST, bytes="1000"), args={"max-model-len": 2048})
+    assert serving_model_values(m) == dict(
+        name="chat", servedName="Llama", gpus=2, preset="chat", gpuProduct="NVIDIA-H100-80GB-HBM3",
+        loraModules={"a": "lora/a"}, ingressHost="chat.site", args={"max-model-len": 2048},
+        checkpoint=dict(prefix="p", digest=DIGEST, bytes=1000))
+
+
+def test_model_values_refuse_unknown_keys():
+    with pytest.raises(AnsibleFilterError) as e:
+        serving_model_values(dict(name="chat", tensor_parallel=2))
+    assert str(e.value) == ("vllm_serving_models[chat]: unknown key(s) tensor_parallel; known: args, checkpoint, gpu_product, "
+                            "gpus, ingress_host, lora_modules, name, preset, quantization, replicas, resources, served_name, "
+                            "startup_failure_threshold")
+    with pytest.raises(AnsibleFilterError) as e:
+        serving_model_values(dict(name="chat", checkpoint=dict(path="x")))
+    assert str(e.value) == "vllm_serving_models[chat].checkpoint: unknown key(s) path; known: name, bucket, prefix, digest, bytes"
+
+
+def svc(name, ip):
+    return dict(metadata=dict(name=name), spec=dict(clusterIP=ip, ports=[dict(port=8000)]))
+
+
+def test_endpoints_from_services_and_ingress():
+    models = [dict(name="chat", served_name="Llama", ingress_host="chat.site"), dict(name="point")]
+    eps = serving_endpoints(models, [svc("rel-chat", "10.0.0.1"), svc("rel-point", "10.0.0.2")], "rel", "ns", api_key="k")
+    assert eps == [
+        dict(name="chat", url="http://10.0.0.1:8000", model="Llama", namespace="ns",
+             selector="app.kubernetes.io/instance=rel,llmops.onprem/model=chat", api_key="k"),
+        dict(name="point", url="http://10.0.0.2:8000", model="point", namespace="ns",
+             selector="app.kubernetes.io/instance=rel,llmops.onprem/model=point", api_key="k")]
+    eps = serving_endpoints(models[:1], [], "rel", "ns", via="ingress", ca_file="/ca.crt")
+    assert eps[0]["url"] == "https://chat.site" and eps[0]["ca_file"] == "/ca.crt" and "api_key" not in eps[0]
+    with pytest.raises(AnsibleFilterError) as e:
+        serving_endpoints(models[1:], [], "rel", "ns")
+    assert str(e.value) == "no Service rel-point in ns: is the chart installed?"
+    with pytest.raises(AnsibleFilterError) as e:
+        serving_endpoints(models[1:], [], "rel", "ns", via="ingress")
+    assert str(e.value) == "vllm_serving_models[point]: probing via ingress needs its ingress_host"
+
+
+def test_model_values_take_the_checkpoint_from_the_checkpoints_stage():
+    synced = [dict(name="llama", bucket="model-checkpoints", prefix="llama/" + DIGEST, digest=DIGEST, bytes=1234,
+                   files=3, uploaded=0)]
+    out = serving_model_values(dict(name="chat", preset="chat", checkpoint=dict(name="llama")), synced)
+    assert out["checkpoint"] == dict(bucket="model-checkpoints", prefix="llama/" + DIGEST, digest=DIGEST, bytes=1234)
+    out = serving_model_values(dict(name="chat", preset="chat", checkpoint=dict(name="llama", bucket="other")), synced)
+    assert out["checkpoint"]["bucket"] == "other" and out["checkpoint"]["digest"] == DIGEST
+    with pytest.raises(AnsibleFilterError) as e:
+        serving_model_values(dict(name="chat", checkpoint=dict(name="mistral")), synced)
+    assert str(e.value) == ("vllm_serving_models[chat].checkpoint.name 'mistral' is not among the synced checkpoints "
+                            "(llama): run the checkpoints stage first, or give bucket/prefix/digest/bytes")
