@@ -1,0 +1,266 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: llmops.onprem contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: packages_bundle
+short_description: A signed local apt repository holding the full dependency closure of a package list
+version_added: 0.1.0
+description:
+  - Connected side of the air-gap bundle. Resolves the closure of O(names) in a fresh container of
+    the target distro (O(image), with the apt sources the image has) by asking apt itself
+    (C(apt-get install -s)), so nothing is guessed; downloads exactly those C(.deb) files with
+    C(apt-get install --download-only) into O(dest)C(/pool), and removes pool files that are no
+    longer part of the closure.
+  - Writes a flat apt repository in O(dest) - C(Packages) (C(apt-ftparchive)), C(Release) with its
+    SHA256, C(InRelease) and C(Release.gpg) signed with an Ed25519 GPG key, the public key as the
+    binary keyring C(llmops-archive-keyring.gpg) (for C(signed-by=)), and C(packages.lock) (the
+    resolved C(name=version) list).
+  - The signing key is made when O(key_dir) holds none (GnuPG home in O(key_dir)C(/gnupg), 0700).
+  - Idempotent by content - the C(Release) date is kept while the index is unchanged, so an unchanged closure gives the same
+    bytes and the repository is not re-signed; C(changed) reports downloads, removals and any index,
+    key, lock or signature write.
+  - The closure is relative to a host made from O(image) - packages the image already has are not
+    bundled. Use an image as minimal as the site's hosts.
+  - Runs on the controller (the connected side). Needs C(podman), C(apt-ftparchive) (Debian
+    C(apt-utils)), C(gpg) and C(gpgv).
+extends_documentation_fragment:
+  - llmops.onprem.attributes
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Resolves the closure in a container (read-only) and compares it and the index with O(dest); downloads, writes and signs nothing.
+  diff_mode:
+    support: full
+    details: The diff is the resolved closure (C(packages.lock)) before and after.
+options:
+  distro:
+    description:
+      - Target distro id, C(debian-12) form. Goes into the C(Release) label.
+    type: str
+    required: true
+  image:
+    description:
+      - Container image of the target distro (with working apt sources) in which the closure is resolved.
+    type: str
+    required: true
+  names:
+    description:
+      - Packages the site installs (C(name) or C(name=version)). Their dependencies are added by apt.
+    type: list
+    elements: str
+    required: true
+  dest:
+    description:
+      - Repository directory, normally C(<bundle>/packages/<distro>). Created when absent.
+    type: path
+    required: true
+  key_dir:
+    description:
+      - Private directory on the controller for the archive signing key (C(gnupg/) inside, 0700). Back it up; keep it out of the bundle.
+    type: path
+    required: true
+  podman:
+    description:
+      - podman executable.
+    type: str
+    default: podman
+  network:
+    description:
+      - podman network for the resolving container (it must reach the image's apt sources). Default is podman's default network.
+    type: str
+requirements:
+  - podman, apt-ftparchive (apt-utils), gpg and gpgv on the controller
+author:
+  - llmops.onprem maintainers (@llmops-onprem)
+"""
+
+EXAMPLES = r"""
+- name: Bundle the OS packages the site roles install
+  llmops.onprem.packages_bundle:
+    distro: debian-12
+    image: docker.io/library/debian:12
+    names: [redis-server, nginx, docker-registry, postgresql-15, python3-psycopg2]
+    dest: "{{ bundle_dir }}/packages/debian-12"
+    key_dir: "{{ inventory_dir }}/.private/bundle/apt"
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+packages:
+  description: The resolved closure, sorted by name.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": "redis-server", "version": "5:7.0.15-1~deb12u1", "arch": "amd64", "filename": "redis-server_5%3a7.0.15-1~deb12u1_amd64.deb"}]
+downloaded:
+  description: Pool files fetched by this run (in check mode, that would be fetched).
+  returned: always
+  type: list
+  elements: str
+  sample: ["liblzf1_3.6-3_amd64.deb"]
+removed:
+  description: Pool files removed because they left the closure (in check mode, that would be removed).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+written:
+  description: Repository files (re)written by this run (in check mode, that would be written).
+  returned: always
+  type: list
+  elements: str
+  sample: ["Packages", "Release", "InRelease", "Release.gpg", "packages.lock"]
+key_fingerprint:
+  description: Fingerprint of the archive signing key (null in check mode when the key would be made).
+  returned: always
+  type: str
+  sample: 2B7A1D0C5E4F3A2B1C0D9E8F7A6B5C4D3E2F1A0B
+key_generated:
+  description: Whether the signing key was (or, in check mode, would be) made by this run.
+  returned: always
+  type: bool
+  sample: false
+total_bytes:
+  description: Size of the pool after the run (in check mode, of the files present now).
+  returned: always
+  type: int
+  sample: 1843200
+"""
+
+import os
+import shutil
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.llmops.onprem.plugins.module_utils._debrepo import (
+    INRELEASE, KEYRING, LOCK, PACKAGES, POOL, RELEASE, RELEASE_GPG, PackagesError, export_key, generate_key,
+    input_problems, key_fingerprint, list_pool, packages_index, parse_closure, plan_pool, podman_resolve_argv,
+    read_bytes, release_date, render_lock, render_release, sign_release, signatures_valid, stop_agent, write_if_changed)
+
+
+def argument_spec():
+    return dict(
+        distro=dict(type="str", required=True),
+        image=dict(type="str", required=True),
+        names=dict(type="list", elements="str", required=True),
+        dest=dict(type="path", required=True),
+        key_dir=dict(type="path", required=True),
+        podman=dict(type="str", default="podman"),
+        network=dict(type="str"),
+    )
+
+
+def resolve(run, p, pool):
+    """Closure of p['names'] in a fresh container of p['image']; downloads into ``pool`` when given."""
+    rc, out, err = run(podman_resolve_argv(p["podman"], p["image"], p["names"], pool=pool, network=p["network"]))
+    if rc != 0:
+        raise PackagesError("resolving the closure of %s in a container of %s failed (rc=%d): %s"
+                            % (", ".join(p["names"]), p["image"], rc, err.strip()[-2000:]), rc=rc, stderr=err)
+    closure = parse_closure(out)
+    if not closure:
+        raise PackagesError("the image %s already has %s and all their dependencies installed: the closure is empty, "
+                            "so the repository would be empty; use an image as minimal as the site's hosts"
+                            % (p["image"], ", ".join(p["names"])))
+    return closure
+
+
+def release_bytes(distro, index, dest):
+    old = read_bytes(os.path.join(dest, RELEASE))
+    return render_release(distro, index, release_date(old, distro, index, time.time())).encode()
+
+
+def run_module(run, p, check_mode):
+    problems = input_problems(p["distro"], p["names"])
+    if problems:
+        raise PackagesError("; ".join(problems))
+    dest, homedir = p["dest"], os.path.join(p["key_dir"], "gnupg")
+    fpr = key_fingerprint(run, homedir)
+    key_generated = fpr is None
+    before_lock = (read_bytes(os.path.join(dest, LOCK)) or b"").decode("utf-8", "replace")
+    present = list_pool(dest)
+    pool = os.path.join(dest, POOL)
+    made = [pool]
+    while not os.path.isdir(os.path.dirname(made[0])):
+        made.insert(0, os.path.dirname(made[0]))
+    made = [d for d in made if not os.path.isdir(d)]
+    if not check_mode:
+        for d in made:
+            os.mkdir(d, 0o755)
+    try:
+        closure = resolve(run, p, None if check_mode else pool)
+    except PackagesError:
+        for d in reversed(made):  # a refused build leaves nothing behind
+            if os.path.isdir(d) and not os.listdir(d):
+                os.rmdir(d)
+        raise
+    if key_generated and not check_mode:
+        fpr = generate_key(run, homedir)
+    plan = plan_pool(closure, present)
+    lock = render_lock(closure)
+    written = []
+    if check_mode:
+        if plan["missing"] or plan["stale"]:
+            written = [PACKAGES, RELEASE, INRELEASE, RELEASE_GPG]
+        else:
+            index = packages_index(run, dest)
+            if read_bytes(os.path.join(dest, PACKAGES)) != index:
+                written.append(PACKAGES)
+            if read_bytes(os.path.join(dest, RELEASE)) != release_bytes(p["distro"], index, dest):
+                written.append(RELEASE)
+            if written or key_generated or not signatures_valid(run, dest):
+                written += [INRELEASE, RELEASE_GPG]
+        if key_generated or read_bytes(os.path.join(dest, KEYRING)) is None:
+            written.append(KEYRING)
+        if lock != before_lock:
+            written.append(LOCK)
+    else:
+        absent = [f for f in (c["filename"] for c in closure) if not os.path.isfile(os.path.join(pool, f))]
+        if absent:
+            raise PackagesError("apt reported the closure but did not download %s into %s" % (", ".join(absent), pool))
+        for name in plan["stale"]:
+            os.unlink(os.path.join(pool, name))
+        for junk in ("partial", "lock"):
+            path = os.path.join(pool, junk)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.unlink(path)
+        index = packages_index(run, dest)
+        for name, data in ((KEYRING, export_key(run, homedir, fpr)), (PACKAGES, index),
+                           (RELEASE, release_bytes(p["distro"], index, dest)), (LOCK, lock.encode())):
+            if write_if_changed(os.path.join(dest, name), data):
+                written.append(name)
+        if RELEASE in written or KEYRING in written or not signatures_valid(run, dest):
+            sign_release(run, homedir, fpr, dest)
+            written += [INRELEASE, RELEASE_GPG]
+    sizes = [os.path.getsize(os.path.join(pool, f)) for f in list_pool(dest)] if os.path.isdir(pool) else []
+    return dict(changed=bool(plan["missing"] or plan["stale"] or written or key_generated),
+                packages=closure, downloaded=plan["missing"], removed=plan["stale"], written=written,
+                key_fingerprint=fpr, key_generated=key_generated, total_bytes=sum(sizes),
+                diff=dict(before=before_lock, after=lock, before_header=os.path.join(dest, LOCK),
+                          after_header=os.path.join(dest, LOCK)))
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+
+    def run(argv, cwd=None, binary=False):
+        return module.run_command(argv, cwd=cwd, encoding=None if binary else "utf-8")
+
+    try:
+        result = run_module(run, module.params, module.check_mode)
+    except PackagesError as e:
+        module.fail_json(msg=str(e), **e.details)
+    finally:
+        stop_agent(run, os.path.join(module.params["key_dir"], "gnupg"))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
