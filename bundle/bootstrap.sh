@@ -96,5 +96,6 @@ site=$colls/ansible_collections/llmops/onprem/playbooks/site.yml
 cat <<EOF
 The controller is ready. Run the site install with:
 
-  ANSIBLE_COLLECTIONS_PATH=$colls $venv/bin/ansible-playbook -i $inventory $site -e llmops_bundle=$bundle
+  ANSIBLE_COLLECTIONS_PATH=$colls $venv/bin/ansible-playbook -i $inventory $site -e llmops_bundle=$bundle \\
+      -e bundle_import_public_key=<the bundle's public key, carried separately from the bundle>
 EOF

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Bundle size with shared base layers: our bundle's single OCI layout vs one
 `skopeo copy ... docker-archive:` tarball per image (what `docker save`-style bundles such as
 kubespray-offline carry), on the same generated images in the same run. Prints a ratio.

@@ -20,7 +20,7 @@ description:
     next to the segments, so the site verifies the signatures before reading a single segment.
   - After writing, every segment is read back from O(dest) and its sha256 compared (O(read_back)), so a
     failing stick is caught on the connected side, not at the site.
-  - Idempotent: when O(dest) already holds the segments of this manifest with the recorded sizes (and, with
+  - Idempotent. When O(dest) already holds the segments of this manifest with the recorded sizes (and, with
     O(read_back), hashes), nothing is written.
   - Files in O(dest) that are not part of this pack are refused rather than deleted (the media is never
     cleaned up behind your back).
@@ -87,7 +87,6 @@ split_files:
 """
 
 import hashlib
-import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule

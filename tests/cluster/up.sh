@@ -5,8 +5,10 @@
 # own bridge. Binaries come from build.sh (cached). Pods run local images only
 # (localhost/busybox:1 is built and imported here; see mkimage.py and load-image.sh).
 #
-#   tests/cluster/up.sh [--load ARCHIVE.tar]...
+#   tests/cluster/up.sh [--load ARCHIVE.tar]... [--allow CIDR]...
 #
+# --allow lets pods reach a network this machine's own lab created (the demo's podman network);
+# by default pods reach only each other and this host.
 # Idempotent: when the cluster already runs and the node is Ready it says so and exits 0.
 # Work dir: ${LLMOPS_CLUSTER_DIR:-<repo>/.lab/cluster}. The last output line is
 # KUBECONFIG=<work dir>/admin.kubeconfig. Stop with down.sh. Needs root.
@@ -14,11 +16,12 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-loads=()
+loads=() allows=()
 while [ $# -gt 0 ]; do
   case $1 in
     --load) loads+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --allow) allows+=("$2"); shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -26,9 +29,25 @@ done
 t0=$(date +%s.%N)
 elapsed() { awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 
+# Pods may talk to each other, to this host, and to the networks named with --allow (networks this
+# machine's own tests or lab created, e.g. the demo lab's podman network), nothing else (the CNI
+# bridge turns on ip_forward). Our own chain; down.sh removes it.
+guard_rules() {
+  local cidr
+  iptables -w -N "$K8S_GUARD_CHAIN" 2>/dev/null || iptables -w -F "$K8S_GUARD_CHAIN"
+  iptables -w -A "$K8S_GUARD_CHAIN" -s "$K8S_POD_CIDR" -d "$K8S_POD_CIDR" -j RETURN
+  for cidr in "${allows[@]}"; do
+    [[ $cidr =~ ^[0-9.]+/[0-9]+$ ]] || die "--allow $cidr: give an IPv4 network as a.b.c.d/len"
+    iptables -w -A "$K8S_GUARD_CHAIN" -s "$K8S_POD_CIDR" -d "$cidr" -j RETURN
+  done
+  iptables -w -A "$K8S_GUARD_CHAIN" -s "$K8S_POD_CIDR" -j DROP
+  iptables -w -C FORWARD -j "$K8S_GUARD_CHAIN" 2>/dev/null || iptables -w -I FORWARD 1 -j "$K8S_GUARD_CHAIN"
+}
+
 all_alive() { local c; for c in $K8S_COMPONENTS; do pid_alive "$c" || return 1; done; }
 if [ -f "$W/admin.kubeconfig" ] && all_alive && node_ready; then
   echo "cluster already running and node Ready ($W)"
+  [ ${#allows[@]} -eq 0 ] || { guard_rules; echo "pods may also reach: ${allows[*]}"; }
   for a in "${loads[@]}"; do "$CLUSTER_HERE/load-image.sh" "$a"; done
   echo "KUBECONFIG=$W/admin.kubeconfig"
   exit 0
@@ -173,12 +192,7 @@ ip link set "$K8S_BRIDGE" up
 # Service IPs go to the bridge, never out of the default route (if kube-proxy has not
 # programmed a Service yet, the packet stays on the bridge, where only our pods are).
 ip route replace "$K8S_SVC_CIDR" dev "$K8S_BRIDGE"
-# Pods may talk to each other and to this host, nothing else (the CNI bridge turns on
-# ip_forward). Our own chains; down.sh removes them.
-iptables -w -N "$K8S_GUARD_CHAIN" 2>/dev/null || iptables -w -F "$K8S_GUARD_CHAIN"
-iptables -w -A "$K8S_GUARD_CHAIN" -s "$K8S_POD_CIDR" -d "$K8S_POD_CIDR" -j RETURN
-iptables -w -A "$K8S_GUARD_CHAIN" -s "$K8S_POD_CIDR" -j DROP
-iptables -w -C FORWARD -j "$K8S_GUARD_CHAIN" 2>/dev/null || iptables -w -I FORWARD 1 -j "$K8S_GUARD_CHAIN"
+guard_rules
 iptables -w -t nat -N "$K8S_GUARD_CHAIN-API" 2>/dev/null || iptables -w -t nat -F "$K8S_GUARD_CHAIN-API"
 # Pods reach the API server (loopback only) at the "kubernetes" Service IP and at the
 # bridge gateway: DNAT to 127.0.0.1, ahead of kube-proxy's rules. route_localnet is

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: create the lab (podman hosts from inventories/local) and run site.yml against it.
+# `make demo`: create the lab (podman hosts from inventories/local), build the lab's bundle
+# (playbooks/bundle.yml, packed into .lab/media) and install the lab from it with site.yml.
 # `make demo-down`: remove the lab (podman hosts and the Kubernetes test cluster). State on the controller (CA, passwords) stays in
 # inventories/local/.private until `make clean`.
 set -euo pipefail
@@ -16,12 +17,29 @@ case ${1:-up} in
     ansible-playbook -i "$inv" tests/lab/lab.yml
     say "lab: Kubernetes (tests/cluster: built once from Debian's source package, then cached)"
     tests/cluster/build.sh
-    tests/cluster/up.sh
+    # Serving pods pull checkpoints from the lab's object store: let pods reach the lab network.
+    lab_net=$(podman network inspect llmops-lab | python3 -c 'import json, sys
+n = json.load(sys.stdin)[0]
+subnets = [s["subnet"] for s in n.get("subnets", [])] or [r[0]["subnet"] for r in n["plugins"][0]["ipam"]["ranges"]]
+print(subnets[0])')
+    tests/cluster/up.sh --allow "$lab_net"
     # The lab has no GPU: advertise one fake nvidia.com/gpu and GPU feature-discovery labels so
     # GPU requests, selectors and "Insufficient nvidia.com/gpu" behave as on a GPU node.
     tests/cluster/fake-gpu.sh 1
-    say "site: ansible-playbook -i $inv playbooks/site.yml"
-    ansible-playbook -i "$inv" playbooks/site.yml
+    # Connected side: the lab's bundle from local sources only (inventories/local/group_vars/all/bundle.yml).
+    say "bundle: images and a demo checkpoint from local parts"
+    mkdir -p .lab/images .lab/checkpoints
+    serving/images/build.sh model-pull --output .lab/images/model-pull.tar >/dev/null
+    serving/images/build.sh engine-standin --output .lab/images/engine-standin.tar >/dev/null
+    python3 tests/cluster/mkimage.py --tag docker.io/library/busybox:1.36 --busybox /bin/busybox \
+      --output .lab/images/busybox.tar >/dev/null
+    [ -f .lab/checkpoints/tiny-llama/config.json ] || python tests/tools/make_checkpoint.py .lab/checkpoints/tiny-llama
+    say "bundle: ansible-playbook -i $inv playbooks/bundle.yml (packed into .lab/media)"
+    ansible-playbook -i "$inv" playbooks/bundle.yml -e bundle_dir="$root/.lab/bundle" -e bundle_segments_dir="$root/.lab/media"
+    # Site side: install the lab from the packed bundle, verified against the public key.
+    say "site: ansible-playbook -i $inv playbooks/site.yml -e llmops_bundle=.lab/media"
+    ansible-playbook -i "$inv" playbooks/site.yml -e llmops_bundle="$root/.lab/media" \
+      -e bundle_import_public_key="$root/$inv/.private/bundle/signing-key.pub.pem"
     ;;
   down)
     [ -x .venv/bin/ansible-playbook ] || exit 0

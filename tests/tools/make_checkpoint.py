@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Write a small Hugging Face-layout checkpoint with real safetensors shards (the safetensors
 library, no numpy): config.json, tokenizer files, N shards and model.safetensors.index.json.
 
-    make_checkpoint.py OUT_DIR [--shards 2] [--floats 65536]
+    .venv/bin/python tests/tools/make_checkpoint.py OUT_DIR [--shards 2] [--floats 65536]
 """
 import argparse
 import ctypes

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Flip one byte inside the data of the first member of a tar segment (a stand-in for a damaged
 or tampered medium). Prints the member's name.
 
-    flip_byte.py SEGMENT.tar
+    python3 flip_byte.py SEGMENT.tar
 """
 import sys
 import tarfile

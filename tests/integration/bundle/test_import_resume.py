@@ -46,7 +46,7 @@ def run_import(src, pub, dest, progress, env=None):
     e = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), NO_COLOR="1")
     e.update(env or {})
     args = "src=%s public_key=%s dest=%s progress_file=%s" % (src, pub, dest, progress)
-    p = subprocess.run([ANSIBLE, "localhost", "-m", "llmops.onprem.bundle_verify", "-a", args, "-o"],
+    p = subprocess.run([ANSIBLE, "localhost", "-m", "llmops.onprem.bundle_verify", "-a", args, "-o"], check=False,
                        capture_output=True, text=True, env=e, cwd=REPO)
     return p.returncode, p.stdout + p.stderr
 
