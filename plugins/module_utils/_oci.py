@@ -30,6 +30,8 @@ import threading
 import time
 from urllib.parse import urlencode, urlsplit, quote
 
+from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
+
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
 
@@ -52,25 +54,6 @@ _SHA256 = re.compile(r"^sha256:[a-f0-9]{64}$")
 
 # Transient HTTP statuses worth a retry for idempotent requests.
 _TRANSIENT = (429, 500, 502, 503, 504)
-
-
-class OnpremError(Exception):
-    """The one error type of the OCI helpers.
-
-    kind: ``input`` (bad parameters or layout, nothing was sent), ``corrupt`` (a blob does not
-    match its digest), ``unreachable``, ``tls``, ``auth`` (credentials refused), ``http`` (an
-    error status), ``protocol`` (an unexpected answer), ``interrupted`` (stopped by a signal).
-    """
-
-    def __init__(self, message, kind="http", status=None, code=None):
-        super(OnpremError, self).__init__(message)
-        self.kind = kind
-        self.status = status
-        self.code = code
-
-    @property
-    def details(self):
-        return dict(error_kind=self.kind, http_status=self.status, error_code=self.code)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 from ansible_collections.llmops.onprem.plugins.module_utils import _sigv4
+from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
 
 # Transient HTTP statuses worth a retry for idempotent requests.
 _TRANSIENT = (429, 500, 502, 503, 504)
@@ -30,25 +31,6 @@ _BUCKET_CHARS = re.compile(r"^[a-z0-9.-]+$")
 _IPV4_SHAPED = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
-
-
-class OnpremError(Exception):
-    """The one error type of the S3 and MinIO helpers.
-
-    kind: ``unreachable`` (no TCP connection), ``tls`` (handshake or verification failed),
-    ``http`` (the server answered with an error status), ``protocol`` (an unexpected answer),
-    ``input`` (bad parameters, nothing was sent).
-    """
-
-    def __init__(self, message, kind="http", status=None, code=None):
-        super(OnpremError, self).__init__(message)
-        self.kind = kind
-        self.status = status
-        self.code = code
-
-    @property
-    def details(self):
-        return dict(error_kind=self.kind, http_status=self.status, error_code=self.code)
 
 
 def bucket_name_problems(name):

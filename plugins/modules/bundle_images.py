@@ -19,6 +19,8 @@ description:
   - C(latest) and untagged references are refused unless pinned by digest.
   - Idempotent. C(images/sources.json) records each reference's source digest; an image whose source still has
     that digest and whose blobs are all in the layout is not copied again.
+  - The layout holds exactly the images given. Entries for images no longer listed, and the unnamed entries skopeo
+    leaves behind when a reference moves to a new digest, are removed together with the blobs no remaining image uses.
 extends_documentation_fragment:
   - llmops.onprem.attributes
   - ansible.builtin.action_common_attributes
@@ -77,6 +79,15 @@ copied:
   returned: always
   type: list
   elements: str
+removed:
+  description: Layout entries that are no longer images of the spec (or unnamed leftovers), removed with their unused blobs.
+  returned: always
+  type: list
+  elements: str
+blobs_removed:
+  description: Blobs no remaining image uses, deleted from the layout.
+  returned: always
+  type: int
 """
 
 import hashlib
@@ -117,7 +128,56 @@ def read_json(path, default):
 
 def layout_digests(layout):
     index = read_json(os.path.join(layout, "index.json"), {"manifests": []})
-    return dict((m.get("annotations", {}).get(REF_NAME), m["digest"]) for m in index.get("manifests", []))
+    return dict((m["annotations"][REF_NAME], m["digest"]) for m in index.get("manifests", [])
+                if m.get("annotations", {}).get(REF_NAME))
+
+
+def reachable(layout, digest, out):
+    """Add digest and every blob its manifest (or index) names to out."""
+    out.add(digest)
+    path = os.path.join(layout, "blobs", *digest.split(":", 1))
+    try:
+        with open(path, "rb") as f:
+            m = json.loads(f.read().decode())
+    except (OSError, ValueError):
+        return out
+    for r in [m.get("config", {})] + m.get("layers", []) + m.get("manifests", []):
+        if not r.get("digest"):
+            continue
+        if r.get("mediaType", "").endswith(("manifest.v1+json", "manifest.v2+json", "index.v1+json", "list.v2+json")):
+            reachable(layout, r["digest"], out)
+        else:
+            out.add(r["digest"])
+    return out
+
+
+def prune(layout, keep_refs):
+    """Drop index entries that are not images of the spec (images removed from the spec, and the
+    unnamed entries skopeo leaves when a reference moves to a new digest), then every blob no
+    remaining image uses, so the bundle carries exactly the spec's images. Returns what went."""
+    index_path = os.path.join(layout, "index.json")
+    index = read_json(index_path, None)
+    if index is None:
+        return [], []
+    keep = [m for m in index.get("manifests", []) if m.get("annotations", {}).get(REF_NAME) in keep_refs]
+    dropped = sorted(m.get("annotations", {}).get(REF_NAME) or m["digest"] for m in index["manifests"] if m not in keep)
+    used = set()
+    for m in keep:
+        reachable(layout, m["digest"], used)
+    blobs_dir = os.path.join(layout, "blobs", "sha256")
+    gone = sorted("sha256:" + b for b in (os.listdir(blobs_dir) if os.path.isdir(blobs_dir) else []) if "sha256:" + b not in used)
+    return dropped, gone
+
+
+def apply_prune(layout, keep_refs, gone):
+    index_path = os.path.join(layout, "index.json")
+    index = read_json(index_path, {"manifests": []})
+    index["manifests"] = [m for m in index.get("manifests", []) if m.get("annotations", {}).get(REF_NAME) in keep_refs]
+    with open(index_path + ".tmp", "w") as f:
+        json.dump(index, f, separators=(",", ":"))
+    os.replace(index_path + ".tmp", index_path)
+    for d in gone:
+        os.unlink(os.path.join(layout, "blobs", *d.split(":", 1)))
 
 
 def blobs_present(layout, digest):
@@ -165,14 +225,23 @@ def run(module, p):
         digest = layout_digests(layout).get(ref)
         sources[ref] = dict(source=source, source_digest=src_digest, digest=digest)
         out.append(dict(ref=ref, digest=digest, source_digest=src_digest))
-    if copied and not module.check_mode:
+    keep_refs = set(i["ref"] for i in p["images"])
+    dropped, gone = prune(layout, keep_refs) if not copied or not module.check_mode else ([], [])
+    if gone or dropped:
+        if not module.check_mode:
+            apply_prune(layout, keep_refs, gone)
+        for ref in [d for d in dropped if d in sources]:
+            sources.pop(ref)
+    if (copied or dropped) and not module.check_mode:
         with open(sources_path + ".tmp", "w") as f:
             json.dump(sources, f, indent=1, sort_keys=True)
             f.write("\n")
         os.replace(sources_path + ".tmp", sources_path)
     after = dict(before)
     after.update((i["ref"], i["digest"] or "(to be copied)") for i in out)
-    return dict(changed=bool(copied), copied=copied, images=out,
+    for d in dropped:
+        after.pop(d, None)
+    return dict(changed=bool(copied or dropped or gone), copied=copied, removed=dropped, blobs_removed=len(gone), images=out,
                 diff=dict(before="\n".join("%s %s" % kv for kv in sorted(before.items())) + "\n",
                           after="\n".join("%s %s" % kv for kv in sorted(after.items())) + "\n"))
 
