@@ -410,7 +410,7 @@ class Importer(object):
     def __init__(self, src, public_key, dest=None, progress_file=None, check_mode=False):
         self.src, self.public_key, self.dest = src, public_key, dest
         self.progress_file, self.check_mode = progress_file, check_mode
-        self.copied, self.skipped, self.bytes_copied = [], [], 0
+        self.copied, self.skipped, self.removed, self.bytes_copied = [], [], [], 0
 
     # -- step 1: signatures and listing (nothing read beyond the control files)
     def load(self):
@@ -480,12 +480,13 @@ class Importer(object):
         return os.path.join(self.dest, IMPORT_DIR, "state.json")
 
     def _load_state(self):
+        """Per-file records of what earlier runs verified in dest, whatever bundle they came from:
+        a new bundle (an upgrade) then copies only the files whose sha256 changed."""
         try:
             with open(self._state_path()) as f:
-                st = json.load(f)
+                return json.load(f).get("files", {})
         except (OSError, ValueError):
             return {}
-        return st.get("files", {}) if st.get("manifest_sha256") == self.manifest_sha256 else {}
 
     def _save_state(self, done):
         if self.check_mode:
@@ -553,8 +554,16 @@ class Importer(object):
                 write_atomic(os.path.join(d, name + ".json"), json.dumps(m, sort_keys=True, separators=(",", ":")).encode())
             for name in (MANIFEST, SIGNATURE):
                 shutil.copyfile(os.path.join(self.src, name), os.path.join(self.dest, name))
+            self._remove_stale()
             write_atomic(self.done_marker(), self.manifest_bytes)
-        return self.result(changed=bool(self.dest) and (bool(self.copied) or not was_imported))
+        return self.result(changed=bool(self.dest) and (bool(self.copied) or bool(self.removed) or not was_imported))
+
+    def _remove_stale(self):
+        """Files an earlier bundle left in dest that this one does not list (dest is ours alone)."""
+        for rel in walk_files(self.dest, skip_root=ROOT_CONTROL):
+            if rel not in self.files:
+                os.unlink(os.path.join(self.dest, rel))
+                self.removed.append(rel)
 
     def _open_dest(self, path):
         full = os.path.join(self.dest, path)
@@ -681,6 +690,7 @@ class Importer(object):
             "bytes_total": self.manifest["totals"]["bytes"],
             "files_copied": len(self.copied),
             "files_skipped": len(self.skipped),
+            "files_removed": self.removed,
             "bytes_copied": self.bytes_copied,
             "segmented": self.segmented,
             "checkpoints": {n: {"digest": d, "manifest": os.path.join(self.dest, IMPORT_DIR, "checkpoints", n + ".json") if self.dest else None}

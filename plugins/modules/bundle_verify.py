@@ -19,7 +19,9 @@ description:
   - Then streams every byte once - hashing it and, with O(dest), writing it there - and compares every part and
     every file with the signed sha256. Split files are reassembled straight into O(dest), with no temporary copy.
   - Resumable. Each file verified in O(dest) is recorded with its sha256, size, mtime and inode; a re-run (for
-    example after the import was killed) skips those files without reading them again.
+    example after the import was killed) skips those files without reading them again. A new bundle imported
+    into the same O(dest) (an upgrade) copies only the files whose sha256 changed, and removes from O(dest) the
+    files the new bundle no longer lists.
   - The import counts as done only when every file verified; then C(.llmops-import/manifest.json) is written and
     per-model checkpoint manifests land in C(.llmops-import/checkpoints/<model>.json) (what
     M(llmops.onprem.checkpoint_sync) and the in-cluster model-pull read), derived from the signed manifest.
@@ -80,6 +82,11 @@ files_skipped:
   description: Files already verified in O(dest) by an earlier run.
   returned: success
   type: int
+files_removed:
+  description: Files an earlier bundle left in O(dest) that this bundle does not list, removed after a successful import.
+  returned: success
+  type: list
+  elements: str
 bytes_copied:
   description: Bytes copied (or that would be copied).
   returned: success

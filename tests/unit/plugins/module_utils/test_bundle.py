@@ -229,3 +229,16 @@ def test_parse_size(value, expected):
 def test_parse_size_refuses_nonsense():
     with pytest.raises(B.BundleError, match="cannot read size 'lots'"):
         B.parse_size("lots")
+
+
+def test_upgrade_copies_only_changed_files_and_drops_stale_ones(bundle, tmp_path):
+    dest = tmp_path / "dest"
+    imp(bundle["media"], bundle["pub"], dest)
+    (bundle["root"] / "charts/serving/Chart.yaml").write_bytes(b"name: serving\nversion: 2\n")
+    os.unlink(str(bundle["root"] / "bootstrap.sh"))
+    bundle_seal.run(dict(path=str(bundle["root"]), private_key=bundle["priv"], spec={"name": "t2"}, versions={}, images=[]), False)
+    res = imp(bundle["root"], bundle["pub"], dest)
+    assert res["changed"] and res["files_copied"] == 1 and res["files_skipped"] == len(bundle["files"]) - 2
+    assert res["files_removed"] == ["bootstrap.sh"] and not (dest / "bootstrap.sh").exists()
+    assert (dest / "charts/serving/Chart.yaml").read_bytes() == b"name: serving\nversion: 2\n"
+    assert imp(dest, bundle["pub"])["files_total"] == len(bundle["files"]) - 1  # dest is exactly the new bundle
