@@ -597,8 +597,8 @@ class UploadState(object):
         return doc
 
     def save(self, registry, repository, digest, location, offset):
-        if not os.path.isdir(self.dir):
-            os.makedirs(self.dir, mode=0o700)
+        # Blob uploads run in parallel threads: several may create the directory at once.
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
         path = self._path(registry, repository, digest)
         tmp = path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -40,7 +40,7 @@ def test_first_push_then_nothing_moves(tmp_path, registry, mirror):
     args = registry.module_args(layout, progress_file=str(tmp_path / "progress.json"), state_dir=str(tmp_path / "state"))
 
     rc, check = mirror(args, check_mode=True)
-    assert rc == 0, check
+    assert rc == 0, check.get("msg", check)
     assert check["changed"] is True
     assert check["blobs_uploaded"] == 4 + 3  # four layers and three configs, each once
     assert check["bytes_moved"] == 0
@@ -49,7 +49,7 @@ def test_first_push_then_nothing_moves(tmp_path, registry, mirror):
     assert registry.manifest_digest("public.ecr.aws/%s/vllm" % ns, "v0.6.3") is None, "check mode pushed something"
 
     rc, first = mirror(args)
-    assert rc == 0, first
+    assert rc == 0, first.get("msg", first)
     assert first["changed"] is True
     # Check mode predicted the real run exactly.
     for key in ("bytes_total", "blobs_uploaded", "blobs_mounted", "blobs_present", "images", "diff"):
@@ -68,7 +68,7 @@ def test_first_push_then_nothing_moves(tmp_path, registry, mirror):
     assert registry.has_blob("docker.io/%s/tool" % ns, base["digest"])
 
     rc, second = mirror(args)
-    assert rc == 0, second
+    assert rc == 0, second.get("msg", second)
     assert second["changed"] is False
     assert (second["bytes_total"], second["bytes_moved"], second["blobs_uploaded"], second["blobs_mounted"]) == (0, 0, 0, 0)
     assert [i["action"] for i in second["images"]] == ["none"] * 3
@@ -91,12 +91,12 @@ def test_check_mode_predicts_a_partial_push(tmp_path, registry, mirror):
     L.image(layout, second_ref, [base, top])
 
     rc, check = mirror(args, check_mode=True)
-    assert rc == 0, check
+    assert rc == 0, check.get("msg", check)
     assert [(i["source"], i["action"]) for i in check["images"]] == [(second_ref, "push"), (first_ref, "none")]
     assert check["blobs_mounted"] == 1 and check["blobs_uploaded"] == 2  # base mounted; top and the config uploaded
     assert top["size"] < check["bytes_total"] < top["size"] + 2000
     rc, real = mirror(args)
-    assert rc == 0, real
+    assert rc == 0, real.get("msg", real)
     assert (real["bytes_total"], real["bytes_moved"], real["blobs_uploaded"], real["blobs_mounted"]) == (
         check["bytes_total"], check["bytes_total"], check["blobs_uploaded"], check["blobs_mounted"])
     assert registry.has_blob("ghcr.io/%s/two" % ns, base["digest"])
@@ -137,7 +137,7 @@ def test_interrupted_large_upload_resumes_from_the_registry_offset(tmp_path, reg
     assert registry.manifest_digest("nvcr.io/%s/big" % ns, "1") is None
 
     rc, resumed = mirror(args)
-    assert rc == 0, resumed
+    assert rc == 0, resumed.get("msg", resumed)
     assert resumed["resumed"] == [{"digest": big["digest"], "repository": "nvcr.io/%s/big" % ns, "offset": stopped_at}]
     assert resumed["restarted"] == []
     # Only what was missing moved: the rest of the big layer (the small blobs finished before the stop).
