@@ -332,7 +332,7 @@ class _Slice(object):
             return b""
         n = self.left if n is None or n < 0 else min(n, self.left)
         b = self.f.read(n)
-        if len(b) < n and self.left > len(b) and not b:
+        if not b:
             raise BundleError("unexpected end of file")
         self.left -= len(b)
         self.h.update(b)
@@ -422,6 +422,7 @@ class Importer(object):
             raise BundleError("manifest.json has schema %r, this collection reads %r" % (self.manifest.get("schema"), MANIFEST_SCHEMA))
         self.manifest_sha256 = hashlib.sha256(data).hexdigest()
         self.manifest_bytes = data
+        self.checkpoints = checkpoint_manifests(self.manifest)
         self.files = manifest_files(self.manifest)
         self.segmented = os.path.exists(os.path.join(self.src, SEGMENTS))
         if self.segmented:
@@ -548,7 +549,7 @@ class Importer(object):
         prog.write("done")
         if self.dest and not self.check_mode:
             self._save_state(done)
-            for name, (m, digest) in checkpoint_manifests(self.manifest).items():
+            for name, (m, digest) in self.checkpoints.items():
                 d = os.path.join(self.dest, IMPORT_DIR, "checkpoints")
                 os.makedirs(d, exist_ok=True)
                 write_atomic(os.path.join(d, name + ".json"), json.dumps(m, sort_keys=True, separators=(",", ":")).encode())
@@ -694,5 +695,5 @@ class Importer(object):
             "bytes_copied": self.bytes_copied,
             "segmented": self.segmented,
             "checkpoints": {n: {"digest": d, "manifest": os.path.join(self.dest, IMPORT_DIR, "checkpoints", n + ".json") if self.dest else None}
-                            for n, (m, d) in checkpoint_manifests(self.manifest).items()},
+                            for n, (m, d) in self.checkpoints.items()},
         }

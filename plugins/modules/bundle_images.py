@@ -182,16 +182,7 @@ def apply_prune(layout, keep_refs, gone):
 
 def blobs_present(layout, digest):
     """The manifest blob and every blob it names exist in the layout."""
-    path = os.path.join(layout, "blobs", *digest.split(":", 1))
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    m = json.loads(data.decode())
-    refs = [m.get("config", {})] + m.get("layers", []) + m.get("manifests", [])
-    return all(blobs_present(layout, r["digest"]) if r.get("mediaType", "").endswith(("manifest.v1+json", "manifest.v2+json"))
-               else os.path.exists(os.path.join(layout, "blobs", *r["digest"].split(":", 1))) for r in refs if r.get("digest"))
+    return all(os.path.exists(os.path.join(layout, "blobs", *d.split(":", 1))) for d in reachable(layout, digest, set()))
 
 
 def run(module, p):
