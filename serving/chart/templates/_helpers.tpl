@@ -50,6 +50,19 @@ policy/v1beta1
 {{- fail (printf "models[%s].args.%s is set by the chart (from name, servedName, gpus, apiKey, loraModules): remove it" $m.name $k) -}}
 {{- end -}}
 {{- end -}}
+{{- if not (has (toString ($m.load | default "pull")) (list "pull" "stream")) -}}
+{{- fail (printf "models[%s].load %q: use pull (model-pull into the node cache) or stream (vLLM's runai_streamer from the store)" $m.name (toString $m.load)) -}}
+{{- end -}}
+{{- if eq (toString $m.load) "stream" -}}
+{{- range $k := list "load-format" "model-loader-extra-config" -}}
+{{- if hasKey ($m.args | default dict) $k -}}
+{{- fail (printf "models[%s].args.%s is set by the chart for load: stream (from streamer): remove it" $m.name $k) -}}
+{{- end -}}
+{{- end -}}
+{{- if $m.loraModules -}}
+{{- fail (printf "models[%s]: loraModules need the checkpoint on local disk; use load: pull" $m.name) -}}
+{{- end -}}
+{{- end -}}
 {{- if lt (int (default 0 $m.gpus)) 0 -}}
 {{- fail (printf "models[%s].gpus must be 0 or more" $m.name) -}}
 {{- end -}}
@@ -60,13 +73,41 @@ policy/v1beta1
 {{- printf "%s/%s/%s" .root.Values.cache.mountPath .model.name .model.checkpoint.digest -}}
 {{- end -}}
 
+{{/* "true" when the model streams its weights from the store (load: stream), else "". */}}
+{{- define "llmops-serving.streams" -}}
+{{- if eq (toString .model.load) "stream" -}}true{{- end -}}
+{{- end -}}
+
+{{/* The checkpoint in the store: s3://<bucket>/<prefix> (load: stream). */}}
+{{- define "llmops-serving.storeUrl" -}}
+{{- printf "s3://%s/%s" (.model.checkpoint.bucket | default .root.Values.objectStore.bucket) (trimAll "/" .model.checkpoint.prefix) -}}
+{{- end -}}
+
+{{/* Environment naming the object store and its read-only credential (a YAML list). */}}
+{{- define "llmops-serving.storeCredentialEnv" -}}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom: {secretKeyRef: {name: {{ .Values.objectStore.secretName | quote }}, key: {{ .Values.objectStore.accessKeyKey | quote }}}}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom: {secretKeyRef: {name: {{ .Values.objectStore.secretName | quote }}, key: {{ .Values.objectStore.secretKeyKey | quote }}}}
+{{- end -}}
+
 {{/* The engine's arguments (a YAML list): fixed ones, then preset + per-model overrides by flag name. */}}
 {{- define "llmops-serving.engineArgs" -}}
 {{- $m := .model -}}
 {{- $args := mergeOverwrite (deepCopy (index .root.Values.presets $m.preset)) (deepCopy ($m.args | default dict)) -}}
 {{- if $m.quantization -}}{{- $_ := set $args "quantization" $m.quantization -}}{{- end -}}
 - --model
+{{- if include "llmops-serving.streams" . }}
+- {{ include "llmops-serving.storeUrl" . | quote }}
+- --load-format
+- "runai_streamer"
+- --model-loader-extra-config
+{{- $cfg := dict "concurrency" (int .root.Values.streamer.concurrency) }}
+{{- if .root.Values.streamer.memoryLimit }}{{- $_ := set $cfg "memory_limit" (int64 .root.Values.streamer.memoryLimit) }}{{- end }}
+- {{ toJson $cfg | quote }}
+{{- else }}
 - {{ include "llmops-serving.modelPath" . | quote }}
+{{- end }}
 - --served-model-name
 - {{ $m.servedName | default $m.name | quote }}
 - --host

@@ -39,7 +39,7 @@ def post(url, body, key=sh.API_KEY, timeout=60):
 
 def test_chart_lints_renders_and_validates(kube):
     p = kube.run([sh.REPO / "tests" / "cluster" / "validate-chart.sh", sh.CHART, sh.CHART / "ci" / "test-values.yaml"])
-    assert "chart OK: helm lint (1.20.2," in p.stdout and "10 resources use APIs Kubernetes 1.20.2 serves" in p.stdout
+    assert "chart OK: helm lint (1.20.2," in p.stdout and "13 resources use APIs Kubernetes 1.20.2 serves" in p.stdout
 
 
 def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, capsys):
