@@ -7,15 +7,22 @@ Run through bench/checkpoints/run.sh (it prepares the peer tools' venv). Options
   --shards N       number of safetensors shards (default 4)
   --noop-files N   files in the no-op re-sync checkpoint (default 100)
   --workdir DIR    where the data goes (default: a temporary directory, removed at the end)
-  --parallel N     our concurrency (default 16)
+  --parallel N     checkpoint_sync's concurrency (default 16, the module's default)
+  --pull-parallel N  model-pull's concurrency (default: the serving chart's downloader.parallel, 4)
   --etag-hash H    rclone serve s3's ETag hash (default off; see --help)
   --steps S        steps to time, comma-separated: upload,pull,noop (default all)
-Steps are timed one at a time, after `sync`, with the sources warm in the page cache for every
-tool alike. Nothing here is a test; numbers depend on the machine.
+  --source S       cold (default): before every timed run the step's source files (the local
+                   checkpoint for uploads, the server's files for pulls and for cp) are evicted from
+                   the page cache, so every tool reads them from disk, as a store serving 100 GB
+                   checkpoints does; warm: they stay in the page cache (cp becomes a memory copy)
+Steps are timed one at a time, after `sync`, with the sources prepared alike for every tool.
+Client and server CPU seconds (user+sys) are printed with each run. Nothing here is a test;
+numbers depend on the machine.
 """
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import struct
@@ -80,6 +87,33 @@ def make_many(root, files):
             fh.write(os.urandom(256 * 1024))
 
 
+class Run(object):
+    def __init__(self, secs, cpu, server):
+        self.secs, self.cpu, self.server = secs, cpu, server
+
+    def __str__(self):
+        return "%.2f s (CPU: client %.1f s, server %.1f s)" % (self.secs, self.cpu, self.server)
+
+
+def evict(root):
+    """Drop the (clean) page-cache pages of every file under root: POSIX_FADV_DONTNEED needs no
+    privilege, unlike /proc/sys/vm/drop_caches. Call after `sync` (dirty pages are not dropped)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def chart_pull_parallel():
+    """downloader.parallel of serving/chart/values.yaml: what the chart runs model-pull with."""
+    import yaml
+    with open(os.path.join(ROOT, "serving", "chart", "values.yaml")) as fh:
+        return int(yaml.safe_load(fh)["downloader"]["parallel"])
+
+
 def tree_bytes(root):
     return sum(_checkpoint.list_files(root).values())
 
@@ -106,6 +140,7 @@ class Bench(object):
                         AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/dev/null",
                         AWS_SHARED_CREDENTIALS_FILE="/dev/null")
         self.rows = []
+        self.notes = []
 
     def close(self):
         self.server.terminate()
@@ -132,11 +167,27 @@ class Bench(object):
                 "rclone copy": rc + [self.rclone_remote(src), dst],
                 "cp": ["cp", "-r", os.path.join(self.data, BUCKET, src), dst]}[tool]
 
-    def timed(self, fn):
+    def server_cpu(self):
+        with open("/proc/%d/stat" % self.server.pid) as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+
+    @staticmethod
+    def client_cpu():
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def timed(self, fn, source=None):
+        """(seconds, client CPU seconds, server CPU seconds) of fn(), after `sync` and, with
+        --source cold, with the files under ``source`` evicted from the page cache."""
         subprocess.run(["sync"], check=True)
+        if source and self.a.source == "cold":
+            evict(source)
+        cpu, server = self.client_cpu(), self.server_cpu()
         t = time.monotonic()
         fn()
-        return time.monotonic() - t
+        secs = time.monotonic() - t
+        return Run(secs, self.client_cpu() - cpu, self.server_cpu() - server)
 
     def run(self, argv):
         proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, check=False)
@@ -150,9 +201,9 @@ class Bench(object):
                  verify=False, parallel=self.a.parallel, part_size=64, progress_file=None)
         return checkpoint_sync.run(p, False)
 
-    def record(self, step, tool, secs, nbytes, ref):
-        self.rows.append((step, tool, secs, nbytes, ref))
-        print("  %-28s %-32s %8.2f s" % (step, tool, secs), flush=True)
+    def record(self, step, tool, run, nbytes, ref):
+        self.rows.append((step, tool, run, nbytes, ref))
+        print("  %-28s %-32s %s" % (step, tool, run), flush=True)
 
     def drop_prefix(self, prefix):
         shutil.rmtree(os.path.join(self.data, BUCKET, prefix), ignore_errors=True)
@@ -160,16 +211,16 @@ class Bench(object):
     def upload(self, src, manifest):
         nbytes = tree_bytes(src)
         print("upload (%.2f GiB)" % (nbytes / 1024.0 / MiB), flush=True)
-        secs = self.timed(lambda: self.ours_sync(src, "ours", manifest))
-        self.record("upload", "ours (checkpoint_sync, manifest)", secs, nbytes, "s5cmd sync")
+        run = self.timed(lambda: self.ours_sync(src, "ours", manifest), src)
+        self.record("upload", "ours (checkpoint_sync, manifest)", run, nbytes, "s5cmd sync")
         self.drop_prefix("ours-h")
-        secs = self.timed(lambda: self.ours_sync(src, "ours-h"))
-        self.record("upload", "ours (hashing locally)", secs, nbytes, "s5cmd sync")
+        run = self.timed(lambda: self.ours_sync(src, "ours-h"), src)
+        self.record("upload", "ours (hashing locally)", run, nbytes, "s5cmd sync")
         self.drop_prefix("ours-h")
         for tool in ("aws s3 sync", "s5cmd sync", "rclone copy"):
             dst = tool.split()[0]
-            secs = self.timed(lambda: self.run(self.cmd(tool, "up", src, dst)))
-            self.record("upload", tool, secs, nbytes, "s5cmd sync")
+            run = self.timed(lambda: self.run(self.cmd(tool, "up", src, dst)), src)
+            self.record("upload", tool, run, nbytes, "s5cmd sync")
             self.drop_prefix(dst)
 
     def pull(self, digest, nbytes):
@@ -180,29 +231,52 @@ class Bench(object):
         cache = os.path.join(self.work, "cache")
         pull = [sys.executable, os.path.join(ROOT, "serving", "model-pull", "model_pull.py"), "--endpoint", self.url,
                 "--bucket", BUCKET, "--prefix", "ours", "--model", "bench", "--digest", digest, "--cache-root", cache,
-                "--parallel", str(self.a.parallel)]
+                "--parallel", str(self.a.pull_parallel)]
         if os.path.exists("/usr/bin/python3.11"):
             pull[0] = "/usr/bin/python3.11"   # the interpreter the model-pull image carries
         tools = ["ours (model-pull, sha256 checked)", "aws s3 sync", "s5cmd sync", "rclone copy", "cp"]
         runs = dict((t, []) for t in tools)
         warm = None
+        source = os.path.join(self.data, BUCKET, "ours")
         for attempt in range(2):
             for tool in (tools if attempt == 0 else list(reversed(tools))):
                 if tool.startswith("ours"):
-                    runs[tool].append(self.timed(lambda: self.run(pull)))
+                    runs[tool].append(self.timed(lambda: self.run(pull), source))
                     if warm is None:
                         warm = self.timed(lambda: self.run(pull))
                     shutil.rmtree(cache)
-                    continue
-                dst = os.path.join(self.work, "pull-" + tool.split()[0])
-                os.makedirs(dst)
-                runs[tool].append(self.timed(lambda: self.run(self.cmd(tool, "down", "ours", dst))))
-                shutil.rmtree(dst)
-                print("    %s: %s" % (tool, ", ".join("%.2f s" % r for r in runs[tool])), flush=True)
+                else:
+                    dst = os.path.join(self.work, "pull-" + tool.split()[0])
+                    os.makedirs(dst)
+                    runs[tool].append(self.timed(lambda: self.run(self.cmd(tool, "down", "ours", dst)), source))
+                    shutil.rmtree(dst)
+                print("    %s: %s" % (tool, runs[tool][-1]), flush=True)
         for tool in tools:
-            self.record("pull", tool, min(runs[tool]), nbytes, "cp")
+            self.record("pull", tool, min(runs[tool], key=lambda r: r.secs), nbytes, "cp")
             if tool.startswith("ours"):
                 self.record("pull (warm restart)", "ours (model-pull)", warm, 0, None)
+        self.floor(source, runs)
+
+    def floor(self, source, runs):
+        """What a pull that checks sha256 needs at least on this machine: the cheapest peer's transfer
+        (its client + server CPU) plus hashing the bytes once, spread over every core."""
+        t = time.process_time()
+        for dirpath, _dirs, files in os.walk(source):
+            for name in files:
+                _checkpoint.sha256_file(os.path.join(dirpath, name))
+        hash_cpu = time.process_time() - t
+        peers = [r for tool in ("s5cmd sync", "rclone copy") for r in runs[tool]]
+        cheapest = min(peers, key=lambda r: r.cpu + r.server)
+        cores = os.cpu_count() or 1
+        floor = (cheapest.cpu + cheapest.server + hash_cpu) / cores
+        cp = min(r.secs for r in runs["cp"])
+        ours = min(r.secs for r in runs["ours (model-pull, sha256 checked)"])
+        self.notes.append(
+            "Floor for a pull that checks sha256 here: the cheapest peer transfer's CPU (client %.1f s + server %.1f s) "
+            "plus sha256 of the bytes on one core (%.1f s), over %d cores: %.2f s, i.e. %.0f%% of cp's throughput at "
+            "best (cp %.2f s). model-pull took %.2f s: %.0f%% of cp, %.0f%% of that floor's throughput."
+            % (cheapest.cpu, cheapest.server, hash_cpu, cores, floor, 100 * cp / floor, cp, ours, 100 * cp / ours,
+               100 * floor / ours))
 
     def noop(self, src):
         print("no-op re-sync (%d files)" % len(_checkpoint.list_files(src)))
@@ -210,23 +284,28 @@ class Bench(object):
         with open(manifest, "wb") as fh:
             fh.write(_checkpoint.canonical_bytes(_checkpoint.manifest_from_dir(src, "many")))
         self.ours_sync(src, "many-ours", manifest)
-        secs = self.timed(lambda: self.ours_sync(src, "many-ours", manifest))
-        self.record("no-op re-sync", "ours (checkpoint_sync)", secs, 0, "s5cmd sync")
+        run = self.timed(lambda: self.ours_sync(src, "many-ours", manifest))
+        self.record("no-op re-sync", "ours (checkpoint_sync)", run, 0, "s5cmd sync")
         for tool in ("s5cmd sync", "aws s3 sync"):
             dst = "many-" + tool.split()[0]
             self.run(self.cmd(tool, "up", src, dst))
-            secs = self.timed(lambda: self.run(self.cmd(tool, "up", src, dst)))
-            self.record("no-op re-sync", tool, secs, 0, "s5cmd sync")
+            run = self.timed(lambda: self.run(self.cmd(tool, "up", src, dst)))
+            self.record("no-op re-sync", tool, run, 0, "s5cmd sync")
 
     def table(self):
-        secs_of = dict(((r[0], r[1]), r[2]) for r in self.rows)
-        lines = ["", "| step | tool | seconds | MiB/s | time vs reference |", "| --- | --- | ---: | ---: | ---: |"]
-        for step, tool, secs, nbytes, ref in self.rows:
-            rate = "%.0f" % (nbytes / MiB / secs) if nbytes else ""
+        secs_of = dict(((r[0], r[1]), r[2].secs) for r in self.rows)
+        lines = ["", "source files: %s" % ("evicted from the page cache before each run (--source cold)"
+                                            if self.a.source == "cold" else "warm in the page cache (--source warm)"), "",
+                 "| step | tool | seconds | MiB/s | time vs reference | client CPU s | server CPU s |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for step, tool, run, nbytes, ref in self.rows:
+            rate = "%.0f" % (nbytes / MiB / run.secs) if nbytes else ""
             ratio = ""
             if ref and (step, ref) in secs_of:
-                ratio = "%.2fx %s" % (secs / secs_of[(step, ref)], ref)
-            lines.append("| %s | %s | %.2f | %s | %s |" % (step, tool, secs, rate, ratio))
+                ratio = "%.2fx %s" % (run.secs / secs_of[(step, ref)], ref)
+            lines.append("| %s | %s | %.2f | %s | %s | %.1f | %.1f |" % (step, tool, run.secs, rate, ratio, run.cpu,
+                                                                     run.server))
+        lines += [""] + self.notes
         return "\n".join(lines)
 
 
@@ -236,13 +315,18 @@ def main(argv=None):
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--noop-files", type=int, default=100)
     ap.add_argument("--workdir")
-    ap.add_argument("--parallel", type=int, default=16)
+    ap.add_argument("--parallel", type=int, default=16, help="checkpoint_sync's parallel (default 16, its default)")
+    ap.add_argument("--pull-parallel", type=int, default=chart_pull_parallel(),
+                    help="model-pull's --parallel (default: the serving chart's downloader.parallel)")
     ap.add_argument("--etag-hash", default="",
                     help="rclone serve s3 --etag-hash (default off: with MD5, rclone re-reads the whole file to make "
                          "the ETag of every GET, HEAD and listing, which MinIO and other stores do not; use MD5 to see it)")
     ap.add_argument("--steps", default="upload,pull,noop",
                     help="comma-separated steps to time (default upload,pull,noop); pull alone still uploads the "
                          "checkpoint once, untimed")
+    ap.add_argument("--source", choices=("cold", "warm"), default="cold",
+                    help="cold (default): evict each step's source files from the page cache before every timed run; "
+                         "warm: leave them cached")
     ap.add_argument("--bench-bin", required=True, help="bin directory of the peer-tools venv (aws)")
     a = ap.parse_args(argv)
     steps = set(a.steps.split(","))

@@ -411,6 +411,7 @@ class Importer(object):
         self.src, self.public_key, self.dest = src, public_key, dest
         self.progress_file, self.check_mode = progress_file, check_mode
         self.copied, self.skipped, self.removed, self.bytes_copied = [], [], [], 0
+        self._journal_fh = None
 
     # -- step 1: signatures and listing (nothing read beyond the control files)
     def load(self):
@@ -480,19 +481,53 @@ class Importer(object):
     def _state_path(self):
         return os.path.join(self.dest, IMPORT_DIR, "state.json")
 
+    def _journal_path(self):
+        return os.path.join(self.dest, IMPORT_DIR, "state.journal")
+
     def _load_state(self):
         """Per-file records of what earlier runs verified in dest, whatever bundle they came from:
-        a new bundle (an upgrade) then copies only the files whose sha256 changed."""
+        a new bundle (an upgrade) then copies only the files whose sha256 changed. state.json is
+        the snapshot a finished run leaves; state.journal holds one JSON line per file verified
+        since (an interrupted run), and a torn last line is ignored: that file is copied again."""
+        files = {}
         try:
             with open(self._state_path()) as f:
-                return json.load(f).get("files", {})
+                files = json.load(f).get("files", {})
         except (OSError, ValueError):
-            return {}
+            files = {}
+        try:
+            with open(self._journal_path()) as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                        files[rec["path"]] = {"sha256": rec["sha256"], "stat": rec["stat"]}
+                    except (ValueError, KeyError, TypeError):
+                        break
+        except OSError:
+            pass
+        return files
 
-    def _save_state(self, done):
+    def _journal(self, path, rec):
+        """Record one verified file: one appended line, so an import of n files writes O(n)."""
         if self.check_mode:
             return
+        if self._journal_fh is None:
+            self._journal_fh = open(self._journal_path(), "a")
+        self._journal_fh.write(json.dumps(dict(rec, path=path), sort_keys=True) + "\n")
+        self._journal_fh.flush()
+
+    def _save_state(self, done):
+        """The snapshot of a finished run; the journal it folds in is removed."""
+        if self.check_mode:
+            return
+        if self._journal_fh is not None:
+            self._journal_fh.close()
+            self._journal_fh = None
         write_atomic(self._state_path(), json.dumps({"manifest_sha256": self.manifest_sha256, "files": done}).encode())
+        try:
+            os.unlink(self._journal_path())
+        except FileNotFoundError:
+            pass
 
     def _in_place(self, state):
         """Files already verified in dest by an earlier (maybe interrupted) run: the record of
@@ -542,10 +577,15 @@ class Importer(object):
         prog = Progress(total if not self.dest else todo_bytes, self.progress_file)
         done = dict(in_place)
         self.skipped = sorted(in_place)
-        if self.segmented:
-            self._run_segments(done, prog)
-        else:
-            self._run_dir(done, prog)
+        try:
+            if self.segmented:
+                self._run_segments(done, prog)
+            else:
+                self._run_dir(done, prog)
+        finally:
+            if self._journal_fh is not None:
+                self._journal_fh.close()
+                self._journal_fh = None
         prog.write("done")
         if self.dest and not self.check_mode:
             self._save_state(done)
@@ -590,7 +630,7 @@ class Importer(object):
             done[path] = {"sha256": got, "stat": _stat_key(os.stat(full))}
             self.copied.append(path)
             self.bytes_copied += e["size"]
-            self._save_state(done)
+            self._journal(path, done[path])
             kill_after = os.environ.get(KILL_AFTER_FILES_ENV)
             if kill_after and len(self.copied) >= int(kill_after):
                 os.kill(os.getpid(), 9)

@@ -482,10 +482,14 @@ def download(s3, bucket, prefix, dest, entries, parallel, progress):
     stop = threading.Event()
     try:
         futures = {}
-        for job in jobs:
-            key = "%s/%s" % (prefix, job.entry["path"]) if prefix else job.entry["path"]
-            for i in range(len(job.chunks)):
-                futures[pool.submit(fetch_chunk, s3, bucket, key, job, i, progress, stop)] = job
+        keys = [("%s/%s" % (prefix, job.entry["path"]) if prefix else job.entry["path"]) for job in jobs]
+        # Chunks are queued round-robin over the files (each file's first chunk, then each second ...):
+        # every large file starts hashing at once, on its own thread, instead of one file after another
+        # with the last file's hash left alone at the end; fewer threads write into one file at a time.
+        for i in range(max(len(job.chunks) for job in jobs)):
+            for job, key in zip(jobs, keys):
+                if i < len(job.chunks):
+                    futures[pool.submit(fetch_chunk, s3, bucket, key, job, i, progress, stop)] = job
         for fut in concurrent.futures.as_completed(futures):
             job = futures[fut]
             if fut.result():
@@ -572,7 +576,8 @@ def parse_args(argv):
     ap.add_argument("--digest", required=True, help="the checkpoint manifest's digest (sha256 hex)")
     ap.add_argument("--cache-root", required=True, help="the node cache directory (hostPath or PVC)")
     ap.add_argument("--ca-file", help="PEM CA bundle for an https endpoint")
-    ap.add_argument("--parallel", type=int, default=16, help="concurrent ranged GETs (default 16)")
+    ap.add_argument("--parallel", type=int, default=4,
+                    help="concurrent ranged GETs (default 4, as the serving chart's downloader.parallel)")
     ap.add_argument("--rehash", action="store_true", help="re-hash every cached file instead of trusting stamps")
     a = ap.parse_args(argv)
     if a.parallel < 1:

@@ -61,7 +61,10 @@ def test_killed_import_resumes_without_recopying(media, tmp_path):
     rc, out = run_import(media["src"], media["pub"], dest, progress, {B.KILL_AFTER_FILES_ENV: "3"})
     assert rc != 0, out
     assert not (dest / ".llmops-import" / "manifest.json").exists()  # not done, so nothing counts as installed
-    state = json.loads((dest / ".llmops-import" / "state.json").read_text())["files"]
+    # The killed run left one journal line per verified file (no snapshot yet).
+    assert not (dest / ".llmops-import" / "state.json").exists()
+    lines = (dest / ".llmops-import" / "state.journal").read_text().splitlines()
+    state = [json.loads(line)["path"] for line in lines]
     assert len(state) == 3
     before = {p: os.stat(str(dest / p)).st_ino for p in state}
     rc, out = run_import(media["src"], media["pub"], dest, progress)
@@ -71,6 +74,9 @@ def test_killed_import_resumes_without_recopying(media, tmp_path):
     assert (res["files_skipped"], res["files_copied"]) == (3, 5)
     assert res["bytes_copied"] == sum(3 * 1024 * 1024 + i for i in range(8)) - sum(os.path.getsize(str(dest / p)) for p in state)
     assert {p: os.stat(str(dest / p)).st_ino for p in state} == before  # the verified files were not written again
+    # The finished run folded the journal into the snapshot.
+    assert not (dest / ".llmops-import" / "state.journal").exists()
+    assert len(json.loads((dest / ".llmops-import" / "state.json").read_text())["files"]) == 8
     prog = json.loads(progress.read_text())
     assert prog["phase"] == "done" and prog["bytes_done"] == prog["bytes_total"] == res["bytes_copied"]
     rc, out = run_import(media["src"], media["pub"], dest, progress)

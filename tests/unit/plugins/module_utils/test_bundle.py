@@ -242,3 +242,24 @@ def test_upgrade_copies_only_changed_files_and_drops_stale_ones(bundle, tmp_path
     assert res["files_removed"] == ["bootstrap.sh"] and not (dest / "bootstrap.sh").exists()
     assert (dest / "charts/serving/Chart.yaml").read_bytes() == b"name: serving\nversion: 2\n"
     assert imp(dest, bundle["pub"])["files_total"] == len(bundle["files"]) - 1  # dest is exactly the new bundle
+
+
+def test_interrupted_import_resumes_from_its_journal_and_ignores_a_torn_line(bundle, tmp_path):
+    """An interrupted import leaves state.journal (one line per verified file) and no snapshot; a torn
+    last line (the kill came mid-write) costs that one file a second copy, nothing else."""
+    dest = tmp_path / "dest"
+    imp(bundle["media"], bundle["pub"], dest)
+    ctl = dest / B.IMPORT_DIR
+    files = json.loads((ctl / "state.json").read_text())["files"]
+    assert not (ctl / "state.journal").exists()
+    kept = sorted(files)[:2]
+    lines = [json.dumps(dict(files[p], path=p)) for p in kept]
+    torn = json.dumps(dict(files[sorted(files)[2]], path=sorted(files)[2]))[:25]
+    (ctl / "state.journal").write_text("\n".join(lines + [torn]))
+    (ctl / "state.json").unlink()
+    (ctl / "manifest.json").unlink()
+    res = imp(bundle["media"], bundle["pub"], dest)
+    assert res["changed"] is True
+    assert (res["files_skipped"], res["files_copied"]) == (2, len(bundle["files"]) - 2)
+    assert not (ctl / "state.journal").exists()
+    assert sorted(json.loads((ctl / "state.json").read_text())["files"]) == sorted(files)
