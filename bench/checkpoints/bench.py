@@ -294,8 +294,9 @@ class Bench(object):
 
     def table(self):
         secs_of = dict(((r[0], r[1]), r[2].secs) for r in self.rows)
-        lines = ["", "source files: %s" % ("evicted from the page cache before each run (--source cold)"
-                                            if self.a.source == "cold" else "warm in the page cache (--source warm)"), "",
+        source = ("evicted from the page cache before each run (--source cold)" if self.a.source == "cold"
+                  else "warm in the page cache (--source warm)")
+        lines = ["", "source files: %s" % source, "",
                  "| step | tool | seconds | MiB/s | time vs reference | client CPU s | server CPU s |",
                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         for step, tool, run, nbytes, ref in self.rows:
@@ -303,8 +304,8 @@ class Bench(object):
             ratio = ""
             if ref and (step, ref) in secs_of:
                 ratio = "%.2fx %s" % (run.secs / secs_of[(step, ref)], ref)
-            lines.append("| %s | %s | %.2f | %s | %s | %.1f | %.1f |" % (step, tool, run.secs, rate, ratio, run.cpu,
-                                                                     run.server))
+            cells = (step, tool, run.secs, rate, ratio, run.cpu, run.server)
+            lines.append("| %s | %s | %.2f | %s | %s | %.1f | %.1f |" % cells)
         lines += [""] + self.notes
         return "\n".join(lines)
 

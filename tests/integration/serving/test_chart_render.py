@@ -14,8 +14,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "serving" / "chart"
 HELM = os.environ.get("HELM", str(REPO / ".tools" / "bin" / "helm"))
-VLLM_FLAGS = set((REPO / "serving" / "vllm-args" / ("%s.txt" % (REPO / "serving" / "vllm-args" / "VERSION")
-                                                     .read_text().strip())).read_text().split())
+VLLM_ARGS = REPO / "serving" / "vllm-args"
+VLLM_FLAGS = set((VLLM_ARGS / ("%s.txt" % (VLLM_ARGS / "VERSION").read_text().strip())).read_text().split())
 DIGEST = "ab" * 32
 
 
@@ -67,8 +67,8 @@ def test_stream_hands_vllm_the_store_url_credential_and_ca(tmp_path):
     # Every flag the chart passes is a flag of the pinned vLLM.
     assert set(a for a in args if a.startswith("--")) <= VLLM_FLAGS
     env = dict((e["name"], e) for e in engine["env"])
-    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "llmops-serving-object-storage",
-                                                                      "key": "access-key"}
+    ref = env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "llmops-serving-object-storage", "key": "access-key"}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secret-key"
     assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
     assert env["AWS_ENDPOINT_URL"]["value"] == "https://s3.site.internal:9000"
