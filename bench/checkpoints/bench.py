@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+import yaml
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, ".cache", "collections"))
@@ -109,7 +111,6 @@ def evict(root):
 
 def chart_pull_parallel():
     """downloader.parallel of serving/chart/values.yaml: what the chart runs model-pull with."""
-    import yaml
     with open(os.path.join(ROOT, "serving", "chart", "values.yaml")) as fh:
         return int(yaml.safe_load(fh)["downloader"]["parallel"])
 
@@ -196,9 +197,10 @@ class Bench(object):
         return proc.stdout
 
     def ours_sync(self, src, prefix, manifest=None):
-        p = dict(endpoint_url=self.url, access_key=KEY[0], secret_key=KEY[1], region="us-east-1", ca_path=None,
-                 timeout=30, src=src, name=None, manifest=manifest, bucket=BUCKET, prefix=prefix, delete=False,
-                 verify=False, parallel=self.a.parallel, part_size=64, progress_file=None)
+        # The module's own defaults, as a playbook task gets them, then this bench's endpoint and data.
+        p = dict((k, v.get("default")) for k, v in checkpoint_sync.argument_spec().items())
+        p.update(endpoint_url=self.url, access_key=KEY[0], secret_key=KEY[1], region="us-east-1", src=src,
+                 manifest=manifest, bucket=BUCKET, prefix=prefix, parallel=self.a.parallel, timeout=30)
         return checkpoint_sync.run(p, False)
 
     def record(self, step, tool, run, nbytes, ref):
@@ -316,7 +318,8 @@ def main(argv=None):
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--noop-files", type=int, default=100)
     ap.add_argument("--workdir")
-    ap.add_argument("--parallel", type=int, default=16, help="checkpoint_sync's parallel (default 16, its default)")
+    ap.add_argument("--parallel", type=int, default=checkpoint_sync.argument_spec()["parallel"]["default"],
+                    help="checkpoint_sync's parallel (default: the module's default)")
     ap.add_argument("--pull-parallel", type=int, default=chart_pull_parallel(),
                     help="model-pull's --parallel (default: the serving chart's downloader.parallel)")
     ap.add_argument("--etag-hash", default="",

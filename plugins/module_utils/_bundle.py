@@ -489,7 +489,6 @@ class Importer(object):
         a new bundle (an upgrade) then copies only the files whose sha256 changed. state.json is
         the snapshot a finished run leaves; state.journal holds one JSON line per file verified
         since (an interrupted run), and a torn last line is ignored: that file is copied again."""
-        files = {}
         try:
             with open(self._state_path()) as f:
                 files = json.load(f).get("files", {})
@@ -516,13 +515,15 @@ class Importer(object):
         self._journal_fh.write(json.dumps(dict(rec, path=path), sort_keys=True) + "\n")
         self._journal_fh.flush()
 
-    def _save_state(self, done):
-        """The snapshot of a finished run; the journal it folds in is removed."""
-        if self.check_mode:
-            return
+    def _close_journal(self):
         if self._journal_fh is not None:
             self._journal_fh.close()
             self._journal_fh = None
+
+    def _save_state(self, done):
+        """The snapshot of a finished run (the journal is closed by then); the journal it folds in is removed."""
+        if self.check_mode:
+            return
         write_atomic(self._state_path(), json.dumps({"manifest_sha256": self.manifest_sha256, "files": done}).encode())
         try:
             os.unlink(self._journal_path())
@@ -583,9 +584,7 @@ class Importer(object):
             else:
                 self._run_dir(done, prog)
         finally:
-            if self._journal_fh is not None:
-                self._journal_fh.close()
-                self._journal_fh = None
+            self._close_journal()
         prog.write("done")
         if self.dest and not self.check_mode:
             self._save_state(done)
