@@ -5,7 +5,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/.tools/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help setup demo demo-down test lint sanity unit integration molecule cluster docs build clean
+.PHONY: help setup demo demo-down test lint sanity unit security integration molecule cluster docs build clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ sanity: setup ## ansible-test sanity in a generated collection tree
 
 unit: setup ## pytest tests/unit
 	@tests/tools/test.sh unit
+
+security: setup ## pytest tests/security (hostile bundles, stores, registries; docs/security.md)
+	@tests/tools/test.sh security
 
 integration: setup ## pytest tests/integration (real servers on loopback; not the cluster tests)
 	@tests/tools/test.sh integration

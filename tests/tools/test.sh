@@ -50,6 +50,10 @@ sanity() {
 
 unit() { python -m pytest -q tests/unit; }
 
+# The hostile-input suite (issue 14, docs/security.md): crafted bundles, state files, object
+# stores and registries against the real code paths.
+security() { python -m pytest -q -p no:cacheprovider tests/security; }
+
 # Tests against real servers started on loopback by the tests themselves (rclone serve s3,
 # Debian's docker-registry, ...). The cluster tests run in their own layer.
 integration() { python -m pytest -q -p no:cacheprovider tests/integration --ignore=tests/integration/cluster; }
@@ -100,11 +104,12 @@ case $what in
   lint) layer lint lint ;;
   sanity) layer sanity sanity ;;
   unit) layer unit unit ;;
+  security) layer security security ;;
   integration) layer integration integration ;;
   build) layer build build ;;
   molecule) molecule_all ;;
   cluster) layer cluster cluster ;;
-  all) layer lint lint; layer sanity sanity; layer unit unit; layer integration integration; layer build build; molecule_all; layer cluster cluster ;;
+  all) layer lint lint; layer sanity sanity; layer unit unit; layer security security; layer integration integration; layer build build; molecule_all; layer cluster cluster ;;
   *) die "unknown layer $what" ;;
 esac
 [ ${#failures[@]} -eq 0 ] || say "failed: ${failures[*]}"
