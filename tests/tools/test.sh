@@ -7,14 +7,16 @@ cd "$root" || exit 1
 . tests/tools/lib.sh
 export PATH="$root/.venv/bin:$root/.tools/bin:$PATH" ANSIBLE_CONFIG="$root/ansible.cfg" NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
 
-passed=0 failed=0 failures=()
+passed=0 failed=0 failures=() table=() run_start=$SECONDS
 layer() { # name cmd...
   local name=$1 start=$SECONDS; shift
   say "=== $name"
   if "$@"; then
     passed=$((passed + 1)); say "=== $name: passed ($((SECONDS - start)) s)"
+    table+=("$(printf '%-22s %-7s %6d s' "$name" passed $((SECONDS - start)))")
   else
     failed=$((failed + 1)); failures+=("$name"); say "=== $name: FAILED ($((SECONDS - start)) s)"
+    table+=("$(printf '%-22s %-7s %6d s' "$name" FAILED $((SECONDS - start)))")
   fi
 }
 
@@ -112,6 +114,10 @@ case $what in
   all) layer lint lint; layer sanity sanity; layer unit unit; layer security security; layer integration integration; layer build build; molecule_all; layer cluster cluster ;;
   *) die "unknown layer $what" ;;
 esac
+# The layer table (issue 13: the CI budget is read off this).
+say "=== layer wall times"
+printf '%s\n' "${table[@]}"
+printf '%-22s %-7s %6d s\n' total "" $((SECONDS - run_start))
 [ ${#failures[@]} -eq 0 ] || say "failed: ${failures[*]}"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
