@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal, InvalidOperation
 
 from ansible.errors import AnsibleFilterError
 
@@ -116,7 +117,10 @@ def parse_size(value, where):
         raise AnsibleFilterError("bundle_sizing: %s is %r, not a size: give bytes (an integer) or a number with a unit, "
                                  "such as 16.1 GB or 4095 MiB" % (where, value))
     if isinstance(value, (int, float)):
-        number, unit = value, ""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise AnsibleFilterError("bundle_sizing: %s is %s, not a size: give bytes (an integer) or a number with a "
+                                     "unit, such as 16.1 GB or 4095 MiB" % (where, value))
+        number, unit = Decimal(str(value)), ""
     else:
         m = _SIZE.match(str(value))
         if not m:
@@ -124,11 +128,11 @@ def parse_size(value, where):
                 raise AnsibleFilterError("bundle_sizing: %s is %s: a size cannot be negative" % (where, value))
             raise AnsibleFilterError("bundle_sizing: %s is %r, not a size: give bytes (an integer) or a number with a "
                                      "unit, such as 16.1 GB or 4095 MiB" % (where, value))
-        number, unit = float(m.group(1)), m.group(2).lower()
+        number, unit = Decimal(m.group(1)), m.group(2).lower()
         if unit not in _UNITS:
             raise AnsibleFilterError("bundle_sizing: %s is %r: unknown unit %r (use B, kB, MB, GB, TB, KiB, MiB, GiB "
                                      "or TiB)" % (where, value, m.group(2)))
-    if number < 0 or (isinstance(number, float) and not math.isfinite(number)):
+    if number < 0:
         raise AnsibleFilterError("bundle_sizing: %s is %s: a size cannot be negative" % (where, value))
     return int(math.ceil(number * _UNITS[unit]))
 
@@ -182,11 +186,11 @@ def bundle_sizing(spec, sizes, serving_models=None, segment_size="4095MiB", head
     if seg <= 0:
         raise AnsibleFilterError("bundle_sizing: bundle_segment_size is %s: it must be more than 0" % segment_size)
     try:
-        headroom = float(headroom)
-    except (TypeError, ValueError):
+        headroom = Decimal(str(headroom))
+    except (InvalidOperation, TypeError, ValueError):
         raise AnsibleFilterError("bundle_sizing: headroom is %r, not a number (0.1 adds 10%%)" % (headroom,))
-    if headroom < 0:
-        raise AnsibleFilterError("bundle_sizing: headroom is %s: it cannot be negative" % headroom)
+    if not headroom.is_finite() or headroom < 0:
+        raise AnsibleFilterError("bundle_sizing: headroom is %s: it must be 0 or more (0.1 adds 10%%)" % headroom)
 
     parts, detail = _declared(spec, sizes)
     bundle = sum(parts.values())

@@ -219,3 +219,13 @@ def test_the_become_check_catches_the_old_install_page(tmp_path):
     doc.write_text("Connection settings (`ansible_host`, `ansible_user`, `become: true`); `ansible_become: true` is right.\n",
                    encoding="utf-8")
     assert become_problems(str(doc)) == ["%s: `become: true` (the inventory variable is ansible_become)" % _rel(str(doc))]
+
+
+def test_the_example_site_bundle_spec_matches_the_roles():
+    """inventories/example-site: the same checks, with the inventory's own image variables."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "inventories", "example-site", "group_vars", "all", "*.yml"))):
+        found.update(_load(path) or {})
+    spec = found.pop("bundle_spec")
+    assert spec_problems(spec, found) == []
+    assert {m["name"] for m in spec["models"]} == {m["checkpoint"]["name"] for m in found["vllm_serving_models"]}
