@@ -44,8 +44,8 @@ options:
     required: true
   serving_models:
     description:
-      - C(vllm_serving_models). Models that name a bundle checkpoint and use C(load: stream) need no node cache.
-        Empty - every model of the spec is counted in the node cache.
+      - "C(vllm_serving_models). Models that name a bundle checkpoint and use C(load: stream) need no node cache.
+        Empty - every model of the spec is counted in the node cache."
     type: list
     elements: dict
     default: []
@@ -91,7 +91,7 @@ _value:
     segments: {description: How many segments of O(segment_size) the pack writes., type: int}
     segment_size: {description: O(segment_size) in bytes., type: int}
     media:
-      description: Present when O(sizes.medium) is declared.
+      description: Present when the declared sizes have a C(medium).
       type: dict
       contains:
         medium_bytes: {description: One medium's size., type: int}
@@ -177,7 +177,7 @@ def bundle_sizing(spec, sizes, serving_models=None, segment_size="4095MiB", head
     if not isinstance(sizes, dict):
         raise AnsibleFilterError("bundle_sizing: %s must be a dict (models, images, charts, binaries, packages, python, "
                                  "medium), got %s" % (_WHERE, type(sizes).__name__))
-    known = {s for s, _, _ in _SECTIONS} | {"packages", "python", "medium"}
+    known = {section[0] for section in _SECTIONS} | {"packages", "python", "medium"}
     stray = sorted(set(sizes) - known)
     if stray:
         raise AnsibleFilterError("bundle_sizing: %s has unknown key(s) %s; the keys are %s"

@@ -28,7 +28,7 @@ def ansible(tool, *args, inventory=INVENTORY):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_CALLBACK_RESULT_FORMAT="json",
                ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     exe = os.path.join(os.path.dirname(sys.executable), tool)
-    return subprocess.run([exe, "-i", inventory] + list(args), cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run([exe, "-i", inventory] + list(args), cwd=ROOT, env=env, capture_output=True, text=True, check=False,
                           timeout=300)
 
 

@@ -159,7 +159,7 @@ def link_problems(path):
     for target in LINK.findall(text):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
             continue
-        file_part, _, anchor = target.partition("#")
+        file_part, anchor = (target.split("#", 1) + [""])[:2]
         dest = os.path.normpath(os.path.join(os.path.dirname(path), file_part)) if file_part else path
         if not os.path.exists(dest):
             problems.append("%s: link %s: no such file" % (_rel(path), target))
