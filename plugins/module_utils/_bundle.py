@@ -520,7 +520,7 @@ class _SegmentReader(object):
             if kind not in (b"0", b"\0"):
                 raise self._refuse("holds a tar entry of type %r (only regular files and PAX headers are read)" % kind.decode("latin-1"), at)
             name = blk[:100].split(b"\0", 1)[0]
-            prefix = blk[345:500].split(b"\0", 1)[0] if blk[257:262] == b"ustar" else b""
+            prefix = blk[345:500].split(b"\0", 1)[0] if blk[257:263] == b"ustar\0" else b""
             if prefix:
                 name = prefix + b"/" + name
             try:
