@@ -25,7 +25,7 @@ description:
   - The import counts as done only when every file verified; then C(.llmops-import/manifest.json) is written and
     per-model checkpoint manifests land in C(.llmops-import/checkpoints/<model>.json) (what
     M(llmops.onprem.checkpoint_sync) and the in-cluster model-pull read), derived from the signed manifest.
-  - Check mode with O(dest) is cheap and writes nothing (no file, no state, no progress): it checks the signatures,
+  - Check mode with O(dest) is cheap and writes nothing (no file, no state, no progress). It checks the signatures,
     the listing and every size against the signed manifest, and returns the plan - C(files_copied) and
     C(bytes_copied) say what a real run would copy - with C(imported=false) unless O(dest) already holds this very
     bundle, verified. Later stages that need the imported files check C(imported). Without O(dest), check mode
@@ -33,12 +33,12 @@ description:
   - Refuses a bundle created earlier than the one O(dest) last imported (a rollback to an older, validly signed
     bundle) unless O(allow_downgrade) is set; the last import is recorded in C(.llmops-import/imported.json), in
     O(dest), not on the media.
-  - Never follows a symbolic link in O(dest): a link (or other special file) anywhere in O(dest) is refused before
+  - Never follows a symbolic link in O(dest). A link (or other special file) anywhere in O(dest) is refused before
     anything is written, and files are created relative to folder descriptors with no-follow, exclusive opens.
   - Sizes on the media are compared with the signed sizes before a byte is read, and no file is read past its
     signed size; segments are parsed with bounded headers (a PAX header over 64 KiB, a link or a GNU long name is
     refused), so memory stays small whatever the media holds.
-  - Refuses a O(public_key) that lies inside O(src) or O(dest): the key must come out of band.
+  - Refuses a O(public_key) that lies inside O(src) or O(dest); the key must come out of band.
 extends_documentation_fragment:
   - llmops.onprem.attributes
   - ansible.builtin.action_common_attributes
