@@ -380,7 +380,13 @@ class _Slice(object):
 def write_segment(path, src_root, members, progress=None):
     """Write one standalone tar segment; fill in each member's sha256; return (size, sha256)."""
     tmp = path + ".partial"
-    with open(tmp, "wb") as raw:
+    d, name = os.path.split(tmp)
+    dfd = os.open(d or ".", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+    try:
+        raw = _create_at(dfd, name)  # a link planted on the medium is replaced, never written through
+    finally:
+        os.close(dfd)
+    with raw:
         hw = _HashingWriter(raw)
         with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
             for m in members:
