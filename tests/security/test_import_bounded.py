@@ -8,6 +8,8 @@ import json
 import os
 import tarfile
 
+import pytest
+
 from conftest import PEAK_MEMORY_LIMIT, snapshot
 from importcase import Case, import_, import_measured
 from ansible_collections.llmops.onprem.plugins.module_utils import _bundle as B
@@ -77,21 +79,31 @@ def test_segment_holding_one_huge_pax_header_is_refused_with_bounded_memory(tmp_
     assert sorted(k for k in after if k.startswith("dest")) == ["dest", "dest/.llmops-import"]
 
 
-def test_gnu_long_name_and_link_members_are_refused(tmp_path):
+@pytest.mark.parametrize("kind", ["gnu-long-name", "symlink"])
+def test_gnu_long_name_and_link_members_are_refused(tmp_path, kind):
     case = Case(tmp_path)
-    long = "models/m/" + "x" * 200
-    case.media_with_members([(long, b"data")])
+    name = "models/m/" + ("x" * 200 if kind == "gnu-long-name" else "config.json")
+    case.media_with_members([(name, b"data")])
     seg = case.media / B.segment_name(0)
-    # rewrite the same segment in GNU format: its long name travels in a GNU 'L' entry
+    # the same member rewritten: in GNU format its long name travels in a GNU 'L' entry; or as a link
     with tarfile.open(str(seg), "w", format=tarfile.GNU_FORMAT) as tar:
-        ti = tarfile.TarInfo(long)
-        ti.size, ti.mtime = 4, 0
-        tar.addfile(ti, io.BytesIO(b"data"))
+        ti = tarfile.TarInfo(name)
+        ti.mtime = 0
+        if kind == "symlink":
+            ti.type, ti.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(ti)
+        else:
+            ti.size = 4
+            tar.addfile(ti, io.BytesIO(b"data"))
     data = seg.read_bytes()
     table = json.loads((case.media / B.SEGMENTS).read_text())
     table["segments"][0].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
     case.write_signed(case.media, B.SEGMENTS, B.SEGMENTS_SIG, table)
+    before = snapshot(str(tmp_path))
     res, err = import_(case.media, case.pub, case.dest)
-    assert err == ("segment bundle-0001.tar holds a tar entry of type 'L' (only regular files and PAX headers are read) at byte 0: "
-                   "bundle_pack never writes that, so the segment was replaced or damaged. Refusing the bundle; nothing was installed")
-    assert not os.path.exists(str(case.dest / "models"))
+    assert err == ("segment bundle-0001.tar holds a tar entry of type %r (only regular files and PAX headers are read) at byte 0: "
+                   "bundle_pack never writes that, so the segment was replaced or damaged. Refusing the bundle; nothing was installed"
+                   % ("L" if kind == "gnu-long-name" else "2"))
+    after = snapshot(str(tmp_path))
+    assert {k: v for k, v in after.items() if not k.startswith("dest")} == before
+    assert sorted(k for k in after if k.startswith("dest")) == ["dest", "dest/.llmops-import"]
