@@ -593,6 +593,7 @@ class Registry(object):
                                  headers={"Content-Length": "0"}, body=b"", ok=(202,))
         if not h.get("location"):
             raise OnpremError("the registry started an upload without a Location header", kind="protocol")
+        self._target(h["location"])  # refused here, before it is recorded, when it names another host
         return h["location"]
 
     def upload_status(self, location):
