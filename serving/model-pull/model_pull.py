@@ -611,7 +611,8 @@ def download(s3, bucket, prefix, dest, entries, parallel, progress):
                 got = job.hash.hexdigest()
                 if got != job.entry["sha256"]:
                     raise PullError(EXIT_VERIFY, "%s: downloaded sha256 %s, the manifest says %s (the object store "
-                                    "holds other bytes than the manifest)" % (job.entry["path"], got, job.entry["sha256"]))
+                                    "holds other bytes than the manifest; repair it with the checkpoints stage and "
+                                    "checkpoints_read_back: true)" % (job.entry["path"], got, job.entry["sha256"]))
                 job.close()
                 os.replace(job.part, job.final)
                 progress.files_done += 1
