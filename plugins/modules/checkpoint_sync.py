@@ -41,7 +41,8 @@ attributes:
 options:
   src:
     description:
-      - The local checkpoint directory. Names starting with C(.) are not part of the checkpoint.
+      - The local checkpoint directory. Names starting with C(.) are not part of the checkpoint. A symbolic link that
+        leaves it, dangles, or names a directory is refused before anything is read or uploaded.
     type: path
     required: true
   name:
