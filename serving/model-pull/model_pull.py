@@ -467,8 +467,8 @@ class Stopped(Exception):
 def corrupt_message(bucket, key, job, what):
     return ("s3://%s/%s: the object store answered %s, but the manifest says %s is %d bytes: the object is corrupt "
             "or was replaced; nothing past the manifest's size was read. Repair it with the checkpoints stage and "
-            "checkpoints_read_back: true (it re-uploads objects whose bytes differ)" % (bucket, key, what,
-                                                                                      job.entry["path"], job.size))
+            "checkpoints_read_back: true (it re-uploads objects whose bytes differ)"
+            % (bucket, key, what, job.entry["path"], job.size))
 
 
 def check_answer(s3, bucket, key, job, resp, pos, end):

@@ -4,7 +4,7 @@ every request and whether an Authorization header came with it.
 
 Modes (set before the run):
   location_elsewhere  POST /v2/<repo>/blobs/uploads/ answers a Location on the other origin
-  token_answer        (status, content type, body): the registry asks for a Bearer token from its own
+  token_answer        (status, content type, body), status not 0: the registry asks for a Bearer token from its own
                       /token, which answers this instead of a token
 Otherwise it behaves: Basic auth (any user), uploads on its own origin, manifests kept and served back.
 """
@@ -59,7 +59,7 @@ class HostileRegistry(object):
     def __init__(self, d):
         self.cert, key = make_cert(d)
         self.location_elsewhere = False
-        self.token_answer = None
+        self.token_answer = (0, "", b"")   # status 0: a Basic registry, no token service
         self.requests = []        # (method, path, Authorization sent?) on the registry
         self.elsewhere = []       # the same on the other origin
         self.manifests = {}       # (repository, reference) -> (media type, bytes)
@@ -103,7 +103,7 @@ class HostileRegistry(object):
                     status, ctype, body = reg.token_answer
                     return self.reply(status, {"Content-Type": ctype}, body)
                 if "Authorization" not in self.headers:
-                    if reg.token_answer is not None:
+                    if reg.token_answer[0]:
                         challenge = 'Bearer realm="https://127.0.0.1:%d/token",service="hostile"' % reg.port
                     else:
                         challenge = 'Basic realm="hostile"'

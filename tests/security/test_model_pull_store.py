@@ -222,4 +222,3 @@ def test_a_link_in_place_of_the_model_or_version_directory_is_refused(world, whe
             "(model-pull never creates links; remove it from the node)" % (link, outside / "etc", what)) in out
     assert snapshot(str(outside)) == before
     assert store.requests == []
-
