@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import struct
 
 SCHEMA = "llmops.onprem/checkpoint-manifest/v1"
@@ -115,13 +116,23 @@ def validate_manifest(manifest, where):
 
 
 def relative_path_problem(path):
-    """Why ``path`` is not a clean relative POSIX path, or None."""
+    """Why ``path`` is not a clean relative POSIX path of a checkpoint file, or None.
+
+    The one path rule of a checkpoint manifest, for every reader: checkpoint_sync, checkpoint_verify,
+    the bundle build and model-pull (which ships this file in its image). Dot-files and dot-directories
+    (.gitattributes, .cache/, .git/) are not part of a checkpoint: list_files() leaves them out on both
+    sides, so a manifest that names one was not made by this collection."""
     if not isinstance(path, str) or not path:
         return "must be a non-empty string"
     if path.startswith("/") or "\\" in path:
         return "must be relative and use '/'"
-    if any(part in ("", ".", "..") for part in path.split("/")):
+    if "\x00" in path:
+        return "must not contain a NUL byte"
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
         return "must not contain empty, '.' or '..' parts"
+    if any(part.startswith(".") for part in parts):
+        return "names a dot-file or dot-directory, which is not part of a checkpoint (rebuild the bundle)"
     return None
 
 
@@ -148,32 +159,80 @@ def parse_manifest_bytes(data, where):
 
 # --- local files ----------------------------------------------------------------------------
 def list_files(root):
-    """{relative posix path: size} of the regular files under ``root`` (symlinks followed).
+    """{relative posix path: size} of the regular files under ``root``: the one listing rule of a checkpoint.
 
-    Names starting with '.' (files and directories: .git, .cache, .llmops, ...) are not part of
-    a checkpoint and are skipped."""
+    Names starting with '.' (files and directories: .git, .cache, .llmops, ...) are not part of a
+    checkpoint and are skipped, links among them too (never read). Symbolic links are not followed
+    out of ``root``: a link to a file inside ``root`` lists that file under the link's name; a link
+    that leaves ``root``, dangles, or names a directory (a loop, or a second copy) raises
+    CheckpointError naming every such link, before anything is read."""
     if not os.path.isdir(root):
         raise CheckpointError("checkpoint directory %s does not exist or is not a directory" % root)
+    real_root = os.path.realpath(root)
     out = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    refused = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel = os.path.relpath(dirpath, root)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            full = os.path.join(dirpath, d)
+            if os.path.islink(full):
+                key = d if rel == "." else "/".join(rel.split(os.sep) + [d])
+                refused.append("%s is a symbolic link to the directory %s: refused (copy the files into the "
+                               "checkpoint directory instead of linking)" % (key, os.readlink(full)))
+                continue
+            keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             full = os.path.join(dirpath, name)
-            if not os.path.isfile(full):
-                continue
             key = name if rel == "." else "/".join(rel.split(os.sep) + [name])
-            out[key] = os.stat(full).st_size
+            if os.path.islink(full):
+                target = os.path.realpath(full)
+                if os.path.commonpath([real_root, target]) != real_root:
+                    refused.append("%s is a symbolic link to %s, outside the checkpoint directory %s: refused "
+                                   "(it could put any file of this host into the bundle or the object store); "
+                                   "if the file belongs to the model, replace the link with the file itself "
+                                   "(cp --dereference)" % (key, os.readlink(full), root))
+                    continue
+                if not os.path.isfile(target):
+                    refused.append("%s is a symbolic link to %s, which is not a regular file: refused"
+                                   % (key, os.readlink(full)))
+                    continue
+                out[key] = os.stat(target).st_size
+                continue
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode):
+                out[key] = st.st_size
+    if refused:
+        raise CheckpointError("checkpoint directory %s has %d symbolic link(s) that are not followed: %s"
+                              % (root, len(refused), "; ".join(refused)), refused)
     return out
 
 
-def sha256_file(path, block=HASH_BLOCK):
+def open_inside(root, rel):
+    """Open ``root/rel`` for reading without following a link out of ``root`` (a file swapped for a
+    link after list_files() is refused, not read)."""
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(root, rel))
+    if os.path.commonpath([real_root, target]) != real_root:
+        raise CheckpointError("%s leads out of the checkpoint directory %s (to %s): refused" % (rel, root, target))
+    try:
+        fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise CheckpointError("cannot read %s in %s: %s" % (rel, root, e))
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def sha256_file(path, block=HASH_BLOCK, root=None):
+    """sha256 hex of a file; with ``root``, ``path`` is relative to it and read with open_inside()."""
     h = hashlib.sha256()
     buf = bytearray(block)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
+    with (open_inside(root, path) if root is not None else open(path, "rb", buffering=0)) as fh:
         while True:
             n = fh.readinto(buf)
             if not n:
@@ -188,7 +247,7 @@ def hash_files(root, paths, workers=4):
     if not paths:
         return {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths)))) as pool:
-        digests = pool.map(lambda p: sha256_file(os.path.join(root, p)), paths)
+        digests = pool.map(lambda p: sha256_file(p, root=root), paths)
         return dict(zip(paths, digests))
 
 

@@ -52,6 +52,9 @@ _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 _SHA256 = re.compile(r"^sha256:[a-f0-9]{64}$")
 
+# The most of a token service's answer that is read (a token is a few KiB).
+TOKEN_ANSWER_MAX = 64 * 1024
+
 # Transient HTTP statuses worth a retry for idempotent requests.
 _TRANSIENT = (429, 500, 502, 503, 504)
 
@@ -320,6 +323,14 @@ def _error_code(body):
         return None
 
 
+def origin(netloc):
+    """(host lowercased, port) of an https netloc; the port defaults to 443."""
+    m = re.match(r"^(\[[^\]]+\]|[^:/]+)(?::(\d+))?$", netloc or "")
+    if not m:
+        return (netloc or "").lower(), None
+    return m.group(1).lower(), int(m.group(2)) if m.group(2) else 443
+
+
 def _parse_challenge(value):
     scheme, _sep, rest = (value or "").strip().partition(" ")
     params = dict((k.lower(), v) for k, v in re.findall(r'(\w+)="([^"]*)"', rest))
@@ -333,6 +344,8 @@ class Registry(object):
                  timeout=300, retries=3, blocksize=1 << 20):
         self.host = host
         self.netloc = host.split("/", 1)[0]
+        # The only origin the credentials go to (https, this host and port).
+        self.origin = origin(self.netloc)
         self.username, self.password = username or None, password or None
         self.timeout, self.retries, self.blocksize = timeout, retries, blocksize
         if validate_certs:
@@ -376,12 +389,28 @@ class Registry(object):
         for netloc in list(getattr(self._local, "conns", {})):
             self._drop(netloc)
 
+    def owns(self, url):
+        """True when ``url`` (a Location, a resume record) is on this registry's own origin: a path, or
+        https://<the registry's host and port>/..."""
+        if not isinstance(url, str) or not url:
+            return False
+        if url.startswith("/") and not url.startswith("//"):
+            return True
+        u = urlsplit(url)
+        return u.scheme == "https" and origin(u.netloc) == self.origin
+
     def _target(self, url):
-        if url.startswith("/"):
+        if url.startswith("/") and not url.startswith("//"):
             return self.netloc, url
         u = urlsplit(url)
         if u.scheme != "https":
             raise OnpremError("the registry sent a non-HTTPS location %r" % url, kind="protocol")
+        if origin(u.netloc) != self.origin:
+            # Uploads stay on the registry, and the push credentials go to no other host.
+            raise OnpremError("the registry %s sent a Location on another host (%s): refused, the push credentials "
+                              "are sent only to https://%s. A registry behind a proxy or load balancer must answer "
+                              "with its own address (check the proxy's Host forwarding, or the registry's http.host "
+                              "setting)" % (self.host, url.split("?", 1)[0], self.netloc), kind="protocol")
         return u.netloc, u.path + ("?" + u.query if u.query else "")
 
     def _send(self, method, url, headers, body):
@@ -464,11 +493,14 @@ class Registry(object):
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         u = urlsplit(url)
         headers = {"Authorization": self._basic()} if self.username else {}
+        if u.scheme != "https":
+            raise OnpremError("the registry %s names a token service that is not HTTPS (%s): refused, the credentials "
+                              "would travel in clear" % (self.host, realm), kind="protocol")
         c = http.client.HTTPSConnection(u.hostname, u.port, timeout=self.timeout, context=self.ctx)
         try:
             c.request("GET", u.path + "?" + u.query, headers=headers)
             r = c.getresponse()
-            data = r.read()
+            data = r.read(TOKEN_ANSWER_MAX + 1)
         except (OSError, http.client.HTTPException) as e:
             raise OnpremError("cannot get a token from %s: %s" % (realm, e), kind="unreachable")
         finally:
@@ -478,10 +510,34 @@ class Registry(object):
                               "name and password" % (realm, self.username, r.status), kind="auth", status=r.status)
         if r.status != 200:
             raise OnpremError("the token service %s answered HTTP %d" % (realm, r.status), status=r.status)
-        doc = json.loads(data)
-        token = doc.get("token") or doc.get("access_token")
+        token, expires = None, 60
+        try:
+            doc = json.loads(data[:TOKEN_ANSWER_MAX].decode("utf-8"))
+            if isinstance(doc, dict):
+                token = doc.get("token") or doc.get("access_token")
+                expires = int(doc.get("expires_in") or 60)
+        except (ValueError, TypeError, UnicodeDecodeError):
+            token = None
+        if not isinstance(token, str) or not token or len(data) > TOKEN_ANSWER_MAX:
+            shown = data[:200].decode("utf-8", "replace").replace("\n", " ").strip()
+            raise OnpremError("the token service %s (named by the registry %s) answered HTTP %d with %s instead of a "
+                              "JSON object with a \"token\" or \"access_token\": %r%s. Check that the registry's "
+                              "auth.token.realm points at its token service" % (
+                                  realm, self.host, r.status, r.getheader("content-type") or "no content type", shown,
+                                  " (truncated)" if len(data) > 200 else ""), kind="protocol")
         self._auth = "Bearer " + token
-        self._token_expiry = time.time() + max(30, int(doc.get("expires_in") or 60) * 0.8)
+        self._token_expiry = time.time() + max(30, expires * 0.8)
+
+    def answers(self):
+        """True when something answers https://<registry>/v2/ (any HTTP status; no credentials are sent), False when
+        the registry cannot be reached at all (no such host, nothing listening). A TLS failure is an error."""
+        try:
+            self._send("GET", "/v2/", {}, None)
+        except OnpremError as e:
+            if e.kind == "unreachable":
+                return False
+            raise
+        return True
 
     def login(self, repositories=()):
         """Check that the registry answers and accepts the credentials (GET /v2/)."""
@@ -537,6 +593,7 @@ class Registry(object):
                                  headers={"Content-Length": "0"}, body=b"", ok=(202,))
         if not h.get("location"):
             raise OnpremError("the registry started an upload without a Location header", kind="protocol")
+        self._target(h["location"])  # refused here, before it is recorded, when it names another host
         return h["location"]
 
     def upload_status(self, location):
@@ -592,7 +649,8 @@ class UploadState(object):
                 doc = json.load(f)
         except (IOError, OSError, ValueError):
             return None
-        if doc.get("digest") != digest or doc.get("repository") != repository:
+        if (not isinstance(doc, dict) or doc.get("digest") != digest or doc.get("repository") != repository
+                or doc.get("registry") != registry):
             return None
         return doc
 
@@ -622,6 +680,8 @@ def upload_blob(reg, state, repository, digest, size, path, chunk_size, stop, on
     """
     offset, location, resumed = 0, None, None
     rec = state.load(reg.host, repository, digest)
+    if rec and not reg.owns(rec.get("location")):
+        rec = None  # a record naming another host is not followed: the upload starts again on the registry
     if rec:
         got = reg.upload_status(rec["location"])
         if got is not None and 0 < got[0] <= size:

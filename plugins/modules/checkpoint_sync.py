@@ -41,7 +41,8 @@ attributes:
 options:
   src:
     description:
-      - The local checkpoint directory. Names starting with C(.) are not part of the checkpoint.
+      - The local checkpoint directory. Names starting with C(.) are not part of the checkpoint. A symbolic link that
+        leaves it, dangles, or names a directory is refused before anything is read or uploaded.
     type: path
     required: true
   name:
@@ -72,8 +73,14 @@ options:
     default: false
   verify:
     description:
-      - After the sync, download every file of the checkpoint again and compare its sha256 with the manifest.
-      - Reads the whole checkpoint back; for a large model this takes as long as a download.
+      - Read every object of the checkpoint back and compare the sha256 of its bytes with the manifest, not only the
+        sha256 recorded in its metadata. Objects whose bytes differ (a store that corrupted them, an object replaced
+        behind the collection's back) are uploaded again, listed in RV(corrupt), and read back once more after the
+        upload; a file still wrong after that fails the run.
+      - This is the repair for a serving pod whose downloader reported C(checkpoint_corrupt) (exit code 5); without
+        it the sync trusts each object's sha256 metadata and cannot see such a fault.
+      - Reads the whole checkpoint back; for a large model this takes as long as a download. Check mode reads it back
+        too (read only) and predicts the re-uploads.
     type: bool
     default: false
   parallel:
@@ -188,6 +195,13 @@ hashed_locally:
   returned: always
   type: bool
   sample: false
+corrupt:
+  description: Files whose object bytes did not match the manifest when O(verify) read them back before the upload
+    (they are re-uploaded; in check mode, they would be).
+  returned: always
+  type: list
+  elements: str
+  sample: [model-00001-of-00002.safetensors]
 verified:
   description: True when O(verify) read every file back and all matched.
   returned: always
@@ -295,6 +309,15 @@ def plan(manifest, remote, open_uploads, delete):
                 delete=extra if delete else [], abort=open_uploads)
 
 
+def reupload(todo, manifest, corrupt):
+    """Pure: the plan with the files whose object bytes were found corrupt added to the uploads."""
+    if not corrupt:
+        return todo
+    bad = set(corrupt)
+    upload = sorted(list(todo["upload"]) + [f for f in manifest["files"] if f["path"] in bad], key=lambda f: f["path"])
+    return dict(todo, upload=upload)
+
+
 def diff(manifest, remote, todo):
     before = dict((r, v["sha256"] or "(size %d, no sha256)" % v["size"]) for r, v in remote.items()
                   if not r.startswith(".llmops/"))
@@ -319,6 +342,12 @@ def run(p, check_mode, store_factory=Store):
                           p["timeout"], p["bucket"], p["prefix"], parallel=p["parallel"], part_size=p["part_size"] << 20)
     remote, open_uploads = remote_state(store, manifest)
     todo = plan(manifest, remote, open_uploads, p["delete"])
+    corrupt = []
+    if p["verify"]:
+        # Objects the plan trusts by their sha256 metadata: read their bytes back (read only, also in check mode).
+        pending = set(f["path"] for f in todo["upload"])
+        corrupt = store.read_back([f for f in manifest["files"] if f["path"] not in pending])
+        todo = reupload(todo, manifest, corrupt)
     to_upload_bytes = sum(f["size"] for f in todo["upload"])
     changed = bool(todo["upload"] or todo["manifest"] or todo["delete"] or todo["abort"])
     progress = Progress(to_upload_bytes, len(todo["upload"]), p["progress_file"])
@@ -336,10 +365,11 @@ def run(p, check_mode, store_factory=Store):
         if p["verify"]:
             progress.phase = "verify"
             progress.write()
-            bad = store.read_back(manifest["files"])
+            bad = store.read_back(todo["upload"])
             if bad:
                 raise CheckpointError("read-back verification failed: s3://%s/%s returned other bytes than the manifest "
-                                      "for %s" % (p["bucket"], p["prefix"], ", ".join(bad)), bad)
+                                      "for %s right after uploading them again; the object store does not keep what it "
+                                      "is sent (check its disks and logs)" % (p["bucket"], p["prefix"], ", ".join(bad)), bad)
             verified = True
         progress.phase = "done"
         progress.write()
@@ -348,6 +378,7 @@ def run(p, check_mode, store_factory=Store):
         bucket=p["bucket"],
         prefix=p["prefix"].strip("/"),
         uploaded=[f["path"] for f in todo["upload"]],
+        corrupt=corrupt,
         deleted=todo["delete"],
         extra=todo["extra"],
         skipped_files=len(manifest["files"]) - len(todo["upload"]),

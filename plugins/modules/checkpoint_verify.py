@@ -24,7 +24,10 @@ description:
     header) sitting where the files should be is refused with "extract it first".
   - With O(manifest), every file's size and sha256 must match the checkpoint manifest, and files missing from the
     directory or not in the manifest are reported.
-  - Files and directories whose names start with C(.) are not part of the checkpoint and are ignored.
+  - Files and directories whose names start with C(.) are not part of the checkpoint and are ignored; a manifest that
+    names one is refused (the bundle build leaves them out too).
+  - A symbolic link that leaves the directory, dangles, or names a directory is refused, naming every such link, before
+    anything is read (the bundle build, M(llmops.onprem.checkpoint_copy), applies the same rule).
   - Changes nothing in the checkpoint. With O(write_manifest) it hashes every file and writes the checkpoint manifest
     (reported as a change when the file's content changes; not written in check mode).
 extends_documentation_fragment:

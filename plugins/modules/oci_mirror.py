@@ -27,6 +27,14 @@ description:
     unfinished blob at the offset the registry reports. The registry drops an upload that was cut in the
     middle of a chunk (SIGKILL, a broken connection) or that it no longer knows (a registry restart without a
     fixed C(http.secret)); such a blob starts again from zero, and the result lists it in RV(restarted).
+    A resume record whose location is not on the registry's own origin is ignored (the blob starts again).
+  - Credentials (Basic, or the bearer token from the registry's token service) are sent only to the registry's
+    own origin (C(https://<registry host>:<port>)). A C(Location) header on another host is refused with a
+    message, and nothing is sent there. The token service's answer is read up to 64 KiB; an answer without a
+    token fails with what came back.
+  - Check mode reads the registry (without writing) when it answers. When nothing answers at O(registry) yet
+    (a first C(--check) run, before the registry stage made it), check mode does not log in anywhere and
+    predicts from the layout alone - every image pushed - and says so (RV(registry_checked) is false).
 extends_documentation_fragment:
   - llmops.onprem.attributes
   - ansible.builtin.action_common_attributes
@@ -163,6 +171,12 @@ restarted:
   type: list
   elements: str
   sample: []
+registry_checked:
+  description: False when check mode found no registry answering at O(registry) (not created yet) and predicted
+    from the bundle alone, without logging in; true otherwise.
+  returned: always
+  type: bool
+  sample: true
 seconds:
   description: Wall time of the run.
   returned: always
@@ -332,14 +346,21 @@ def run(p, check_mode, stop=None):
     layout = Layout(p["layout"])
     images = describe(layout, select_images(layout, p["images"]), site)
     reg = Registry(site, p["username"], p["password"], p["ca_path"], p["validate_certs"], timeout=p["timeout"])
-    reg.login([img["repository"] for img in images])
 
     def head_manifest(img):
         return reg.manifest_digest(img["repository"], img["ref_digest"] or img["tag"])
-    current = dict(zip([i["target"] for i in images], _pool_map(p["parallel"], head_manifest, images)))
-    pairs = sorted(set((img["repository"], d) for img in images if current[img["target"]] != img["digest"]
-                       for d in img["blobs"]))
-    present = dict(zip(pairs, _pool_map(p["parallel"], lambda rd: reg.blob_exists(*rd), pairs)))
+    reachable = True
+    if check_mode and not reg.answers():
+        # A first --check run, before the registry stage made the registry: predict from the bundle alone
+        # (everything pushed), without logging in anywhere.
+        reachable = False
+        current, present = dict((i["target"], None) for i in images), {}
+    else:
+        reg.login([img["repository"] for img in images])
+        current = dict(zip([i["target"] for i in images], _pool_map(p["parallel"], head_manifest, images)))
+        pairs = sorted(set((img["repository"], d) for img in images if current[img["target"]] != img["digest"]
+                           for d in img["blobs"]))
+        present = dict(zip(pairs, _pool_map(p["parallel"], lambda rd: reg.blob_exists(*rd), pairs)))
     pl = plan(images, current, present)
 
     result = dict(
@@ -349,8 +370,12 @@ def run(p, check_mode, stop=None):
                      bytes=sum(u["size"] for u in pl["uploads"] if u["source"] == i["source"])) for i in images],
         bytes_total=pl["bytes_total"], bytes_moved=0, blobs_uploaded=len(pl["uploads"]),
         blobs_mounted=len(pl["mounts"]), blobs_present=pl["present"], resumed=[], restarted=[],
+        registry_checked=reachable,
         diff=dict(before=dict(images=sorted(i["target"] for i in images if current[i["target"]] == i["digest"])),
                   after=dict(images=sorted(i["target"] for i in images))))
+    if not reachable:
+        result["msg"] = ("check mode: the registry %s does not answer yet, so the prediction comes from the bundle "
+                         "alone (every image pushed); a real run needs the registry" % site)
     if check_mode or not pl["todo"]:
         result["seconds"] = round(time.time() - t0, 2)
         return result

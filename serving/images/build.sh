@@ -129,11 +129,13 @@ case $image in
   model-pull)
     stage=$(mktemp -d)
     trap 'rm -rf "$stage"' EXIT
-    # The downloader and the collection's SigV4 signer (copied, not duplicated in the sources).
+    # The downloader, the collection's SigV4 signer and checkpoint manifest rules (copied, not duplicated in the sources).
     # The source has no shebang (it is not a module); the image's copy runs as a command.
     { echo '#!/usr/bin/python3'; cat "$REPO/serving/model-pull/model_pull.py"; } > "$stage/model_pull.py"
     chmod 0755 "$stage/model_pull.py"
     install -m 0644 "$REPO/plugins/module_utils/_sigv4.py" "$stage/_sigv4.py"
+    # The checkpoint manifest rules (schema, the one path rule) are the collection's own too.
+    install -m 0644 "$REPO/plugins/module_utils/_checkpoint.py" "$stage/_checkpoint.py"
     args+=(--add "$stage:/opt/llmops/model-pull:0755"
            --symlink /opt/llmops/model-pull/model_pull.py:/usr/local/bin/model-pull
            --entrypoint '["/usr/local/bin/model-pull"]' --user 65534:65534

@@ -13,8 +13,14 @@ verified copy, and a warm start with a verified copy moves 0 bytes. A lock on
 DIR/<model>/.lock keeps concurrent pulls on one node from downloading twice. The last line
 printed is MODEL_PATH=DIR/<model>/<digest>. Exit codes: see README.md next to this file.
 
-Standard library only; SigV4 signing is the collection's _sigv4.py, copied next to this file
-in the image (and found in plugins/module_utils when run from a checkout).
+Standard library only; SigV4 signing and the checkpoint manifest rules (schema, the one path rule)
+are the collection's _sigv4.py and _checkpoint.py, copied next to this file in the image (and found
+in plugins/module_utils when run from a checkout).
+
+What the store answers is bounded by the manifest: a body longer or shorter than the manifest's
+size is a corrupt object (exit 5), never read past that size. Nothing in the node cache is
+followed through a symbolic link: links in the model's directory are removed and fetched again,
+a link in place of the model or version directory is refused.
 """
 import argparse
 import concurrent.futures
@@ -28,6 +34,7 @@ import mmap
 import os
 import re
 import ssl
+import stat
 import sys
 import threading
 import time
@@ -40,6 +47,7 @@ for _cand in (_HERE, os.path.join(_HERE, "..", "..", "plugins", "module_utils"))
         sys.path.insert(0, os.path.abspath(_cand))
         break
 import _sigv4  # noqa: E402  pylint: disable=wrong-import-position
+import _checkpoint  # noqa: E402  pylint: disable=wrong-import-position
 
 EXIT_OK, EXIT_USAGE, EXIT_CREDENTIAL, EXIT_NOT_FOUND, EXIT_VERIFY, EXIT_DISK, EXIT_UNREACHABLE = 0, 2, 3, 4, 5, 6, 7
 SCHEMA = "llmops.onprem/checkpoint-manifest/v1"
@@ -53,6 +61,9 @@ HASH_PIECE = 4 * 1024 * 1024      # one sha256 update over the page cache (mmap)
 # time (and system CPU) of 4 MiB pieces, which fall out of the CPU caches between copies.
 BUF = 256 * 1024
 DISK_MARGIN = 64 * 1024 * 1024    # free space left over after the pull
+# The most a small answer (the manifest, a listing, an error) may be: read no further than this.
+SMALL_MAX = 16 * 1024 * 1024
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken")
 
 
@@ -132,12 +143,16 @@ class S3(object):
         raise PullError(EXIT_UNREACHABLE, "cannot reach %s" % self.url)  # pragma: no cover
 
     def get_small(self, path, query=None):
-        """(status, body, S3 error code) of a small GET."""
+        """(status, body, S3 error code) of a small GET; an answer over SMALL_MAX bytes is refused unread."""
         resp = self.request("GET", path, query=query)
         try:
-            body = resp.read()
+            body = resp.read(SMALL_MAX + 1)
         except (OSError, http.client.HTTPException) as e:
             raise PullError(EXIT_UNREACHABLE, "reading the answer of %s failed: %s" % (self.url, e))
+        if len(body) > SMALL_MAX:
+            self._conn(fresh=True)
+            raise PullError(EXIT_VERIFY, "GET %s on %s answered more than %d bytes; a manifest or listing is never "
+                            "that large: refused (is the endpoint an S3 object store?)" % (path, self.url, SMALL_MAX))
         code = None
         if resp.status >= 300:
             try:
@@ -205,7 +220,7 @@ def fetch_manifest(s3, bucket, prefix, digest):
         raise PullError(EXIT_UNREACHABLE, "GET s3://%s/%s answered HTTP %s %s" % (bucket, key, status, code or ""))
     try:
         manifest = json.loads(body.decode("utf-8"))
-        assert manifest.get("schema") == SCHEMA and isinstance(manifest.get("files"), list)
+        assert isinstance(manifest, dict) and manifest.get("schema") == SCHEMA and isinstance(manifest.get("files"), list)
     except (ValueError, AssertionError, AttributeError):
         raise PullError(EXIT_VERIFY, "s3://%s/%s is not a checkpoint manifest (%s)" % (bucket, key, SCHEMA))
     got = hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -213,23 +228,66 @@ def fetch_manifest(s3, bucket, prefix, digest):
         raise PullError(EXIT_VERIFY, "the manifest at s3://%s/%s has digest %s, not --digest %s: the prefix holds "
                         "another version of the checkpoint (re-run the checkpoints stage, or fix the digest)"
                         % (bucket, key, got, digest))
-    for f in manifest["files"]:
-        p = f.get("path", "")
-        if not p or p.startswith("/") or any(x in ("", ".", "..") for x in p.split("/")):
-            raise PullError(EXIT_VERIFY, "the manifest names an unsafe path %r" % p)
+    # The collection's one manifest rule (_checkpoint.validate_manifest): schema, sizes, sha256, and the path
+    # rule (no absolute, '..', '.', empty or dot-file parts; no duplicates).
+    try:
+        _checkpoint.validate_manifest(manifest, "the manifest at s3://%s/%s" % (bucket, key))
+    except _checkpoint.CheckpointError as e:
+        raise PullError(EXIT_VERIFY, "%s; nothing was written to the node cache" % e)
     return manifest
 
 
 def stamp(path):
-    st = os.stat(path)
+    """[size, mtime, inode] of a regular file (not followed through a link: a link raises OSError)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.ELOOP if stat.S_ISLNK(st.st_mode) else errno.EINVAL, "not a regular file", path)
     return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def refuse_link(path, what):
+    """PullError when ``path`` (the model or version directory) is a symbolic link or not a directory."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise PullError(EXIT_VERIFY, "the node cache holds a symbolic link at %s (to %s) where the %s should be: refused "
+                        "(model-pull never creates links; remove it from the node)" % (path, os.readlink(path), what))
+    if not stat.S_ISDIR(st.st_mode):
+        raise PullError(EXIT_VERIFY, "the node cache holds a non-directory at %s where the %s should be: refused "
+                        "(remove it from the node)" % (path, what))
+
+
+def unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def real_dirs(dest, rel):
+    """Create the directories of ``rel`` under ``dest``, replacing any symbolic link on the way by a directory
+    (``dest`` is the pull's own: a link planted there is removed, never followed)."""
+    cur = dest
+    for part in rel.split("/")[:-1]:
+        cur = os.path.join(cur, part)
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            os.mkdir(cur, 0o755)
+            continue
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            log("removing %s from the cache (a %s where a directory belongs)" % (cur, "link" if stat.S_ISLNK(st.st_mode) else "file"))
+            os.unlink(cur)
+            os.mkdir(cur, 0o755)
 
 
 def sha256_file(path):
     h = hashlib.sha256()
     buf = bytearray(BUF)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
+    with os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW), "rb", buffering=0) as fh:
         while True:
             n = fh.readinto(buf)
             if not n:
@@ -245,14 +303,20 @@ def cached_ok(dest, manifest, rehash, parallel):
     is re-hashed. --rehash, or a reboot since the marker, re-hashes everything."""
     marker = {}
     try:
-        with open(os.path.join(dest, MARKER)) as fh:
-            marker = json.load(fh)
+        with os.fdopen(os.open(os.path.join(dest, MARKER), os.O_RDONLY | NOFOLLOW), "rb") as fh:
+            marker = json.loads(fh.read(SMALL_MAX).decode("utf-8"))
+        if not isinstance(marker, dict):
+            marker = {}
     except (OSError, ValueError):
         marker = {}
     stamps = marker.get("files", {}) if marker.get("boot_id") == boot_id() and not rehash else {}
     ok, new_stamps, to_hash = [], {}, []
     for f in manifest["files"]:
         path = os.path.join(dest, f["path"])
+        if os.path.islink(path):
+            log("removing the symbolic link %s from the cache (fetching the file instead)" % path)
+            os.unlink(path)
+            continue
         try:
             st = stamp(path)
         except OSError:
@@ -279,7 +343,8 @@ def cached_ok(dest, manifest, rehash, parallel):
 
 def write_marker(dest, manifest_digest, stamps):
     tmp = os.path.join(dest, MARKER + ".tmp")
-    with open(tmp, "w") as fh:
+    unlink_quiet(tmp)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644), "w") as fh:
         json.dump({"digest": manifest_digest, "boot_id": boot_id(), "files": stamps}, fh, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
@@ -314,6 +379,7 @@ class FileJob(object):
 
     def __init__(self, dest, entry):
         self.entry = entry
+        self.dest = dest
         self.final = os.path.join(dest, entry["path"])
         self.part = self.final + ".part"
         self.size = entry["size"]
@@ -327,8 +393,10 @@ class FileJob(object):
         self.map = None
 
     def open(self):
-        os.makedirs(os.path.dirname(self.final), exist_ok=True)
-        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        real_dirs(self.dest, self.entry["path"])
+        # A .part (or anything) planted under its name is removed, not written through.
+        unlink_quiet(self.part)
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
         # Sized, not preallocated (posix_fallocate measured slower here); free space was checked
         # before the download, and ENOSPC while writing is exit code 6.
         os.ftruncate(self.fd, self.size)
@@ -396,6 +464,49 @@ class Stopped(Exception):
     """Another chunk failed: this one gives up."""
 
 
+def corrupt_message(bucket, key, job, what):
+    return ("s3://%s/%s: the object store answered %s, but the manifest says %s is %d bytes: the object is corrupt "
+            "or was replaced; nothing past the manifest's size was read. Repair it with the checkpoints stage and "
+            "checkpoints_read_back: true (it re-uploads objects whose bytes differ)"
+            % (bucket, key, what, job.entry["path"], job.size))
+
+
+def check_answer(s3, bucket, key, job, resp, pos, end):
+    """Before reading a body: its declared size must be the manifest's (else exit 5, the body left unread), and a
+    ranged request must get its range. Some servers (rclone serve s3) answer a range with 200 and Content-Range."""
+    length = resp.getheader("content-length")
+    crange = resp.getheader("content-range") or ""
+    m = re.match(r"^bytes (\d+)-(\d+)/(\d+|\*)$", crange.strip())
+    try:
+        length = int(length) if length is not None else None
+    except ValueError:
+        length = None
+    total = int(m.group(3)) if m and m.group(3) != "*" else None
+    if total is not None and total != job.size:
+        s3._conn(fresh=True)
+        raise PullError(EXIT_VERIFY, corrupt_message(bucket, key, job, "an object of %d bytes (Content-Range %s)"
+                                                     % (total, crange)))
+    whole = (pos, end) == (0, job.size)
+    if m is None and resp.status == 200:
+        # The whole object: its length is the object's size.
+        if length is not None and length != job.size:
+            s3._conn(fresh=True)
+            raise PullError(EXIT_VERIFY, corrupt_message(bucket, key, job, "an object of %d bytes" % length))
+        if not whole:
+            s3._conn(fresh=True)
+            raise PullError(EXIT_UNREACHABLE, "%s ignored the Range header (asked for bytes %d-%d of s3://%s/%s, it "
+                            "answered the whole object)" % (s3.url, pos, end - 1, bucket, key))
+        return
+    if m is None or (int(m.group(1)), int(m.group(2))) != (pos, end - 1):
+        s3._conn(fresh=True)
+        raise PullError(EXIT_UNREACHABLE, "%s answered %r to a request for bytes %d-%d of s3://%s/%s"
+                        % (s3.url, crange, pos, end - 1, bucket, key))
+    if length is not None and length != end - pos:
+        s3._conn(fresh=True)
+        raise PullError(EXIT_VERIFY, corrupt_message(bucket, key, job, "%d bytes for the %d-byte range %d-%d"
+                                                     % (length, end - pos, pos, end - 1)))
+
+
 def fetch_chunk(s3, bucket, key, job, i, progress, stop):
     if stop.is_set():
         return False
@@ -429,11 +540,7 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop):
                         time.sleep(0.5 * 2 ** attempt)
                         continue
                     raise PullError(EXIT_UNREACHABLE, "GET s3://%s/%s answered HTTP %s %s" % (bucket, key, resp.status, code or ""))
-                # Some servers (rclone serve s3) answer a range with 200 and a Content-Range header.
-                if (resp.status == 200 and length and (pos, end) != (0, job.size)
-                        and not (resp.getheader("content-range") or "").startswith("bytes %d-%d/" % (pos, end - 1))):
-                    s3._conn(fresh=True)
-                    raise PullError(EXIT_UNREACHABLE, "%s ignored the Range header" % s3.url)
+                check_answer(s3, bucket, key, job, resp, pos, end)
                 while pos < end and not stop.is_set():
                     n = resp.readinto(view[:min(BUF, end - pos)])
                     if not n:
@@ -447,8 +554,16 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop):
                     s3._conn(fresh=True)
                     raise Stopped()
                 if pos < end:
-                    raise ConnectionResetError("the answer ended after %d of %d bytes" % (pos - off, length))
-                resp.read()  # drain (nothing left), keeps the connection reusable
+                    # A body that ends cleanly before the manifest's size: the object is shorter (a connection
+                    # that drops raises instead, and is retried).
+                    s3._conn(fresh=True)
+                    raise PullError(EXIT_VERIFY, corrupt_message(bucket, key, job, "a body that ended after %d bytes "
+                                                                 "(from offset %d)" % (pos, off)))
+                # Never drain an answer: one byte more than the manifest's size is a corrupt object.
+                if resp.read(1):
+                    s3._conn(fresh=True)
+                    raise PullError(EXIT_VERIFY, corrupt_message(bucket, key, job, "more bytes than asked for "
+                                                                 "(bytes %d-%d)" % (off, end - 1)))
                 break
             except PullError:
                 raise
@@ -496,7 +611,8 @@ def download(s3, bucket, prefix, dest, entries, parallel, progress):
                 got = job.hash.hexdigest()
                 if got != job.entry["sha256"]:
                     raise PullError(EXIT_VERIFY, "%s: downloaded sha256 %s, the manifest says %s (the object store "
-                                    "holds other bytes than the manifest)" % (job.entry["path"], got, job.entry["sha256"]))
+                                    "holds other bytes than the manifest; repair it with the checkpoints stage and "
+                                    "checkpoints_read_back: true)" % (job.entry["path"], got, job.entry["sha256"]))
                 job.close()
                 os.replace(job.part, job.final)
                 progress.files_done += 1
@@ -523,10 +639,18 @@ def pull(a, env):
     model_dir = os.path.join(a.cache_root, a.model)
     dest = os.path.join(model_dir, a.digest)
     try:
-        os.makedirs(dest, exist_ok=True)
+        os.makedirs(a.cache_root, exist_ok=True)
+        for path, what in ((model_dir, "model's directory"), (dest, "checkpoint version's directory")):
+            refuse_link(path, what)
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o755)
     except OSError as e:
         raise PullError(EXIT_DISK if e.errno == errno.ENOSPC else EXIT_USAGE, "cannot create %s: %s" % (dest, e))
-    lock_fd = os.open(os.path.join(model_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock_fd = os.open(os.path.join(model_dir, ".lock"), os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
+    except OSError as e:
+        raise PullError(EXIT_VERIFY if e.errno == errno.ELOOP else EXIT_USAGE, "cannot open the lock file %s: %s%s" % (
+            os.path.join(model_dir, ".lock"), e, " (a symbolic link: remove it from the node)" if e.errno == errno.ELOOP else ""))
     try:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

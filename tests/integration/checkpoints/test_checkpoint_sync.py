@@ -227,3 +227,32 @@ def test_a_resized_or_missing_object_under_an_equal_manifest_is_headed_and_uploa
     assert sorted(s3.objects("m8")) == sorted(files + [".llmops/manifest.json"])
     noop, heads = run_counting(s3, ckpt, "m8")
     assert not noop["changed"] and heads == []
+
+
+def test_checkpoint_corrupt_advice_works_verify_reuploads_corrupt_objects(s3, ckpt, tmp_path):
+    """The advice for model-pull's exit 5 (checkpoint_corrupt): re-run the checkpoints stage with read-back on. An
+    object whose bytes changed in the store behind the collection's back (same size, same metadata) is invisible to
+    a plain re-sync; verify=true finds it, predicts it in check mode, re-uploads it, and model-pull then works."""
+    from ckpt_helpers import pull
+    first = run_module_process(sync_args(s3, ckpt, "m9"))
+    assert not first.get("failed"), first
+    shard = "model-00001-of-00002.safetensors"
+    on_disk = os.path.join(s3.data, BUCKET, "m9", shard)
+    with open(on_disk, "r+b") as fh:   # the store's own file: flip the last byte, keep the size
+        fh.seek(-1, os.SEEK_END)
+        last = fh.read(1)
+        fh.seek(-1, os.SEEK_END)
+        fh.write(bytes([last[0] ^ 0xFF]))
+    rc, out, err = pull(s3, str(tmp_path / "cache"), "m9", first["manifest_digest"])
+    assert rc == 5 and "%s: downloaded sha256" % shard in err, (out, err)
+    plain = run_module_process(sync_args(s3, ckpt, "m9"))
+    assert plain["changed"] is False and plain["uploaded"] == [] and plain["corrupt"] == []
+    check = run_module_process(dict(sync_args(s3, ckpt, "m9"), verify=True), check=True)
+    assert check["changed"] is True and check["corrupt"] == [shard] and check["uploaded"] == [shard]
+    fixed = run_module_process(dict(sync_args(s3, ckpt, "m9"), verify=True))
+    assert not fixed.get("failed"), fixed
+    assert fixed["corrupt"] == [shard] and fixed["uploaded"] == [shard] and fixed["verified"] is True
+    rc, out, err = pull(s3, str(tmp_path / "cache"), "m9", first["manifest_digest"])
+    assert rc == 0, (out, err)
+    again = run_module_process(dict(sync_args(s3, ckpt, "m9"), verify=True))
+    assert again["changed"] is False and again["corrupt"] == []
