@@ -19,9 +19,11 @@ import errno
 import hashlib
 import json
 import os
-import shutil
+import stat
 import tarfile
 import time
+
+from ansible_collections.llmops.onprem.plugins.module_utils._paths import paths_problem
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
@@ -38,9 +40,12 @@ TAR_RECORD = 20 * TAR_BLOCK
 # What the bundle's own root may hold besides the listed files.
 ROOT_CONTROL = (MANIFEST, SIGNATURE, IMPORT_DIR)
 MEDIA_CONTROL = (MANIFEST, SIGNATURE, SEGMENTS, SEGMENTS_SIG)
-# Test hook, named plainly: the import kills itself (SIGKILL) after copying this many files,
-# so the tests can prove that a killed import resumes. Never set it outside tests.
-KILL_AFTER_FILES_ENV = "LLMOPS_TEST_KILL_IMPORT_AFTER_FILES"
+# The largest PAX extended header the import reads (bundle_pack writes a few hundred bytes at most):
+# a segment is parsed before its members' sha256 can be checked, so every read is bounded.
+PAX_HEADER_LIMIT = 64 * 1024
+IMPORTED = "imported.json"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 class BundleError(Exception):
@@ -239,13 +244,44 @@ def read_json(path, what):
 
 
 def write_atomic(path, data, mode=0o644):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    """Write path by a new temporary file and a rename: a link planted at path or at the temporary
+    name is replaced, never followed (the temporary file is created with O_EXCL | O_NOFOLLOW)."""
+    d, name = os.path.split(path)
+    dfd = os.open(d or ".", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+    try:
+        _write_atomic_at(dfd, name, data, mode)
+    finally:
+        os.close(dfd)
+
+
+def _write_atomic_at(dfd, name, data, mode=0o644):
+    tmp = name + ".tmp"
+    f = _create_at(dfd, tmp, mode)
+    try:
+        with f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException:
+        _unlink_at(dfd, tmp)
+        raise
+
+
+def _create_at(dfd, name, mode=0o644):
+    """A new regular file `name` in the folder dfd, opened for writing: whatever was there (a file,
+    a leftover, a planted link) is unlinked first, and O_EXCL | O_NOFOLLOW refuse a racing one."""
+    _unlink_at(dfd, name)
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode, dir_fd=dfd)
+    os.fchmod(fd, mode)
+    return os.fdopen(fd, "wb")
+
+
+def _unlink_at(dfd, name):
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
 
 
 # ---- segments ------------------------------------------------------------------------------
@@ -344,7 +380,13 @@ class _Slice(object):
 def write_segment(path, src_root, members, progress=None):
     """Write one standalone tar segment; fill in each member's sha256; return (size, sha256)."""
     tmp = path + ".partial"
-    with open(tmp, "wb") as raw:
+    d, name = os.path.split(tmp)
+    dfd = os.open(d or ".", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+    try:
+        raw = _create_at(dfd, name)  # a link planted on the medium is replaced, never written through
+    finally:
+        os.close(dfd)
+    with raw:
         hw = _HashingWriter(raw)
         with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
             for m in members:
@@ -402,27 +444,297 @@ def free_bytes(path):
     return st.f_bavail * st.f_frsize
 
 
+def _tar_number(field):
+    if field[:1] and field[0] & 0x80:  # base-256 (GNU) for sizes beyond the octal field
+        n = 0
+        for b in field[1:]:
+            n = (n << 8) | b
+        return n
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ValueError("not an octal number: %r" % text[:16])
+
+
+def _parse_pax(data):
+    out, pos = {}, 0
+    while pos < len(data):
+        sp = data.find(b" ", pos, pos + 20)
+        if sp < 0:
+            raise ValueError("a PAX record without a length")
+        length = int(data[pos:sp])
+        rec = data[sp + 1:pos + length]
+        if length <= 0 or pos + length > len(data) or not rec.endswith(b"\n") or b"=" not in rec:
+            raise ValueError("a malformed PAX record")
+        key, value = rec[:-1].split(b"=", 1)
+        out[key.decode("utf-8")] = value.decode("utf-8")
+        pos += length
+    return out
+
+
+class _SegmentReader(object):
+    """Reads one tar segment the way bundle_pack writes it (PAX or ustar headers, regular files),
+    parsing the headers itself so that every read is bounded: a PAX header above PAX_HEADER_LIMIT,
+    a GNU long name, a link or any other entry type is refused before anything large is read."""
+
+    def __init__(self, f, name):
+        self.f, self.name, self.pos = f, name, 0
+
+    def _refuse(self, what, at):
+        return BundleError("segment %s %s at byte %d: bundle_pack never writes that, so the segment was replaced or damaged. "
+                           "Refusing the bundle; nothing was installed" % (self.name, what, at))
+
+    def read(self, n):
+        b = self.f.read(n)
+        if len(b) != n:
+            raise BundleError("segment %s ends at byte %d, inside a member: the segment is truncated or damaged. "
+                              "Refusing the bundle; nothing was installed" % (self.name, self.pos + len(b)))
+        self.pos += n
+        return b
+
+    def skip(self, n):
+        self.f.seek(n, os.SEEK_CUR)
+        self.pos += n
+
+    def next(self):
+        """(name, size) of the next regular file, or None at the end of the archive."""
+        pax = {}
+        while True:
+            at = self.pos
+            blk = self.read(TAR_BLOCK)
+            if blk == b"\0" * TAR_BLOCK:
+                return None
+            try:
+                if _tar_number(blk[148:156]) != sum(blk[:148]) + 8 * 32 + sum(blk[156:]):
+                    raise ValueError("checksum")
+                size = _tar_number(blk[124:136])
+            except ValueError:
+                raise self._refuse("has a damaged tar header", at)
+            kind = blk[156:157]
+            if kind == b"x":
+                if size > PAX_HEADER_LIMIT:
+                    raise self._refuse("holds a PAX header of %d bytes (the import reads at most %d)" % (size, PAX_HEADER_LIMIT), at)
+                data = self.read(_padded(size))[:size]
+                try:
+                    pax.update(_parse_pax(data))
+                except (ValueError, UnicodeError):
+                    raise self._refuse("holds a malformed PAX header", at)
+                continue
+            if kind not in (b"0", b"\0"):
+                raise self._refuse("holds a tar entry of type %r (only regular files and PAX headers are read)" % kind.decode("latin-1"), at)
+            name = blk[:100].split(b"\0", 1)[0]
+            prefix = blk[345:500].split(b"\0", 1)[0] if blk[257:263] == b"ustar\0" else b""
+            if prefix:
+                name = prefix + b"/" + name
+            try:
+                name = pax.get("path") or name.decode("utf-8")
+                size = int(pax.get("size", size))
+            except (ValueError, UnicodeError):
+                raise self._refuse("holds a member name or size that cannot be read", at)
+            return name, size
+
+
+class DestDir(object):
+    """The import destination, written only through folder file descriptors: each folder is opened
+    with O_NOFOLLOW from its parent, new files are created with O_EXCL | O_NOFOLLOW and renamed into
+    place, so a symbolic link planted anywhere in the destination is refused, never followed."""
+
+    MAX_OPEN_DIRS = 128
+
+    def __init__(self, root, create):
+        self.root, self._dirs, self.fd = root, {}, None
+        if create:
+            os.makedirs(root, exist_ok=True)
+        try:
+            self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+        except FileNotFoundError:
+            if create:
+                raise
+
+    def close(self):
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs = {}
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def link_error(self, rel):
+        full = os.path.join(self.root, rel)
+        return BundleError("%s in the destination is a symbolic link or another special file: the import writes only real "
+                           "files and folders and never follows a link. Remove it (rm %s) and run the import again; nothing was "
+                           "written through it" % (full, full))
+
+    def dir(self, rel, create=False):
+        """The descriptor of folder rel ('' is the root), or None when it does not exist."""
+        if self.fd is None:
+            return None
+        if rel == "":
+            return self.fd
+        if rel in self._dirs:
+            return self._dirs[rel]
+        parent, dummy, name = rel.rpartition("/")
+        pfd = self.dir(parent, create)
+        if pfd is None:
+            return None
+        flags = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | _CLOEXEC
+        try:
+            try:
+                fd = os.open(name, flags, dir_fd=pfd)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                try:
+                    os.mkdir(name, 0o755, dir_fd=pfd)
+                except FileExistsError:
+                    pass
+                fd = os.open(name, flags, dir_fd=pfd)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise self.link_error(rel)
+            raise
+        if len(self._dirs) >= self.MAX_OPEN_DIRS:
+            for old in self._dirs.values():
+                os.close(old)
+            self._dirs = {}
+        self._dirs[rel] = fd
+        return fd
+
+    def _split(self, rel, create=False):
+        parent, dummy, name = rel.rpartition("/")
+        return self.dir(parent, create), name
+
+    def lstat(self, rel):
+        dfd, name = self._split(rel)
+        if dfd is None:
+            return None
+        try:
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def open_read(self, rel, limit=None):
+        """A regular file of the destination opened for reading (never through a link), or None."""
+        dfd, name = self._split(rel)
+        if dfd is None:
+            return None
+        try:
+            fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise self.link_error(rel)
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (limit is not None and st.st_size > limit):
+            os.close(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self.link_error(rel)
+            return None
+        return os.fdopen(fd, "rb")
+
+    def read(self, rel, limit):
+        f = self.open_read(rel, limit)
+        if f is None:
+            return None
+        with f:
+            return f.read(limit + 1)[:limit]
+
+    def create(self, rel):
+        """(file, commit, discard) for a new version of rel, written at rel.partial."""
+        dfd, name = self._split(rel, create=True)
+        tmp = name + ".partial"
+        f = _create_at(dfd, tmp)
+
+        def commit():
+            try:
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except IsADirectoryError:
+                raise BundleError("%s in the destination is a folder, the bundle lists a file there: remove it and run the import "
+                                  "again" % os.path.join(self.root, rel))
+
+        def discard():
+            _unlink_at(dfd, tmp)
+        return f, commit, discard
+
+    def write_atomic(self, rel, data):
+        dfd, name = self._split(rel, create=True)
+        _write_atomic_at(dfd, name, data)
+
+    def open_append(self, rel):
+        dfd, name = self._split(rel, create=True)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=dfd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise self.link_error(rel)
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self.link_error(rel)
+        return os.fdopen(fd, "a")
+
+    def unlink(self, rel):
+        dfd, name = self._split(rel)
+        if dfd is not None:
+            _unlink_at(dfd, name)
+
+    def scan(self):
+        """Every regular file under the destination (relative paths); a link or special file refused."""
+        out = []
+        if self.fd is None:
+            return out
+        for d, dirs, files in os.walk(self.root):
+            rel_d = os.path.relpath(d, self.root)
+            for name in dirs + files:
+                rel = name if rel_d == "." else "%s/%s" % (rel_d.replace(os.sep, "/"), name)
+                st = os.lstat(os.path.join(d, name))
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    raise self.link_error(rel)
+                out.append(rel)
+        return sorted(out)
+
+
+def _created(manifest):
+    c = manifest.get("created") if isinstance(manifest, dict) else None
+    return c if isinstance(c, str) and len(c) == 20 and c.endswith("Z") else None
+
+
 class Importer(object):
     """Verify a bundle (a directory, or media with segments) against a public key and, with a
     destination, copy it there: every byte is hashed on the way and checked against the signed
-    manifest. Nothing on the source is written or deleted."""
+    manifest. Nothing on the source is written or deleted; nothing in the destination is written
+    through a link."""
 
-    def __init__(self, src, public_key, dest=None, progress_file=None, check_mode=False):
+    def __init__(self, src, public_key, dest=None, progress_file=None, check_mode=False, allow_downgrade=False, reverify=False):
         self.src, self.public_key, self.dest = src, public_key, dest
         self.progress_file, self.check_mode = progress_file, check_mode
+        self.allow_downgrade, self.reverify = allow_downgrade, reverify
         self.copied, self.skipped, self.removed, self.bytes_copied = [], [], [], 0
+        self.imported, self.previous = False, None
         self._journal_fh = None
+        self.d = None
 
     # -- step 1: signatures and listing (nothing read beyond the control files)
     def load(self):
         if not os.path.isdir(self.src):
             raise BundleError("the bundle source %s is not a directory (mount the media, or point at the unpacked bundle)" % self.src)
+        self._check_key_location()
         data, self.manifest = read_json(os.path.join(self.src, MANIFEST), MANIFEST)
         verify_signature(data, os.path.join(self.src, SIGNATURE), self.public_key, MANIFEST)
         if self.manifest.get("schema") != MANIFEST_SCHEMA:
             raise BundleError("manifest.json has schema %r, this collection reads %r" % (self.manifest.get("schema"), MANIFEST_SCHEMA))
         self.manifest_sha256 = hashlib.sha256(data).hexdigest()
         self.manifest_bytes = data
+        with open(os.path.join(self.src, SIGNATURE), "rb") as f:
+            self.signature_bytes = f.read(4096)
+        self._check_paths()
         self.checkpoints = checkpoint_manifests(self.manifest)
         self.files = manifest_files(self.manifest)
         self.segmented = os.path.exists(os.path.join(self.src, SEGMENTS))
@@ -437,6 +749,36 @@ class Importer(object):
             self._check_dir_listing()
         return self
 
+    def _check_key_location(self):
+        key = os.path.realpath(self.public_key)
+        for where, d in (("the bundle", self.src), ("the import destination", self.dest)):
+            if d and key.startswith(os.path.realpath(d).rstrip(os.sep) + os.sep):
+                raise BundleError("the public key %s lies inside %s (%s): a key that travels with the bundle proves nothing, whoever "
+                                  "changed the bundle could change the key too. Bring the site's public key out of band (a second "
+                                  "medium, checked against a printed fingerprint), keep it outside the bundle and the destination, "
+                                  "and pass that file. Nothing was installed" % (self.public_key, where, d))
+
+    def _check_paths(self):
+        files = self.manifest.get("files")
+        bad = None
+        if not isinstance(files, dict) or not all(isinstance(v, list) for v in files.values()):
+            bad = "its 'files' is not a table of lists"
+        else:
+            entries = [e for v in files.values() for e in v]
+            for e in entries:
+                if not (isinstance(e, dict) and isinstance(e.get("size"), int) and e["size"] >= 0 and isinstance(e.get("sha256"), str)):
+                    bad = "the entry %r has no valid size or sha256" % (e,)
+                    break
+            if bad is None:
+                why = paths_problem([e.get("path") for e in entries])
+                if why is None:
+                    top = [e["path"] for e in entries if e["path"] in ROOT_CONTROL or e["path"].split("/", 1)[0] == IMPORT_DIR]
+                    why = ("%r is a name the import keeps for itself" % top[0]) if top else None
+                bad = ("the path %s" % why) if why else None
+        if bad:
+            raise BundleError("the signed manifest.json is unusable: %s. Every path must be relative, with plain names only "
+                              "(no '..', '.', empty or absolute parts), and listed once. Refusing the bundle; nothing was installed" % bad)
+
     def _check_dir_listing(self):
         present = walk_files(self.src, skip_root=ROOT_CONTROL)
         unlisted = [p for p in present if p not in self.files]
@@ -447,6 +789,13 @@ class Importer(object):
         if missing:
             raise BundleError("missing file %s (listed in the signed manifest, %s). Refusing the bundle; nothing was installed"
                               % (missing[0], human(self.files[missing[0]]["size"])))
+        for path in sorted(self.files):
+            self._check_size(path, os.lstat(os.path.join(self.src, path)).st_size, self.files[path]["size"], "the signed manifest")
+
+    def _check_size(self, name, got, want, where):
+        if got != want:
+            raise BundleError("%s is %d bytes on the media, %s says %d: the file was replaced or damaged. "
+                              "Refusing the bundle; nothing was installed" % (name, got, where, want))
 
     def _check_media_listing(self):
         segs = self.table.get("segments", [])
@@ -458,13 +807,14 @@ class Importer(object):
                               "Refusing the bundle; nothing was installed" % unlisted[0])
         for s in segs:
             p = os.path.join(self.src, s["name"])
-            if not os.path.exists(p):
+            if not os.path.lexists(p):
                 raise BundleError("missing segment %s (%d of %d, %s): copy it onto the media. Refusing the bundle; nothing was installed"
                                   % (s["name"], names.index(s["name"]) + 1, len(names), human(s["size"])))
-            size = os.path.getsize(p)
-            if size != s["size"]:
+            size = os.lstat(p).st_size
+            if size < s["size"]:
                 raise BundleError("segment %s is truncated: %d bytes on the media, segments.json says %d. "
                                   "Refusing the bundle; nothing was installed" % (s["name"], size, s["size"]))
+            self._check_size("segment " + s["name"], size, s["size"], "segments.json")
         members = {}
         for s in segs:
             for m in s["members"]:
@@ -478,40 +828,40 @@ class Importer(object):
             raise BundleError("unlisted file %s inside the segments: it is not in the signed manifest" % extra[0])
 
     # -- step 2: what is already in place
-    def _state_path(self):
-        return os.path.join(self.dest, IMPORT_DIR, "state.json")
-
-    def _journal_path(self):
-        return os.path.join(self.dest, IMPORT_DIR, "state.journal")
+    STATE = IMPORT_DIR + "/state.json"
+    JOURNAL = IMPORT_DIR + "/state.journal"
+    DONE = IMPORT_DIR + "/manifest.json"
+    RECORD = IMPORT_DIR + "/" + IMPORTED
 
     def _load_state(self):
         """Per-file records of what earlier runs verified in dest, whatever bundle they came from:
         a new bundle (an upgrade) then copies only the files whose sha256 changed. state.json is
         the snapshot a finished run leaves; state.journal holds one JSON line per file verified
-        since (an interrupted run), and a torn last line is ignored: that file is copied again."""
+        since (an interrupted run), and a torn last line is ignored: that file is copied again.
+        A state larger than the bundle could explain is ignored (every file is then checked again)."""
+        limit = 4096 * (len(self.files) + 16)
+        files = {}
         try:
-            with open(self._state_path()) as f:
-                files = json.load(f).get("files", {})
-        except (OSError, ValueError):
+            files = json.loads((self.d.read(self.STATE, limit) or b"{}").decode("utf-8")).get("files", {})
+            if not isinstance(files, dict):
+                files = {}
+        except (ValueError, AttributeError):
             files = {}
-        try:
-            with open(self._journal_path()) as f:
+        f = self.d.open_read(self.JOURNAL, limit)
+        if f is not None:
+            with f:
                 for line in f:
                     try:
                         rec = json.loads(line)
                         files[rec["path"]] = {"sha256": rec["sha256"], "stat": rec["stat"]}
                     except (ValueError, KeyError, TypeError):
                         break
-        except OSError:
-            pass
         return files
 
     def _journal(self, path, rec):
         """Record one verified file: one appended line, so an import of n files writes O(n)."""
-        if self.check_mode:
-            return
         if self._journal_fh is None:
-            self._journal_fh = open(self._journal_path(), "a")
+            self._journal_fh = self.d.open_append(self.JOURNAL)
         self._journal_fh.write(json.dumps(dict(rec, path=path), sort_keys=True) + "\n")
         self._journal_fh.flush()
 
@@ -522,117 +872,172 @@ class Importer(object):
 
     def _save_state(self, done):
         """The snapshot of a finished run (the journal is closed by then); the journal it folds in is removed."""
-        if self.check_mode:
-            return
-        write_atomic(self._state_path(), json.dumps({"manifest_sha256": self.manifest_sha256, "files": done}).encode())
-        try:
-            os.unlink(self._journal_path())
-        except FileNotFoundError:
-            pass
+        self.d.write_atomic(self.STATE, json.dumps({"manifest_sha256": self.manifest_sha256, "files": done}).encode())
+        self.d.unlink(self.JOURNAL)
 
     def _in_place(self, state):
         """Files already verified in dest by an earlier (maybe interrupted) run: the record of
-        the sha256 we verified while writing, plus size, mtime and inode unchanged since."""
+        the sha256 we verified while writing, a regular file of the signed size, and size, mtime
+        and inode unchanged since. With reverify, every file of the right size is hashed again instead."""
         ok = {}
         for path, e in self.files.items():
             rec = state.get(path)
-            if not rec or rec.get("sha256") != e["sha256"]:
+            if not self.reverify and (not isinstance(rec, dict) or rec.get("sha256") != e["sha256"]):
                 continue
-            try:
-                st = os.stat(os.path.join(self.dest, path))
-            except OSError:
+            st = self.d.lstat(path)
+            if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != e["size"]:
                 continue
-            if _stat_key(st) == rec.get("stat"):
+            if self.reverify:
+                f = self.d.open_read(path)
+                if f is None:
+                    continue
+                with f:
+                    got = _hash_exactly(f, e["size"])
+                if got == e["sha256"]:
+                    ok[path] = {"sha256": got, "stat": _stat_key(st)}
+            elif _stat_key(st) == rec.get("stat"):
                 ok[path] = rec
         return ok
 
     def done_marker(self):
-        return os.path.join(self.dest, IMPORT_DIR, "manifest.json")
+        return os.path.join(self.dest, self.DONE)
 
     def already_imported(self):
+        data = self.d.read(self.DONE, len(self.manifest_bytes))
+        return data is not None and hashlib.sha256(data).hexdigest() == self.manifest_sha256
+
+    def _check_rollback(self):
+        """Refuse a bundle older than the one the destination last imported (a validly signed old
+        bundle would put back files the newer one replaced), unless a downgrade is allowed."""
+        prev = None
         try:
-            with open(self.done_marker(), "rb") as f:
-                return hashlib.sha256(f.read()).hexdigest() == self.manifest_sha256
-        except OSError:
-            return False
+            prev = json.loads((self.d.read(self.RECORD, 64 * 1024) or b"null").decode("utf-8"))
+        except ValueError:
+            prev = None
+        if not isinstance(prev, dict):
+            try:
+                m = json.loads((self.d.read(self.DONE, 64 * 1024 * 1024) or b"null").decode("utf-8"))
+                if isinstance(m, dict):
+                    prev = {"manifest_sha256": None, "created": _created(m)}
+            except ValueError:
+                prev = None
+        if not isinstance(prev, dict):
+            return
+        self.previous = prev
+        if prev.get("manifest_sha256") == self.manifest_sha256:
+            return
+        old, new = prev.get("created"), _created(self.manifest)
+        if old and new and new >= old:
+            return
+        if not old:
+            return
+        if self.allow_downgrade:
+            return
+        raise BundleError("downgrade refused: %s last imported bundle %s, created %s; this bundle %s was created %s, which is "
+                          "older. Importing it would put back files the newer bundle replaced (a rollback). If going back is "
+                          "intended, set bundle_import_allow_downgrade: true in the inventory (module option allow_downgrade) "
+                          "and run again. Nothing was installed"
+                          % (self.dest, (prev.get("manifest_sha256") or "(unknown id)")[:16], old, self.manifest_sha256[:16],
+                             new or "(no creation time)"))
 
     # -- step 3: copy and verify
     def run(self):
         self.load()
-        total = self.manifest["totals"]["bytes"]
-        state = self._load_state() if self.dest else {}
-        was_imported = bool(self.dest) and self.already_imported()
-        in_place = self._in_place(state) if self.dest else {}
-        if was_imported and len(in_place) == len(self.files):
-            self.skipped = sorted(in_place)
+        if not self.dest:
+            try:
+                if self.segmented:
+                    self._run_segments({}, Progress(self.manifest["totals"]["bytes"], self.progress_file))
+                else:
+                    self._run_dir({}, Progress(self.manifest["totals"]["bytes"], self.progress_file))
+            finally:
+                self._close_journal()
             return self.result(changed=False)
-        todo_bytes = sum(e["size"] for p, e in self.files.items() if p not in in_place)
-        if self.dest:
-            free = free_bytes(self.dest)
-            if todo_bytes > free:
-                raise BundleError("not enough space in %s: the import needs %s (%d bytes), the file system has %s free. "
-                                  "Free space or choose another destination; nothing was installed"
-                                  % (self.dest, human(todo_bytes), todo_bytes, human(free)))
-            if not self.check_mode:
-                os.makedirs(os.path.join(self.dest, IMPORT_DIR), exist_ok=True)
-        prog = Progress(total if not self.dest else todo_bytes, self.progress_file)
-        done = dict(in_place)
-        self.skipped = sorted(in_place)
+        self.d = DestDir(self.dest, create=False)
         try:
-            if self.segmented:
-                self._run_segments(done, prog)
-            else:
-                self._run_dir(done, prog)
+            return self._import()
         finally:
             self._close_journal()
+            self.d.close()
+
+    def _import(self):
+        present = self.d.scan()  # refuses a link anywhere in the destination before anything is written
+        self._check_rollback()
+        state = {} if self.reverify else self._load_state()
+        was_imported = self.already_imported()
+        in_place = self._in_place(state)
+        if was_imported and len(in_place) == len(self.files):
+            self.skipped = sorted(in_place)
+            self.imported = True
+            return self.result(changed=False)
+        todo = [p for p in self.files if p not in in_place]
+        todo_bytes = sum(self.files[p]["size"] for p in todo)
+        free = free_bytes(self.dest)
+        if todo_bytes > free:
+            raise BundleError("not enough space in %s: the import needs %s (%d bytes), the file system has %s free. "
+                              "Free space or choose another destination; nothing was installed"
+                              % (self.dest, human(todo_bytes), todo_bytes, human(free)))
+        self.skipped = sorted(in_place)
+        if self.check_mode:
+            # A plan only: signatures, listing and sizes are checked; no byte is read or written.
+            self.copied = sorted(todo)
+            self.bytes_copied = todo_bytes
+            self.removed = [p for p in present if self._stale(p)]
+            return self.result(changed=True)
+        self.d.close()
+        self.d = DestDir(self.dest, create=True)
+        self.d.dir(IMPORT_DIR, create=True)
+        prog = Progress(todo_bytes, self.progress_file)
+        done = dict(in_place)
+        if self.segmented:
+            self._run_segments(done, prog)
+        else:
+            self._run_dir(done, prog)
+        self._close_journal()
         prog.write("done")
-        if self.dest and not self.check_mode:
-            self._save_state(done)
-            for name, (m, digest) in self.checkpoints.items():
-                d = os.path.join(self.dest, IMPORT_DIR, "checkpoints")
-                os.makedirs(d, exist_ok=True)
-                write_atomic(os.path.join(d, name + ".json"), json.dumps(m, sort_keys=True, separators=(",", ":")).encode())
-            for name in (MANIFEST, SIGNATURE):
-                shutil.copyfile(os.path.join(self.src, name), os.path.join(self.dest, name))
-            self._remove_stale()
-            write_atomic(self.done_marker(), self.manifest_bytes)
-        return self.result(changed=bool(self.dest) and (bool(self.copied) or bool(self.removed) or not was_imported))
+        self._save_state(done)
+        for name, (m, digest) in self.checkpoints.items():
+            self.d.write_atomic("%s/checkpoints/%s.json" % (IMPORT_DIR, name), json.dumps(m, sort_keys=True, separators=(",", ":")).encode())
+        self.d.write_atomic(MANIFEST, self.manifest_bytes)
+        self.d.write_atomic(SIGNATURE, self.signature_bytes)
+        self._remove_stale()
+        self.d.write_atomic(self.RECORD, json.dumps({"manifest_sha256": self.manifest_sha256, "created": _created(self.manifest)},
+                                                    sort_keys=True).encode() + b"\n")
+        self.d.write_atomic(self.DONE, self.manifest_bytes)
+        self.imported = True
+        return self.result(changed=bool(self.copied) or bool(self.removed) or not was_imported)
+
+    def _stale(self, rel):
+        return rel not in self.files and rel not in (MANIFEST, SIGNATURE) and rel.split("/", 1)[0] != IMPORT_DIR
 
     def _remove_stale(self):
         """Files an earlier bundle left in dest that this one does not list (dest is ours alone)."""
-        for rel in walk_files(self.dest, skip_root=ROOT_CONTROL):
-            if rel not in self.files:
-                os.unlink(os.path.join(self.dest, rel))
+        for rel in self.d.scan():
+            if self._stale(rel):
+                self.d.unlink(rel)
                 self.removed.append(rel)
 
     def _open_dest(self, path):
-        full = os.path.join(self.dest, path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        if os.path.lexists(full):
-            os.unlink(full)
-        return open(full + ".partial", "wb")
+        return self.d.create(path) if self._writing() else None
 
-    def _finish_file(self, path, got, f, done):
+    def _finish_file(self, path, got, out, done):
         e = self.files[path]
         if got != e["sha256"]:
-            if f is not None:
-                f.close()
-                os.unlink(os.path.join(self.dest, path) + ".partial")
+            if out is not None:
+                out[0].close()
+                out[2]()
             raise BundleError("sha256 mismatch for %s: the signed manifest says %s, the media holds %s. The media is damaged "
                               "or was tampered with; refusing the bundle, nothing was installed" % (path, e["sha256"], got))
-        if f is not None:
+        if out is not None:
+            f, commit, dummy = out
             f.flush()
             os.fsync(f.fileno())
+            st = os.fstat(f.fileno())
             f.close()
-            full = os.path.join(self.dest, path)
-            os.replace(full + ".partial", full)
-            done[path] = {"sha256": got, "stat": _stat_key(os.stat(full))}
+            commit()
+            done[path] = {"sha256": got, "stat": _stat_key(st)}
             self.copied.append(path)
             self.bytes_copied += e["size"]
             self._journal(path, done[path])
-            kill_after = os.environ.get(KILL_AFTER_FILES_ENV)
-            if kill_after and len(self.copied) >= int(kill_after):
-                os.kill(os.getpid(), 9)
         elif self.dest:
             self.copied.append(path)
             self.bytes_copied += e["size"]
@@ -644,72 +1049,76 @@ class Importer(object):
         for path in sorted(self.files):
             if path in done:
                 continue
-            h = hashlib.sha256()
-            out = self._open_dest(path) if self._writing() else None
-            with open(os.path.join(self.src, path), "rb") as f:
-                while True:
-                    b = f.read(CHUNK)
-                    if not b:
-                        break
-                    h.update(b)
-                    if out is not None:
-                        out.write(b)
-                    prog(len(b))
-            self._finish_file(path, h.hexdigest(), out, done)
+            size = self.files[path]["size"]
+            try:
+                fd = os.open(os.path.join(self.src, path), os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            except OSError as e:
+                raise BundleError("cannot read %s from the media (%s): was it replaced by a link or removed? Refusing the bundle; "
+                                  "nothing was installed" % (path, e))
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise BundleError("%s on the media is not a regular file. Refusing the bundle; nothing was installed" % path)
+                self._check_size(path, st.st_size, size, "the signed manifest")
+                out = self._open_dest(path)
+                h = _hash_exactly(f, size, out[0] if out else None, prog, path)
+            self._finish_file(path, h, out, done)
 
     def _run_segments(self, done, prog):
-        open_file = {}  # path -> (file object or None, hasher) while its parts arrive
+        open_file = {}  # path -> (dest triple or None, hasher) while its parts arrive
         for s in self.table["segments"]:
             expected = {m["name"]: m for m in s["members"]}
             seen = []
-            seg_path = os.path.join(self.src, s["name"])
             try:
-                tar = tarfile.open(seg_path, mode="r:", bufsize=CHUNK)
-            except (tarfile.TarError, OSError) as e:
-                raise BundleError("segment %s is not a readable tar (%s): the media is damaged" % (s["name"], e))
-            with tar:
+                fd = os.open(os.path.join(self.src, s["name"]), os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            except OSError as e:
+                raise BundleError("segment %s cannot be read (%s): the media is damaged" % (s["name"], e))
+            with os.fdopen(fd, "rb", buffering=CHUNK) as f:
+                self._check_size("segment " + s["name"], os.fstat(f.fileno()).st_size, s["size"], "segments.json")
+                tar = _SegmentReader(f, s["name"])
                 while True:
                     try:
-                        ti = tar.next()
-                    except (tarfile.TarError, OSError) as e:
+                        nxt = tar.next()
+                    except OSError as e:
                         raise BundleError("segment %s is damaged after %d members (%s)" % (s["name"], len(seen), e))
-                    if ti is None:
+                    if nxt is None:
                         break
-                    m = expected.get(ti.name)
-                    if m is None or not ti.isreg() or ti.size != m["size"]:
+                    name, size = nxt
+                    m = expected.get(name)
+                    if m is None or size != m["size"] or name in seen:
                         raise BundleError("segment %s holds %s, which segments.json does not list (or with another size)"
-                                          % (s["name"], ti.name))
-                    seen.append(ti.name)
+                                          % (s["name"], name))
+                    seen.append(name)
                     path = m["path"]
                     if path in done:
+                        tar.skip(_padded(size))
                         continue
                     if m["part"] <= 1:
-                        out = self._open_dest(path) if self._writing() else None
-                        open_file[path] = (out, hashlib.sha256())
+                        open_file[path] = (self._open_dest(path), hashlib.sha256())
                     if path not in open_file:
                         raise BundleError("segment %s starts in the middle of %s: an earlier segment is missing or out of order"
                                           % (s["name"], path))
                     out, whole = open_file[path]
                     part_h = hashlib.sha256()
+                    left = size
                     try:
-                        src = tar.extractfile(ti)
-                        while True:
-                            b = src.read(CHUNK)
-                            if not b:
-                                break
+                        while left:
+                            b = tar.read(min(CHUNK, left))
+                            left -= len(b)
                             part_h.update(b)
                             whole.update(b)
                             if out is not None:
-                                out.write(b)
+                                out[0].write(b)
                             prog(len(b))
-                    except (tarfile.TarError, OSError) as e:
-                        raise BundleError("segment %s is damaged in %s (%s)" % (s["name"], ti.name, e))
+                        tar.read(_padded(size) - size)
+                    except OSError as e:
+                        raise BundleError("segment %s is damaged in %s (%s)" % (s["name"], name, e))
                     if part_h.hexdigest() != m["sha256"]:
                         if out is not None:
-                            out.close()
-                            os.unlink(os.path.join(self.dest, path) + ".partial")
+                            out[0].close()
+                            out[2]()
                         raise BundleError("sha256 mismatch for %s in segment %s: segments.json says %s, the media holds %s. "
-                                          "Refusing the bundle; nothing was installed" % (ti.name, s["name"], m["sha256"], part_h.hexdigest()))
+                                          "Refusing the bundle; nothing was installed" % (name, s["name"], m["sha256"], part_h.hexdigest()))
                     if m["part"] == m["parts"]:
                         del open_file[path]
                         self._finish_file(path, whole.hexdigest(), out, done)
@@ -719,10 +1128,14 @@ class Importer(object):
 
     def result(self, changed):
         kinds = {k: {"files": len(v), "bytes": sum(e["size"] for e in v)} for k, v in self.manifest["files"].items()}
+        prev = self.previous or {}
         return {
             "changed": changed,
+            "imported": self.imported,
+            "check_mode_plan": bool(self.dest) and self.check_mode and not self.imported,
             "manifest_sha256": self.manifest_sha256,
             "created": self.manifest.get("created"),
+            "previous": {"manifest_sha256": prev.get("manifest_sha256"), "created": prev.get("created")} if prev else None,
             "versions": self.manifest.get("versions", {}),
             "images": self.manifest.get("images", []),
             "kinds": kinds,
@@ -736,3 +1149,20 @@ class Importer(object):
             "checkpoints": {n: {"digest": d, "manifest": os.path.join(self.dest, IMPORT_DIR, "checkpoints", n + ".json") if self.dest else None}
                             for n, (m, d) in self.checkpoints.items()},
         }
+
+
+def _hash_exactly(f, size, out=None, progress=None, name=None):
+    """sha256 of exactly `size` bytes of f (never reading past them), copied to out on the way."""
+    h, left = hashlib.sha256(), size
+    while left:
+        b = f.read(min(CHUNK, left))
+        if not b:
+            raise BundleError("%s ended after %d of its %d bytes while it was read. Refusing the bundle; nothing was installed"
+                              % (name or "a file", size - left, size))
+        left -= len(b)
+        h.update(b)
+        if out is not None:
+            out.write(b)
+        if progress:
+            progress(len(b))
+    return h.hexdigest()

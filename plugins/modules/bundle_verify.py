@@ -25,8 +25,20 @@ description:
   - The import counts as done only when every file verified; then C(.llmops-import/manifest.json) is written and
     per-model checkpoint manifests land in C(.llmops-import/checkpoints/<model>.json) (what
     M(llmops.onprem.checkpoint_sync) and the in-cluster model-pull read), derived from the signed manifest.
-  - Check mode reads and verifies everything and writes nothing; C(files_copied) and C(bytes_copied) say what a
-    real run would copy.
+  - Check mode with O(dest) is cheap and writes nothing (no file, no state, no progress). It checks the signatures,
+    the listing and every size against the signed manifest, and returns the plan - C(files_copied) and
+    C(bytes_copied) say what a real run would copy - with C(imported=false) unless O(dest) already holds this very
+    bundle, verified. Later stages that need the imported files check C(imported). Without O(dest), check mode
+    verifies every byte as a real run does.
+  - Refuses a bundle created earlier than the one O(dest) last imported (a rollback to an older, validly signed
+    bundle) unless O(allow_downgrade) is set; the last import is recorded in C(.llmops-import/imported.json), in
+    O(dest), not on the media.
+  - Never follows a symbolic link in O(dest). A link (or other special file) anywhere in O(dest) is refused before
+    anything is written, and files are created relative to folder descriptors with no-follow, exclusive opens.
+  - Sizes on the media are compared with the signed sizes before a byte is read, and no file is read past its
+    signed size; segments are parsed with bounded headers (a PAX header over 64 KiB, a link or a GNU long name is
+    refused), so memory stays small whatever the media holds.
+  - Refuses a O(public_key) that lies inside O(src) or O(dest); the key must come out of band.
 extends_documentation_fragment:
   - llmops.onprem.attributes
   - ansible.builtin.action_common_attributes
@@ -48,6 +60,18 @@ options:
   progress_file:
     description: A file to write progress to (JSON with bytes done and total, rate), updated twice a second.
     type: path
+  allow_downgrade:
+    description:
+      - Import a bundle created earlier than the one O(dest) last imported. Off by default, so that an old, validly
+        signed bundle cannot roll the site back; turn it on for one deliberate downgrade.
+    type: bool
+    default: false
+  reverify:
+    description:
+      - Ignore the resume state in O(dest) and hash every file already there again; files that still match the signed
+        manifest are kept, the rest are copied. Use it when O(dest) may have been changed by someone else.
+    type: bool
+    default: false
 author:
   - llmops.onprem maintainers (@llmops-onprem)
 """
@@ -59,13 +83,40 @@ EXAMPLES = r"""
     public_key: /etc/llmops/bundle-signing.pub.pem
     dest: /var/lib/llmops/bundle
     progress_file: /var/lib/llmops/bundle-import.progress
+
+- name: Go back to an older bundle on purpose, checking every file already in place
+  llmops.onprem.bundle_verify:
+    src: /media/usb
+    public_key: /etc/llmops/bundle-signing.pub.pem
+    dest: /var/lib/llmops/bundle
+    allow_downgrade: true
+    reverify: true
 """
 
 RETURN = r"""
 manifest_sha256:
-  description: sha256 of the verified C(manifest.json).
+  description: sha256 of the verified C(manifest.json) (the bundle's id).
   returned: success
   type: str
+created:
+  description: When the bundle was built (UTC, from the signed manifest).
+  returned: success
+  type: str
+  sample: "2026-12-01T10:00:00Z"
+imported:
+  description:
+    - Whether O(dest) now holds this bundle, every file verified. False in check mode unless an earlier run
+      imported this very bundle, and without O(dest).
+  returned: success
+  type: bool
+check_mode_plan:
+  description: True when the result is a check-mode plan (nothing was read beyond sizes, nothing written).
+  returned: success
+  type: bool
+previous:
+  description: The bundle O(dest) held before (its C(manifest_sha256) and C(created)), or null.
+  returned: success
+  type: dict
 files_total:
   description: Files in the bundle.
   returned: success
@@ -126,12 +177,15 @@ def main():
             public_key=dict(type="path", required=True),
             dest=dict(type="path"),
             progress_file=dict(type="path"),
+            allow_downgrade=dict(type="bool", default=False),
+            reverify=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
-        result = Importer(p["src"], p["public_key"], p["dest"], p["progress_file"], module.check_mode).run()
+        result = Importer(p["src"], p["public_key"], p["dest"], p["progress_file"], module.check_mode,
+                          allow_downgrade=p["allow_downgrade"], reverify=p["reverify"]).run()
     except BundleError as e:
         module.fail_json(msg=str(e))
     except OSError as e:

@@ -1,10 +1,14 @@
 """A bundle import killed mid-copy (SIGKILL, as a pulled plug or a lost SSH session would) resumes:
 the re-run verifies and copies only what was not yet verified in place, and leaves the files that
-were verified before the kill untouched. Runs the real module through ansible, from a read-only
-copy of the media where the machine allows a read-only bind mount (root)."""
+were verified before the kill untouched. The fault comes from the test: the first import runs the
+real Importer in a child Python that the test wraps so that the child SIGKILLs itself right after
+the third journal line is written (production code carries no hook). The resume runs the real
+module through ansible, from a read-only copy of the media where the machine allows a read-only
+bind mount (root)."""
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -56,10 +60,29 @@ def parse(out):
     return json.loads(line.split("=>", 1)[1])
 
 
+# The fault, injected from outside: the child wraps Importer._journal so that the process kills
+# itself (SIGKILL, no cleanup) as soon as the third verified file is journaled.
+KILLED_IMPORT = """
+import os, signal, sys
+sys.path.insert(0, %(collections)r)
+from ansible_collections.llmops.onprem.plugins.module_utils import _bundle as B
+journal = B.Importer._journal
+def journal_then_die(self, path, rec):
+    journal(self, path, rec)
+    self.journaled = getattr(self, "journaled", 0) + 1
+    if self.journaled == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+B.Importer._journal = journal_then_die
+B.Importer(%(src)r, %(pub)r, %(dest)r, %(progress)r).run()
+"""
+
+
 def test_killed_import_resumes_without_recopying(media, tmp_path):
     dest, progress = tmp_path / "dest", tmp_path / "progress.json"
-    rc, out = run_import(media["src"], media["pub"], dest, progress, {B.KILL_AFTER_FILES_ENV: "3"})
-    assert rc != 0, out
+    code = KILLED_IMPORT % dict(collections=os.path.join(REPO, ".cache", "collections"), src=media["src"], pub=media["pub"],
+                                dest=str(dest), progress=str(progress))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stdout + p.stderr
     assert not (dest / ".llmops-import" / "manifest.json").exists()  # not done, so nothing counts as installed
     # The killed run left one journal line per verified file (no snapshot yet).
     assert not (dest / ".llmops-import" / "state.json").exists()
