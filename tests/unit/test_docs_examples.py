@@ -137,7 +137,7 @@ def test_the_checker_catches_the_old_example():
     assert "versions.vllm is 0.6.3 but the engine image is docker.io/vllm/vllm-openai:v0.7.3" in problems
     assert ("charts llmops-serving: path serving/chart is relative; the bundle role would look for it under its own files/"
             in problems)
-    assert "argument spec: bundle_spec.models.bytes. Supported parameters include: name, path." in problems
+    assert "argument spec: bundle_spec.models.bytes. Supported parameters include: name, path, require_tokenizer." in problems
 
 
 def _slug(heading):
