@@ -27,6 +27,11 @@ import re
 import stat
 import struct
 
+try:
+    from ansible_collections.llmops.onprem.plugins.module_utils._paths import path_problem
+except ImportError:  # in the model-pull image, _paths.py lies next to this file (serving/images/build.sh)
+    from _paths import path_problem  # type: ignore[no-redef]  # pylint: disable=import-error
+
 SCHEMA = "llmops.onprem/checkpoint-manifest/v1"
 # Where checkpoint_sync stores the manifest under the prefix (model-pull reads it from there).
 MANIFEST_KEY = ".llmops/manifest.json"
@@ -118,19 +123,15 @@ def validate_manifest(manifest, where):
 def relative_path_problem(path):
     """Why ``path`` is not a clean relative POSIX path of a checkpoint file, or None.
 
-    The one path rule of a checkpoint manifest, for every reader: checkpoint_sync, checkpoint_verify,
+    The bundle's path rule (_paths.path_problem: the import checks every manifest with it) plus one
+    more for checkpoints. The one path rule of a checkpoint manifest, for every reader: checkpoint_sync, checkpoint_verify,
     the bundle build and model-pull (which ships this file in its image). Dot-files and dot-directories
     (.gitattributes, .cache/, .git/) are not part of a checkpoint: list_files() leaves them out on both
     sides, so a manifest that names one was not made by this collection."""
-    if not isinstance(path, str) or not path:
-        return "must be a non-empty string"
-    if path.startswith("/") or "\\" in path:
-        return "must be relative and use '/'"
-    if "\x00" in path:
-        return "must not contain a NUL byte"
+    why = path_problem(path)
+    if why:
+        return why
     parts = path.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return "must not contain empty, '.' or '..' parts"
     if any(part.startswith(".") for part in parts):
         return "names a dot-file or dot-directory, which is not part of a checkpoint (rebuild the bundle)"
     return None

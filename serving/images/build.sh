@@ -136,6 +136,7 @@ case $image in
     install -m 0644 "$REPO/plugins/module_utils/_sigv4.py" "$stage/_sigv4.py"
     # The checkpoint manifest rules (schema, the one path rule) are the collection's own too.
     install -m 0644 "$REPO/plugins/module_utils/_checkpoint.py" "$stage/_checkpoint.py"
+    install -m 0644 "$REPO/plugins/module_utils/_paths.py" "$stage/_paths.py"
     args+=(--add "$stage:/opt/llmops/model-pull:0755"
            --symlink /opt/llmops/model-pull/model_pull.py:/usr/local/bin/model-pull
            --entrypoint '["/usr/local/bin/model-pull"]' --user 65534:65534

@@ -120,15 +120,15 @@ def test_an_oversized_object_of_a_sized_entry_is_corrupt_and_bounded(world):
     assert snapshot(str(outside)) == before
 
 
-# The one path rule (plugins/module_utils/_checkpoint.py relative_path_problem), which model-pull ships in its
-# image: each bad path with the words of the refusal.
+# The one path rule (plugins/module_utils/_paths.py path_problem, the import's, plus _checkpoint.py's dot-file
+# rule), which model-pull ships in its image: each bad path with the words of the refusal.
 BAD_PATHS = [
-    ("../x", "must not contain empty, '.' or '..' parts"),
-    ("a/../../x", "must not contain empty, '.' or '..' parts"),
-    ("/etc/passwd", "must be relative and use '/'"),
-    ("a/./b", "must not contain empty, '.' or '..' parts"),
-    ("a//b", "must not contain empty, '.' or '..' parts"),
-    ("a\\b", "must be relative and use '/'"),
+    ("../x", "has a '..' component (only plain names may appear)"),
+    ("a/../../x", "has a '..' component (only plain names may appear)"),
+    ("/etc/passwd", "is absolute (manifest paths are relative to the bundle)"),
+    ("a/./b", "has a '.' component (only plain names may appear)"),
+    ("a//b", "has an empty component (a doubled or trailing '/')"),
+    ("a\\b", "holds a backslash (paths use '/')"),
     (".gitattributes", "names a dot-file or dot-directory, which is not part of a checkpoint (rebuild the bundle)"),
     (".cache/x", "names a dot-file or dot-directory, which is not part of a checkpoint (rebuild the bundle)"),
 ]
