@@ -36,7 +36,7 @@ def run_measured(code, env=None, timeout=300):
         "finally:\n"
         "    sys.stderr.write('\\nPEAK_RSS_KB=%%d\\n' %% resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     ) % (COLLECTIONS, HERE, code)
-    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=False,
                           env=dict(os.environ, **(env or {})), timeout=timeout)
     peak = None
     for line in proc.stderr.splitlines():

@@ -5,7 +5,6 @@ refused at that header. Peak RSS of the importing process is measured (< 128 MiB
 import hashlib
 import io
 import json
-import os
 import tarfile
 
 import pytest

@@ -14,7 +14,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ansible_collections.llmops.onprem.plugins.module_utils import _bundle as B
 from ansible_collections.llmops.onprem.plugins.modules import bundle_pack, bundle_seal
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -81,7 +80,7 @@ def test_killed_import_resumes_without_recopying(media, tmp_path):
     dest, progress = tmp_path / "dest", tmp_path / "progress.json"
     code = KILLED_IMPORT % dict(collections=os.path.join(REPO, ".cache", "collections"), src=media["src"], pub=media["pub"],
                                 dest=str(dest), progress=str(progress))
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == -9, p.stdout + p.stderr
     assert not (dest / ".llmops-import" / "manifest.json").exists()  # not done, so nothing counts as installed
     # The killed run left one journal line per verified file (no snapshot yet).
