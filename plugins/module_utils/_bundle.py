@@ -38,6 +38,10 @@ TAR_RECORD = 20 * TAR_BLOCK
 # What the bundle's own root may hold besides the listed files.
 ROOT_CONTROL = (MANIFEST, SIGNATURE, IMPORT_DIR)
 MEDIA_CONTROL = (MANIFEST, SIGNATURE, SEGMENTS, SEGMENTS_SIG)
+# The site's first step, written next to the segments as well as listed in the manifest (the site
+# checks it against the signed manifest before running it): allowed on the media, not a segment.
+VERIFY_SCRIPT = "llmops-verify.sh"
+MEDIA_FILES = MEDIA_CONTROL + (VERIFY_SCRIPT,)
 # Test hook, named plainly: the import kills itself (SIGKILL) after copying this many files,
 # so the tests can prove that a killed import resumes. Never set it outside tests.
 KILL_AFTER_FILES_ENV = "LLMOPS_TEST_KILL_IMPORT_AFTER_FILES"
@@ -451,7 +455,7 @@ class Importer(object):
     def _check_media_listing(self):
         segs = self.table.get("segments", [])
         names = [s["name"] for s in segs]
-        present = walk_files(self.src, skip_root=MEDIA_CONTROL)
+        present = walk_files(self.src, skip_root=MEDIA_FILES)
         unlisted = [p for p in present if p not in names]
         if unlisted:
             raise BundleError("unlisted file %s on the media: it is not in the signed segments.json. "
