@@ -39,7 +39,7 @@ done
 
 # ---- 0. only what llmops-verify.sh checked against the signed manifest -----------------------
 if [ ! -f "$here/SHA256SUMS" ] || [ ! -f "$here/VERIFIED" ]; then
-  die "$here was not extracted by llmops-verify.sh (no SHA256SUMS/VERIFIED): nothing from a bundle runs before its signature is checked. Run: sh llmops-verify.sh --key <the site's public key> --bundle <the medium> --extract <new dir>, then the bootstrap.sh in that dir"
+  die "$here was not extracted by llmops-verify.sh (no SHA256SUMS/VERIFIED): nothing from a bundle runs before its signature is checked. Nothing was installed. Run: sh llmops-verify.sh --key <the site's public key> --bundle <the medium> --extract <new dir>, then the bootstrap.sh in that dir"
 fi
 cd "$here"
 sha256sum -c --strict --quiet SHA256SUMS >/dev/null 2>&1 || {
