@@ -350,3 +350,17 @@ def test_pip_requires_the_pinned_hash(site):
     assert site_packages.returncode != 0
     assert not os.path.exists(os.path.join(prefix, "collections"))
     assert not os.path.exists(os.path.join(prefix, "bootstrap.stamp"))
+
+
+def test_the_verifier_beside_the_segments_is_accepted_by_pack_and_import(site):
+    """llmops-verify.sh lies on the medium outside the segments (as roles/bundle writes it): a
+    re-pack does not call it foreign, and the import neither refuses it nor needs it."""
+    from ansible_collections.llmops.onprem.plugins.module_utils._bundle import Importer
+    b, media = build(site["work"], site["priv"])
+    again = bundle_pack.run(dict(src=b, dest=media, private_key=site["priv"], segment_size="64KiB", read_back=True,
+                                 progress_file=None), False)
+    assert again["changed"] is False
+    r = Importer(media, site["pub"], dest=os.path.join(site["work"], "imported")).run()
+    assert r["files_copied"] == r["files_total"] == 6
+    with open(os.path.join(site["work"], "imported", "llmops-verify.sh"), "rb") as x, open(os.path.join(media, "llmops-verify.sh"), "rb") as y:
+        assert x.read() == y.read()
