@@ -1,10 +1,16 @@
-#!/usr/bin/env bash
-# Controller bootstrap from an llmops.onprem air-gap bundle, with no network.
+#!/bin/sh
+# Controller bootstrap from an llmops.onprem air-gap bundle, with no network. POSIX sh.
 #
-# Run it from the bundle (read-only media is fine):  <bundle>/bootstrap.sh [options]
-# It needs python3.12 with its venv module on the machine, and nothing else from the internet:
-#   1. a venv from the bundle's python/ wheels (pip --no-index --no-deps, exact pins: no resolver);
-#   2. this collection and its dependency collections from collections/ (ansible-galaxy --offline);
+# It runs from the directory llmops-verify.sh extracted and checked, never from the medium:
+#   sh llmops-verify.sh --key SITE_KEY --bundle /media/usb --extract ~/llmops-bootstrap
+#   sh ~/llmops-bootstrap/bootstrap.sh --inventory inventories/<site>
+# It needs Python 3.12 with its venv module (ansible-core 2.21 needs 3.12; Debian 12's stock
+# python3 is 3.11), and nothing else from the internet:
+#   0. every file here against SHA256SUMS, which llmops-verify.sh wrote from the signed manifest,
+#      before anything is created;
+#   1. a venv from python/ (pip --no-index --no-deps --require-hashes: every wheel against the
+#      sha256 pinned in python/requirements.lock);
+#   2. the collections from collections/ (ansible-galaxy --offline), each checked again first;
 #   3. checks that ansible-playbook runs and llmops.onprem resolves, then prints the site command.
 # Re-running is safe: a finished bootstrap of the same bundle content is recognised and skipped.
 #
@@ -12,40 +18,54 @@
 #   --prefix DIR      where the venv and collections go (LLMOPS_PREFIX; default ~/.local/share/llmops-onprem)
 #   --python PATH     the Python 3.12 to use (PYTHON; default python3.12 on PATH)
 #   --inventory PATH  inventory shown in the printed command (default inventories/<site>)
-set -euo pipefail
+set -eu
 
-die() { echo "bootstrap: $*" >&2; exit 1; }
-say() { echo "bootstrap: $*" >&2; }
+die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
-bundle=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+here=$(cd "$(dirname "$0")" && pwd -P)
 prefix=${LLMOPS_PREFIX:-${HOME}/.local/share/llmops-onprem}
 python=${PYTHON:-python3.12}
 inventory="inventories/<site>"
 while [ $# -gt 0 ]; do
   case $1 in
-    --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
-    --python) python=${2:?--python needs a path}; shift 2 ;;
-    --inventory) inventory=${2:?--inventory needs a path}; shift 2 ;;
-    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --prefix) [ $# -ge 2 ] || die "--prefix needs a directory"; prefix=$2; shift 2 ;;
+    --python) [ $# -ge 2 ] || die "--python needs a path"; python=$2; shift 2 ;;
+    --inventory) [ $# -ge 2 ] || die "--inventory needs a path"; inventory=$2; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
 
-# ---- what the bundle carries ------------------------------------------------------------
-lock=$bundle/python/requirements.lock
-[ -f "$lock" ] || die "$lock is missing: this directory is not a complete llmops.onprem bundle (python/ holds the controller's wheels)"
-shopt -s nullglob
-collections=("$bundle"/collections/*.tar.gz)
-shopt -u nullglob
-[ ${#collections[@]} -gt 0 ] || die "$bundle/collections/ holds no collection tarballs: this is not a complete llmops.onprem bundle"
+# ---- 0. only what llmops-verify.sh checked against the signed manifest -----------------------
+if [ ! -f "$here/SHA256SUMS" ] || [ ! -f "$here/VERIFIED" ]; then
+  die "$here was not extracted by llmops-verify.sh (no SHA256SUMS/VERIFIED): nothing from a bundle runs before its signature is checked. Nothing was installed. Run: sh llmops-verify.sh --key <the site's public key> --bundle <the medium> --extract <new dir>, then the bootstrap.sh in that dir"
+fi
+cd "$here"
+sha256sum -c --strict --quiet SHA256SUMS >/dev/null 2>&1 || {
+  sha256sum -c --strict --quiet SHA256SUMS >&2 2>&1 || true
+  die "files in $here differ from the sha256 that llmops-verify.sh checked against the signed manifest (above): they changed after verification. Nothing was installed. Extract again with llmops-verify.sh"
+}
+for f in python/* collections/*; do
+  [ -e "$f" ] || continue
+  awk -v f="$f" '$2 == f { found = 1 } END { exit !found }' SHA256SUMS || die "$here/$f is not in SHA256SUMS (not from the signed bundle). Nothing was installed. Extract again with llmops-verify.sh into a new directory"
+done
+lock=$here/python/requirements.lock
+[ -f "$lock" ] || die "$lock is missing: this is not a complete llmops.onprem bootstrap"
+grep -q -- '--hash=sha256:' "$lock" || die "$lock has no --hash=sha256: pins, so pip could not check the wheels: rebuild the bundle with this llmops.onprem"
+set -- "$here"/collections/*.tar.gz
+[ -f "$1" ] || die "$here/collections/ holds no collection tarballs: this is not a complete llmops.onprem bootstrap"
+ncoll=$#
+bundle=$(sed -n 's/^bundle //p' VERIFIED)
+pubkey=$(sed -n 's/^public_key //p' VERIFIED)
 
 # ---- Python 3.12 -------------------------------------------------------------------------
 if ! command -v "$python" >/dev/null 2>&1; then
-  die "$python not found. ansible-core needs Python 3.12: install it from the site's OS media (Debian 13 / Ubuntu 24.04: apt-get install python3.12 python3.12-venv; RHEL 9: dnf install python3.12) or pass --python /path/to/python3.12"
+  die "$python not found. ansible-core needs Python 3.12 (Debian 12's python3 is 3.11): install it from the site's OS media (Debian 13 / Ubuntu 24.04: apt-get install python3.12 python3.12-venv; RHEL 9: dnf install python3.12) or pass --python /path/to/python3.12"
 fi
 python=$(command -v "$python")
 "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' \
-  || die "$python is Python $("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])'), and the bundle's wheels are for Python 3.12: install python3.12 or pass --python /path/to/python3.12"
+  || die "$python is Python $("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])'), and ansible-core 2.21 and the bundle's wheels need Python 3.12 (Debian 12's stock python3 is 3.11): install python3.12 (Debian 13 / Ubuntu 24.04: python3.12 python3.12-venv; RHEL 9: python3.12) or pass --python /path/to/python3.12"
 "$python" -c 'import venv, ensurepip' 2>/dev/null \
   || die "$python has no venv/ensurepip module: install python3.12-venv (Debian/Ubuntu) or the equivalent"
 
@@ -53,49 +73,51 @@ python=$(command -v "$python")
 venv=$prefix/venv
 colls=$prefix/collections
 stamp=$prefix/bootstrap.stamp
-want=$(cd "$bundle" && sha256sum python/requirements.lock collections/*.tar.gz | sha256sum | cut -d' ' -f1)
+want=$(sha256sum < SHA256SUMS | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/ansible-playbook" ]; then
   say "already bootstrapped from this bundle content in $prefix; nothing to do"
 else
   # ---- room --------------------------------------------------------------------------------
   mkdir -p "$prefix" || die "cannot create $prefix: pass --prefix to a writable directory"
   # Installed wheels take about three times their size; collections about twice.
-  need_kib=$(( $(du -sk "$bundle/python" | cut -f1) * 3 + $(du -sk "$bundle/collections" | cut -f1) * 2 ))
+  need_kib=$(( $(du -sk "$here/python" | cut -f1) * 3 + $(du -sk "$here/collections" | cut -f1) * 2 ))
   have_kib=$(df -Pk "$prefix" | awk 'NR==2 {print $4}')
   [ "$need_kib" -le "$have_kib" ] || die "not enough space in $prefix: need about $((need_kib / 1024)) MiB, $((have_kib / 1024)) MiB free. Free space or pass --prefix elsewhere"
 
-  # ---- venv from the bundle's wheels -----------------------------------------------------
+  # ---- venv from the bundle's wheels, each against its pinned sha256 ----------------------
   log=$prefix/bootstrap.log
   : > "$log"
   if [ ! -x "$venv/bin/python" ]; then
     say "creating the venv in $venv"
     "$python" -m venv "$venv" >>"$log" 2>&1 || die "$python -m venv $venv failed (see $log)"
   fi
-  say "installing ansible-core and the collection's Python needs from $bundle/python (no network)"
-  PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --no-index --no-deps \
-    --find-links "$bundle/python" -r "$lock" >>"$log" 2>&1 \
-    || { tail -n 15 "$log" >&2; die "pip could not install from $bundle/python (full log: $log)"; }
+  say "installing ansible-core and the collection's Python needs from $here/python (no network, --require-hashes)"
+  PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --no-index --no-deps --require-hashes \
+    --find-links "$here/python" -r "$lock" >>"$log" 2>&1 \
+    || { tail -n 15 "$log" >&2; die "pip could not install from $here/python (full log: $log)"; }
   "$venv/bin/python" -m pip check >>"$log" 2>&1 || { tail -n 15 "$log" >&2; die "the installed packages are inconsistent (pip check; full log: $log)"; }
 
-  # ---- collections -----------------------------------------------------------------------
-  say "installing ${#collections[@]} collections from $bundle/collections (offline)"
+  # ---- collections, each checked against the signed sha256 right before install ----------
+  grep '  collections/' SHA256SUMS | sha256sum -c --strict --quiet - >/dev/null 2>&1 \
+    || die "a collection tarball in $here/collections changed after verification: nothing more installed. Extract again with llmops-verify.sh"
+  say "installing $ncoll collections from $here/collections (offline)"
   ANSIBLE_COLLECTIONS_PATH=$colls "$venv/bin/ansible-galaxy" collection install --offline --force -p "$colls" \
-    "${collections[@]}" >>"$log" 2>&1 \
+    "$@" >>"$log" 2>&1 \
     || { tail -n 15 "$log" >&2; die "ansible-galaxy could not install the collections (full log: $log)"; }
   echo "$want" > "$stamp"
 fi
 
 # ---- checks ------------------------------------------------------------------------------
-export ANSIBLE_COLLECTIONS_PATH=$colls
+export ANSIBLE_COLLECTIONS_PATH="$colls"
 "$venv/bin/ansible-playbook" --version >/dev/null || die "$venv/bin/ansible-playbook does not run"
 site=$colls/ansible_collections/llmops/onprem/playbooks/site.yml
 [ -f "$site" ] || die "llmops.onprem is not installed in $colls (no playbooks/site.yml)"
 "$venv/bin/ansible-doc" -t role llmops.onprem.packages_repo >/dev/null 2>&1 \
   || die "ansible-doc cannot resolve llmops.onprem from $colls"
 
-cat <<EOF
+cat <<EOT
 The controller is ready. Run the site install with:
 
   ANSIBLE_COLLECTIONS_PATH=$colls $venv/bin/ansible-playbook -i $inventory $site -e llmops_bundle=$bundle \\
-      -e bundle_import_public_key=<the bundle's public key, carried separately from the bundle>
-EOF
+      -e bundle_import_public_key=$pubkey
+EOT

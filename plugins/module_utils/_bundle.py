@@ -46,6 +46,10 @@ PAX_HEADER_LIMIT = 64 * 1024
 IMPORTED = "imported.json"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# The site's first step, written next to the segments as well as listed in the manifest (the site
+# checks it against the signed manifest before running it): allowed on the media, not a segment.
+VERIFY_SCRIPT = "llmops-verify.sh"
+MEDIA_FILES = MEDIA_CONTROL + (VERIFY_SCRIPT,)
 
 
 class BundleError(Exception):
@@ -800,7 +804,7 @@ class Importer(object):
     def _check_media_listing(self):
         segs = self.table.get("segments", [])
         names = [s["name"] for s in segs]
-        present = walk_files(self.src, skip_root=MEDIA_CONTROL)
+        present = walk_files(self.src, skip_root=MEDIA_FILES)
         unlisted = [p for p in present if p not in names]
         if unlisted:
             raise BundleError("unlisted file %s on the media: it is not in the signed segments.json. "

@@ -92,7 +92,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmops.onprem.plugins.module_utils._bundle import (
-    MANIFEST, MEDIA_CONTROL, SEGMENTS, SEGMENTS_SCHEMA, SEGMENTS_SIG, SIGNATURE, BundleError, Progress, canonical,
+    MANIFEST, MEDIA_FILES, SEGMENTS, SEGMENTS_SCHEMA, SEGMENTS_SIG, SIGNATURE, BundleError, Progress, canonical,
     parse_size, plan_segments, read_json, segment_name, sha256_file, sign, walk_files, write_atomic, write_segment)
 
 
@@ -121,7 +121,7 @@ def run(p, check_mode):
     plan = plan_segments(manifest, segment_size)
     names = [segment_name(i) for i in range(len(plan))]
     if os.path.isdir(dest):
-        foreign = [f for f in walk_files(dest, skip_root=MEDIA_CONTROL) if f not in names and not f.endswith(".tar.partial")]
+        foreign = [f for f in walk_files(dest, skip_root=MEDIA_FILES) if f not in names and not f.endswith(".tar.partial")]
         if foreign:
             raise BundleError("%s already holds %s, which is not part of this pack: empty the medium or choose another "
                               "destination (bundle_pack never deletes files on the media)" % (dest, foreign[0]))

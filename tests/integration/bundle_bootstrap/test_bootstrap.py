@@ -2,8 +2,10 @@
 
 The connected side (this machine, which reaches PyPI) builds a bundle's python/, collections/
 and bootstrap.sh with the llmops.onprem.bundle_python role; wheels are cached under
-${LLMOPS_CACHE:-~/.cache/llmops-onprem}/wheels so re-runs download nothing. Then bootstrap.sh
-runs with the network cut: in a new network namespace (`unshare -n`, only a loopback that is
+${LLMOPS_CACHE:-~/.cache/llmops-onprem}/wheels so re-runs download nothing. The bundle is then
+sealed and signed as roles/bundle does. At the "site", llmops-verify.sh checks the signature
+with the site's key and extracts the bootstrap, and bootstrap.sh runs from that extraction under
+dash, with the network cut: in a new network namespace (`unshare -n`, only a loopback that is
 down) where the user may create one, and always with PIP_NO_INDEX=1.
 """
 import glob
@@ -14,9 +16,14 @@ import subprocess
 import sys
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ansible_collections.llmops.onprem.plugins.modules import bundle_seal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BIN = os.path.dirname(sys.executable)
+SH = shutil.which("dash") or "/bin/sh"
 
 
 def _python312():
@@ -66,8 +73,31 @@ def build(dest, tmp):
                           capture_output=True, text=True, env=env, cwd=ROOT, check=False)
 
 
-def bootstrap(bundle, home, *args, prefix=None):
-    argv = (prefix if prefix is not None else OFFLINE) + [os.path.join(bundle, "bootstrap.sh")] + list(args)
+def seal(dest, tmp):
+    """Sign the bundle as roles/bundle does (llmops-verify.sh at its root, then bundle_seal)."""
+    k = ed25519.Ed25519PrivateKey.generate()
+    priv, pub = os.path.join(str(tmp), "signing", "k.pem"), os.path.join(str(tmp), "signing", "k.pub.pem")
+    os.makedirs(os.path.dirname(priv))
+    with open(priv, "wb") as f:
+        f.write(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with open(pub, "wb") as f:
+        f.write(k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    shutil.copy(os.path.join(ROOT, "bundle", "llmops-verify.sh"), os.path.join(dest, "llmops-verify.sh"))
+    bundle_seal.run(dict(path=dest, private_key=priv, spec={}, versions={}, images=[]), False)
+    return pub
+
+
+def extract(bundle, home):
+    """The site's first step: llmops-verify.sh checks the signature and extracts the bootstrap."""
+    where = os.path.join(str(home), "llmops-bootstrap")
+    r = subprocess.run([SH, os.path.join(bundle["dest"], "llmops-verify.sh"), "--key", bundle["pub"], "--bundle", bundle["dest"],
+                        "--extract", where], capture_output=True, text=True, env=_env(home), check=False)
+    assert r.returncode == 0, r.stderr
+    return where
+
+
+def bootstrap(where, home, *args, prefix=None):
+    argv = (prefix if prefix is not None else OFFLINE) + [SH, os.path.join(where, "bootstrap.sh")] + list(args)
     return subprocess.run(argv, capture_output=True, text=True, env=_env(home), check=False)
 
 
@@ -83,7 +113,8 @@ def bundle(tmp_path_factory):
     dest = str(tmp / "bundle")
     first = build(dest, tmp)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
-    return dict(dest=dest, tmp=tmp, first=first)
+    pub = seal(dest, tmp)
+    return dict(dest=dest, tmp=tmp, first=first, pub=pub)
 
 
 def test_bundle_holds_wheels_collections_and_bootstrap(bundle):
@@ -93,6 +124,9 @@ def test_bundle_holds_wheels_collections_and_bootstrap(bundle):
         pins = re.findall(r"(?m)^([A-Za-z0-9._-]+)==", f.read())
     assert "requirements.lock" in wheels
     assert len(wheels) == len(pins) + 1
+    with open(os.path.join(dest, "python", "requirements.lock")) as f:
+        hashed = re.findall(r"(?m)^([A-Za-z0-9._-]+)==\S+ \\\n    --hash=sha256:[0-9a-f]{64}$", f.read())
+    assert hashed == pins
     assert any(w.startswith("ansible_core-") for w in wheels)
     assert all(w.endswith(".whl") for w in wheels if w != "requirements.lock")
     collections = sorted(os.listdir(os.path.join(dest, "collections")))
@@ -111,13 +145,16 @@ def test_second_build_changes_nothing(bundle):
 
 def test_bootstrap_offline_then_ansible_and_the_collection_work(bundle, tmp_path):
     dest = bundle["dest"]
-    r = bootstrap(dest, tmp_path, "--python", PYTHON312, "--inventory", "inventories/site1")
+    where = extract(bundle, tmp_path)
+    r = bootstrap(where, tmp_path, "--python", PYTHON312, "--inventory", "inventories/site1")
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "bootstrap: installing ansible-core and the collection's Python needs from %s/python (no network, --require-hashes)" % where in r.stderr
     prefix = os.path.join(str(tmp_path), ".local", "share", "llmops-onprem")
     colls = os.path.join(prefix, "collections")
     site = os.path.join(colls, "ansible_collections", "llmops", "onprem", "playbooks", "site.yml")
     assert ("ANSIBLE_COLLECTIONS_PATH=%s %s/venv/bin/ansible-playbook -i inventories/site1 %s -e llmops_bundle=%s"
-            % (colls, prefix, site, dest)) in r.stdout
+            % (colls, prefix, site, os.path.realpath(dest))) in r.stdout
+    assert "-e bundle_import_public_key=%s" % os.path.realpath(bundle["pub"]) in r.stdout
 
     env = dict(_env(tmp_path), ANSIBLE_COLLECTIONS_PATH=colls)
     version = subprocess.run(OFFLINE + [os.path.join(prefix, "venv", "bin", "ansible-playbook"), "--version"],
@@ -132,10 +169,10 @@ def test_bootstrap_offline_then_ansible_and_the_collection_work(bundle, tmp_path
     installed = set(json_keys(listing.stdout, colls))
     assert {"community.crypto", "community.postgresql", "kubernetes.core", "llmops.onprem"} <= installed
 
-    again = bootstrap(dest, tmp_path, "--python", PYTHON312, "--inventory", "inventories/site1")
+    again = bootstrap(where, tmp_path, "--python", PYTHON312, "--inventory", "inventories/site1")
     assert again.returncode == 0, again.stderr
     assert "already bootstrapped from this bundle content in %s; nothing to do" % prefix in again.stderr
-    assert "-e llmops_bundle=%s" % dest in again.stdout
+    assert "-e llmops_bundle=%s" % os.path.realpath(dest) in again.stdout
 
 
 def json_keys(text, colls):
@@ -145,10 +182,24 @@ def json_keys(text, colls):
 
 
 def test_missing_python_is_named(bundle, tmp_path):
-    r = bootstrap(bundle["dest"], tmp_path, "--python", "/nonexistent/python3.12")
+    where = extract(bundle, tmp_path)
+    r = bootstrap(where, tmp_path, "--python", "/nonexistent/python3.12")
     assert r.returncode == 1
-    assert ("bootstrap: /nonexistent/python3.12 not found. ansible-core needs Python 3.12: install it from the site's OS media "
-            "(Debian 13 / Ubuntu 24.04: apt-get install python3.12 python3.12-venv") in r.stderr
+    assert ("bootstrap: /nonexistent/python3.12 not found. ansible-core needs Python 3.12 (Debian 12's python3 is 3.11): install it "
+            "from the site's OS media (Debian 13 / Ubuntu 24.04: apt-get install python3.12 python3.12-venv") in r.stderr
+    assert not os.path.exists(os.path.join(str(tmp_path), ".local"))
+
+
+def test_python_311_is_explained(bundle, tmp_path):
+    """Debian 12's stock python3 (3.11) is refused with what the site needs, before anything is created."""
+    py311 = shutil.which("python3.11")
+    if not py311:
+        pytest.skip("no python3.11 here")
+    where = extract(bundle, tmp_path)
+    r = bootstrap(where, tmp_path, "--python", py311)
+    assert r.returncode == 1
+    assert ("bootstrap: %s is Python 3.11, and ansible-core 2.21 and the bundle's wheels need Python 3.12 (Debian 12's stock python3 "
+            "is 3.11): install python3.12" % py311) in r.stderr
     assert not os.path.exists(os.path.join(str(tmp_path), ".local"))
 
 
@@ -156,21 +207,29 @@ def test_not_enough_space_is_refused_with_the_figures(bundle, tmp_path):
     # A 1 MiB tmpfs in a private mount namespace stands for a full disk.
     script = ('set -e; mkdir -p "$1"; mount -t tmpfs -o size=1m llmops-small "$1"; shift; exec "$@"')
     small = os.path.join(str(tmp_path), "small")
-    r = bootstrap(bundle["dest"], tmp_path, "--python", PYTHON312, "--prefix", small + "/p",
+    where = extract(bundle, tmp_path)
+    r = bootstrap(where, tmp_path, "--python", PYTHON312, "--prefix", small + "/p",
                   prefix=["unshare", "-m", "-n", "sh", "-c", script, "sh", small])
     assert r.returncode == 1, r.stdout + r.stderr
     assert re.search(r"bootstrap: not enough space in %s/p: need about \d+ MiB, 1 MiB free\. Free space or pass --prefix elsewhere"
                      % re.escape(small), r.stderr), r.stderr
 
 
-def test_pip_failure_is_reported_and_not_stamped(bundle, tmp_path):
-    broken = os.path.join(str(tmp_path), "broken")
-    shutil.copytree(bundle["dest"], broken, copy_function=os.link)
-    victim = [w for w in os.listdir(os.path.join(broken, "python")) if w.startswith("jmespath-")][0]
-    os.unlink(os.path.join(broken, "python", victim))
-    r = bootstrap(broken, tmp_path, "--python", PYTHON312)
-    prefix = os.path.join(str(tmp_path), ".local", "share", "llmops-onprem")
+def test_a_wheel_missing_after_verification_is_refused_before_anything(bundle, tmp_path):
+    where = extract(bundle, tmp_path)
+    victim = [w for w in os.listdir(os.path.join(where, "python")) if w.startswith("jmespath-")][0]
+    os.unlink(os.path.join(where, "python", victim))
+    r = bootstrap(where, tmp_path, "--python", PYTHON312)
     assert r.returncode == 1
-    assert "bootstrap: pip could not install from %s/python (full log: %s/bootstrap.log)" % (broken, prefix) in r.stderr
-    assert "jmespath" in r.stderr
-    assert not os.path.exists(os.path.join(prefix, "bootstrap.stamp"))
+    assert "python/%s: FAILED open or read" % victim in r.stderr
+    assert ("bootstrap: files in %s differ from the sha256 that llmops-verify.sh checked against the signed manifest (above): they "
+            "changed after verification. Nothing was installed." % where) in r.stderr
+    assert not os.path.exists(os.path.join(str(tmp_path), ".local"))
+
+
+def test_bootstrap_in_the_bundle_itself_is_refused(bundle, tmp_path):
+    """`sh <bundle>/bootstrap.sh`, the old documented step, installs nothing unverified."""
+    r = bootstrap(bundle["dest"], tmp_path, "--python", PYTHON312)
+    assert r.returncode == 1
+    assert "bootstrap: %s was not extracted by llmops-verify.sh" % os.path.realpath(bundle["dest"]) in r.stderr
+    assert not os.path.exists(os.path.join(str(tmp_path), ".local"))
