@@ -22,7 +22,7 @@ DIGEST = "ab" * 32
 def values(**model):
     m = dict(name="m", checkpoint=dict(prefix="/llm/m/%s/" % DIGEST, digest=DIGEST, bytes=10 ** 9), gpus=1, preset="chat")
     m.update(model)
-    return dict(engine=dict(image="registry.site.internal:5000/docker.io/vllm/vllm-openai:v0.7.3"),
+    return dict(engine=dict(image="registry.site.internal:5000/docker.io/vllm/vllm-openai:v0.34.0"),
                 downloader=dict(image="registry.site.internal:5000/localhost/llmops/model-pull:0.1.0"),
                 objectStore=dict(endpoint="https://s3.site.internal:9000", bucket="model-checkpoints", caName="site-ca"),
                 models=[m])
