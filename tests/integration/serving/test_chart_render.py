@@ -16,8 +16,14 @@ REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "serving" / "chart"
 HELM = os.environ.get("HELM", str(REPO / ".tools" / "bin" / "helm"))
 VLLM_ARGS = REPO / "serving" / "vllm-args"
-VLLM_FLAGS_BY_VERSION = dict((v, set(ln.split("\t")[0] for ln in (VLLM_ARGS / ("%s.txt" % v)).read_text().splitlines()
-                                       if ln and not ln.startswith("#"))) for v in ("0.32.0", "0.34.0"))
+
+
+def _flag_names(version):
+    lines = (VLLM_ARGS / ("%s.txt" % version)).read_text().splitlines()
+    return set(ln.split("\t")[0] for ln in lines if ln and not ln.startswith("#"))
+
+
+VLLM_FLAGS_BY_VERSION = dict((v, _flag_names(v)) for v in ("0.32.0", "0.34.0"))
 VLLM_FLAGS = VLLM_FLAGS_BY_VERSION["0.34.0"]  # gpus: 1 below, the GPU profile
 DIGEST = "ab" * 32
 
