@@ -151,3 +151,16 @@ def test_sigterm_drain_budget_exhausted_exits_nonzero(standin, checkpoint):
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(30) == 1
     assert "Drain budget exhausted" in s.log() and "(1 requests still running)" in s.log()
+
+
+def test_accepts_the_vllm_032_flags_the_chart_renders_and_refuses_removed_ones(standin, checkpoint):
+    s = standin([str(checkpoint), "--served-model-name", "m", "--kv-cache-memory-bytes", "64M", "--shutdown-timeout", "7",
+                 "--enable-log-requests", "--max-num-seqs", "4"])
+    s.wait_ready()
+    assert s.get("/health") == (200, "")
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(30) == 0
+    assert "in-flight ones get 7.0s" in s.log() and '"GET /health HTTP/1.1" 200' in s.log()
+    old = standin([str(checkpoint), "--disable-log-requests"])
+    assert old.proc.wait(30) == 2
+    assert "unrecognized arguments: --disable-log-requests" in old.log()
