@@ -15,12 +15,14 @@ case with dashes wins, e.g. ``--standin-load-seconds 5``):
   STANDIN_LOAD_SECONDS       seconds "loading weights" (/health 503 meanwhile); default 0
   STANDIN_WARMUP_SECONDS     seconds of warm-up after loading (still 503); default 0
   STANDIN_DELAY_PER_TOKEN    seconds per generated token (slow requests, drain tests); default 0
-  STANDIN_DRAIN_SECONDS      on SIGTERM, how long in-flight requests may take; default 30
+  STANDIN_DRAIN_SECONDS      on SIGTERM, how long in-flight requests may take; default: vLLM's
+                             --shutdown-timeout when given, else 30
   STANDIN_FAIL_AT_START      if set, log this text as an error and exit 1 before listening
   STANDIN_ARCHITECTURES_FILE supported architectures, one a line (default: architectures.txt
                              beside this file, else a built-in short list)
-  STANDIN_VLLM_ARGS_FILE     vLLM's flags, one a line: any other flag is refused like vLLM's
-                             argparse does (default: vllm-args.txt beside this file, if any)
+  STANDIN_VLLM_ARGS_FILE     vLLM's flags, one a line (the first field of each line of
+                             serving/vllm-args/<version>.txt): any other flag is refused like
+                             vLLM's argparse does (default: vllm-args.txt beside this file, if any)
 """
 import argparse
 import hashlib
@@ -34,7 +36,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-VLLM_VERSION = "0.7.3"
+VLLM_VERSION = "0.32.0"  # the CPU vLLM whose command line it accepts (serving/vllm-args/VERSION)
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILTIN_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel",
                          "GemmaForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM", "OPTForCausalLM",
@@ -56,7 +58,7 @@ def log(level, msg, *args):
 
 def _lines(path):
     with open(path, encoding="utf-8") as fh:
-        return [ln.strip() for ln in fh if ln.strip() and not ln.startswith("#")]
+        return [ln.split()[0] for ln in fh if ln.strip() and not ln.startswith("#")]
 
 
 def knob(args, name, default, kind=float):
@@ -67,6 +69,34 @@ def knob(args, name, default, kind=float):
         return kind(value)
     except ValueError:
         raise SystemExit("vllm: error: %s must be a %s, got %r" % (name.upper(), kind.__name__, value))
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid int value: %r" % text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more, got %d" % value)
+    return value
+
+
+def memory_bytes(text):
+    """vLLM's human-readable sizes: 1024, 64M, 4G, 1.5GiB-like k/m/g/t suffixes (decimal and binary)."""
+    t = str(text).strip()
+    low = t.lower()
+    units = (("kib", 1 << 10), ("mib", 1 << 20), ("gib", 1 << 30), ("tib", 1 << 40),
+             ("k", 1000), ("m", 1000 ** 2), ("g", 1000 ** 3), ("t", 1000 ** 4))
+    for suffix, factor in units:
+        if low.endswith(suffix):
+            try:
+                return int(float(low[:-len(suffix)]) * factor)
+            except ValueError:
+                break
+    try:
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid memory size: %r" % text)
 
 
 def positive_int(text):
@@ -116,7 +146,9 @@ def parser():
     p.add_argument("--max-lora-rank", type=positive_int, default=16)
     p.add_argument("--lora-modules", nargs="+", type=lora_module, default=[])
     p.add_argument("--dtype", choices=("auto", "half", "float16", "bfloat16", "float", "float32"), default="auto")
-    p.add_argument("--disable-log-requests", action="store_true")
+    p.add_argument("--enable-log-requests", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--kv-cache-memory-bytes", type=memory_bytes, default=None)
+    p.add_argument("--shutdown-timeout", type=non_negative_int, default=None)
     p.add_argument("--ssl-keyfile", default=None)
     p.add_argument("--ssl-certfile", default=None)
     for name in ("load-seconds", "warmup-seconds", "delay-per-token", "drain-seconds", "fail-at-start",
@@ -201,7 +233,7 @@ class Engine:
         self.loras = dict(args.lora_modules)
         self.max_model_len = args.max_model_len or config.get("max_position_embeddings") or 2048
         self.delay_per_token = knob(args, "standin_delay_per_token", 0)
-        self.drain_seconds = knob(args, "standin_drain_seconds", 30)
+        self.drain_seconds = knob(args, "standin_drain_seconds", 30 if args.shutdown_timeout is None else args.shutdown_timeout)
         self.state = "loading"  # loading -> warming_up -> ready -> draining
         self.lock = threading.Lock()
         self.running = 0
@@ -258,7 +290,7 @@ class Handler(BaseHTTPRequestHandler):
     engine = None  # set by serve()
 
     def log_message(self, fmt, *args):  # noqa: A003 - BaseHTTPRequestHandler's name
-        if not self.engine.args.disable_log_requests:
+        if self.engine.args.enable_log_requests:
             log("INFO", "%s - %s", self.address_string(), fmt % args)
 
     def send_json(self, code, body):

@@ -45,9 +45,9 @@ policy/v1beta1
 {{- if not (or $c.bucket .root.Values.objectStore.bucket) -}}
 {{- fail (printf "models[%s].checkpoint.bucket and objectStore.bucket are both empty" $m.name) -}}
 {{- end -}}
-{{- range $k := list "model" "served-model-name" "host" "port" "tensor-parallel-size" "api-key" "enable-lora" "lora-modules" -}}
+{{- range $k := list "model" "served-model-name" "host" "port" "tensor-parallel-size" "api-key" "enable-lora" "lora-modules" "shutdown-timeout" -}}
 {{- if hasKey ($m.args | default dict) $k -}}
-{{- fail (printf "models[%s].args.%s is set by the chart (from name, servedName, gpus, apiKey, loraModules): remove it" $m.name $k) -}}
+{{- fail (printf "models[%s].args.%s is set by the chart (from name, servedName, gpus, apiKey, loraModules, drain.seconds): remove it" $m.name $k) -}}
 {{- end -}}
 {{- end -}}
 {{- if not (has (toString ($m.load | default "pull")) (list "pull" "stream")) -}}
@@ -65,6 +65,116 @@ policy/v1beta1
 {{- end -}}
 {{- if lt (int (default 0 $m.gpus)) 0 -}}
 {{- fail (printf "models[%s].gpus must be 0 or more" $m.name) -}}
+{{- end -}}
+{{- include "llmops-serving.validateDevice" . -}}
+{{- end -}}
+
+{{/* The model's device profile: "cpu" or "gpu" (device auto: gpu when gpus > 0). Fails on anything else. */}}
+{{- define "llmops-serving.device" -}}
+{{- $d := toString (.model.device | default .root.Values.device | default "auto") -}}
+{{- if eq $d "auto" -}}
+{{- if gt (int (default 0 .model.gpus)) 0 -}}gpu{{- else -}}cpu{{- end -}}
+{{- else if has $d (list "cpu" "gpu") -}}
+{{- $d -}}
+{{- else -}}
+{{- fail (printf "models[%s].device %q: use cpu, gpu or auto (gpu when gpus > 0)" .model.name $d) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The flag list of the vLLM a profile runs, as JSON {flag (no --): [flag, kind, choices=...]}. */}}
+{{- define "llmops-serving.vllmFlags" -}}
+{{- $ver := toString (index .root.Values.engine.vllmVersion .device) -}}
+{{- $file := printf "files/vllm-args-%s.txt" $ver -}}
+{{- $text := .root.Files.Get $file -}}
+{{- if not $text -}}
+{{- $known := list -}}
+{{- range $path, $_ := .root.Files.Glob "files/vllm-args-*.txt" -}}
+{{- $known = append $known (trimSuffix ".txt" (trimPrefix "files/vllm-args-" $path)) -}}
+{{- end -}}
+{{- fail (printf "engine.vllmVersion.%s %q: the chart has no flag list %s for it; known: %s (tests/tools/vllm_args.py --installed makes one)" .device $ver $file (join ", " $known)) -}}
+{{- end -}}
+{{- $flags := dict -}}
+{{- range $ln := splitList "\n" $text -}}
+{{- if and $ln (not (hasPrefix "#" $ln)) -}}
+{{- $f := splitList "\t" $ln -}}
+{{- $_ := set $flags (trimPrefix "--" (first $f)) $f -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $flags -}}
+{{- end -}}
+
+{{/* A model's flags -> values after its device profile: preset, then the model's args, then quantization;
+     on cpu the preset's GPU-only flags are left out and kv-cache-memory-bytes defaults from devices.cpu (JSON). */}}
+{{- define "llmops-serving.effectiveArgs" -}}
+{{- $m := .model -}}
+{{- $preset := deepCopy (index .root.Values.presets $m.preset) -}}
+{{- if eq (include "llmops-serving.device" .) "cpu" -}}
+{{- range $k := .root.Values.devices.cpu.gpuOnlyFlags -}}{{- $_ := unset $preset $k -}}{{- end -}}
+{{- if .root.Values.devices.cpu.kvCacheMemoryBytes -}}
+{{- $_ := set $preset "kv-cache-memory-bytes" .root.Values.devices.cpu.kvCacheMemoryBytes -}}
+{{- end -}}
+{{- end -}}
+{{- $args := mergeOverwrite $preset (deepCopy ($m.args | default dict)) -}}
+{{- if $m.quantization -}}{{- $_ := set $args "quantization" $m.quantization -}}{{- end -}}
+{{- toJson $args -}}
+{{- end -}}
+
+{{/* Device profile and flag checks of one model; renders nothing. Each refusal names the model. */}}
+{{- define "llmops-serving.validateDevice" -}}
+{{- $m := .model -}}
+{{- $dev := include "llmops-serving.device" . -}}
+{{- $gpus := int (default 0 $m.gpus) -}}
+{{- if and (eq $dev "gpu") (lt $gpus 1) -}}
+{{- fail (printf "models[%s]: device gpu needs gpus 1 or more (the tensor parallel size); for a CPU engine set device: cpu" $m.name) -}}
+{{- end -}}
+{{- if and (eq $dev "cpu") (gt $gpus 0) -}}
+{{- fail (printf "models[%s]: device cpu takes no GPUs but gpus is %d; set gpus: 0, or device: gpu" $m.name $gpus) -}}
+{{- end -}}
+{{- $ver := toString (index .root.Values.engine.vllmVersion $dev) -}}
+{{- $flags := include "llmops-serving.vllmFlags" (dict "root" .root "device" $dev) | fromJson -}}
+{{- $own := $m.args | default dict -}}
+{{- if eq $dev "cpu" -}}
+{{- range $k := .root.Values.devices.cpu.gpuOnlyFlags -}}
+{{- if hasKey $own $k -}}
+{{- fail (printf "models[%s].args.%s is a GPU-only flag but the model's device profile is cpu: remove it, or set device: gpu" $m.name $k) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $fixed := list "model" "served-model-name" "host" "port" "shutdown-timeout" -}}
+{{- if eq $dev "gpu" -}}{{- $fixed = append $fixed "tensor-parallel-size" -}}{{- end -}}
+{{- if $m.loraModules -}}{{- $fixed = concat $fixed (list "enable-lora" "lora-modules") -}}{{- end -}}
+{{- if eq (toString $m.load) "stream" -}}{{- $fixed = concat $fixed (list "load-format" "model-loader-extra-config") -}}{{- end -}}
+{{- range $k := $fixed -}}
+{{- if not (hasKey $flags $k) -}}
+{{- fail (printf "models[%s]: the chart passes --%s, which vLLM %s (engine.vllmVersion.%s) does not have: pin a vLLM that has it" $m.name $k $ver $dev) -}}
+{{- end -}}
+{{- end -}}
+{{- $args := include "llmops-serving.effectiveArgs" . | fromJson -}}
+{{- range $k := keys $args | sortAlpha -}}
+{{- $v := index $args $k -}}
+{{- $where := printf "models[%s].args.%s" $m.name $k -}}
+{{- if not (hasKey $own $k) -}}{{- $where = printf "presets.%s.%s (models[%s])" $m.preset $k $m.name -}}{{- end -}}
+{{- if and (eq $k "quantization") $m.quantization -}}{{- $where = printf "models[%s].quantization" $m.name -}}{{- end -}}
+{{- if and (eq $k "kv-cache-memory-bytes") (not (hasKey $own $k)) (eq $dev "cpu") -}}{{- $where = printf "devices.cpu.kvCacheMemoryBytes (models[%s])" $m.name -}}{{- end -}}
+{{- if not (hasKey $flags $k) -}}
+{{- fail (printf "%s: --%s is not a flag of vLLM %s (the %s profile's engine, engine.vllmVersion.%s): check the spelling against the chart's files/vllm-args-%s.txt" $where $k $ver $dev $dev $ver) -}}
+{{- end -}}
+{{- $f := index $flags $k -}}
+{{- $kind := index $f 1 -}}
+{{- if and (eq $kind "bare") (not (kindIs "bool" $v)) (not (kindIs "invalid" $v)) -}}
+{{- fail (printf "%s: --%s takes no value in vLLM %s: set it to true (pass it) or false (leave it out)" $where $k $ver) -}}
+{{- end -}}
+{{- if and (ne $kind "bare") (kindIs "bool" $v) $v -}}
+{{- fail (printf "%s: --%s needs a value in vLLM %s, not true" $where $k $ver) -}}
+{{- end -}}
+{{- if and (gt (len $f) 2) (not (kindIs "bool" $v)) (not (kindIs "invalid" $v)) (not (kindIs "slice" $v)) -}}
+{{- $choices := splitList "," (trimPrefix "choices=" (index $f 2)) -}}
+{{- $sv := toString $v -}}
+{{- if and (kindIs "float64" $v) (eq (floor $v) $v) -}}{{- $sv = toString (int64 $v) -}}{{- end -}}
+{{- if not (has $sv $choices) -}}
+{{- fail (printf "%s: vLLM %s refuses --%s %s; it accepts: %s" $where $ver $k $sv (join ", " $choices)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -91,11 +201,10 @@ policy/v1beta1
   valueFrom: {secretKeyRef: {name: {{ .Values.objectStore.secretName | quote }}, key: {{ .Values.objectStore.secretKeyKey | quote }}}}
 {{- end -}}
 
-{{/* The engine's arguments (a YAML list): fixed ones, then preset + per-model overrides by flag name. */}}
+{{/* The engine's arguments (a YAML list): fixed ones, then the effective args (preset + device + model) by flag name. */}}
 {{- define "llmops-serving.engineArgs" -}}
 {{- $m := .model -}}
-{{- $args := mergeOverwrite (deepCopy (index .root.Values.presets $m.preset)) (deepCopy ($m.args | default dict)) -}}
-{{- if $m.quantization -}}{{- $_ := set $args "quantization" $m.quantization -}}{{- end -}}
+{{- $args := include "llmops-serving.effectiveArgs" . | fromJson -}}
 - --model
 {{- if include "llmops-serving.streams" . }}
 - {{ include "llmops-serving.storeUrl" . | quote }}
@@ -114,8 +223,12 @@ policy/v1beta1
 - "0.0.0.0"
 - --port
 - {{ .root.Values.engine.port | quote }}
+{{- if eq (include "llmops-serving.device" .) "gpu" }}
 - --tensor-parallel-size
-- {{ max 1 (int (default 0 $m.gpus)) | quote }}
+- {{ int $m.gpus | quote }}
+{{- end }}
+- --shutdown-timeout
+- {{ int .root.Values.drain.seconds | quote }}
 {{- if $m.loraModules }}
 - --enable-lora
 - --lora-modules

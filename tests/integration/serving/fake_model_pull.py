@@ -6,8 +6,10 @@ prefix, so each downloader outcome the readiness module must diagnose can be pro
   prefix containing "missing"  -> exit 4 (no manifest at the prefix), like model-pull
   prefix containing "denied"   -> exit 3 (credential refused), like model-pull
   otherwise                    -> writes <cache-root>/<model>/<digest>/ with a config.json
-                                  (architectures Qwen3ForCausalLM when the prefix contains
-                                  "qwen3", else LlamaForCausalLM) and a small weights file,
+                                  (architectures SiteInHouseForCausalLM, which no vLLM
+                                  supports, when the prefix contains "unsupported-arch";
+                                  Qwen3ForCausalLM when it contains "qwen3" (vLLM 0.32
+                                  supports it); else LlamaForCausalLM) and a small weights file,
                                   prints MODEL_PATH=..., exit 0. An existing dir is kept
                                   (prints "0 bytes downloaded").
 """
@@ -39,6 +41,8 @@ def main():
     else:
         os.makedirs(path, exist_ok=True)
         arch = "Qwen3ForCausalLM" if "qwen3" in a.prefix else "LlamaForCausalLM"
+        if "unsupported-arch" in a.prefix:
+            arch = "SiteInHouseForCausalLM"
         with open(os.path.join(path, "config.json"), "w") as fh:
             json.dump({"architectures": [arch], "model_type": "llama", "max_position_embeddings": 4096}, fh)
         with open(os.path.join(path, "model.safetensors"), "wb") as fh:

@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 STANDIN = REPO / "serving" / "engine-standin"
 VLLM_ARGS = REPO / "serving" / "vllm-args"
-VLLM_VERSION = "0.7.3"
+VLLM_VERSION = (VLLM_ARGS / "VERSION").read_text().strip()
 
 
 def free_port():

@@ -22,7 +22,7 @@ def test_serves_vllm_contract_after_load_and_warmup(standin, checkpoint):
     assert time.monotonic() - t0 >= 1.2  # load + warm-up before ready
     assert s.get("/health") == (200, "")
     assert s.post("/ping", {})[0] == 200
-    assert s.get("/version") == (200, {"version": "0.7.3", "standin": True})
+    assert s.get("/version") == (200, {"version": "0.32.0", "standin": True})
     code, models = s.get("/v1/models")
     assert code == 200 and [m["id"] for m in models["data"]] == ["tiny"]
     assert models["data"][0]["max_model_len"] == 2048 and models["data"][0]["root"] == str(checkpoint)
@@ -71,10 +71,10 @@ def test_api_key_from_environment(standin, checkpoint):
 
 
 def test_unsupported_architecture_exits_with_vllm_message(standin, tmp_path):
-    ckpt = make_checkpoint(tmp_path / "qwen3", architectures=("Qwen3ForCausalLM",))
+    ckpt = make_checkpoint(tmp_path / "in-house", architectures=("SiteInHouseForCausalLM",))
     s = standin([str(ckpt)])
     assert s.proc.wait(30) == 1
-    assert ("ValueError: Model architectures ['Qwen3ForCausalLM'] are not supported for now. "
+    assert ("ValueError: Model architectures ['SiteInHouseForCausalLM'] are not supported for now. "
             "Supported architectures: dict_keys([") in s.log()
     assert "'LlamaForCausalLM'" in s.log()
 
@@ -151,3 +151,16 @@ def test_sigterm_drain_budget_exhausted_exits_nonzero(standin, checkpoint):
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(30) == 1
     assert "Drain budget exhausted" in s.log() and "(1 requests still running)" in s.log()
+
+
+def test_accepts_the_vllm_032_flags_the_chart_renders_and_refuses_removed_ones(standin, checkpoint):
+    s = standin([str(checkpoint), "--served-model-name", "m", "--kv-cache-memory-bytes", "64M", "--shutdown-timeout", "7",
+                 "--enable-log-requests", "--max-num-seqs", "4"])
+    s.wait_ready()
+    assert s.get("/health") == (200, "")
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(30) == 0
+    assert "in-flight ones get 7.0s" in s.log() and '"GET /health HTTP/1.1" 200' in s.log()
+    old = standin([str(checkpoint), "--disable-log-requests"])
+    assert old.proc.wait(30) == 2
+    assert "unrecognized arguments: --disable-log-requests" in old.log()
