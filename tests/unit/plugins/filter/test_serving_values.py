@@ -12,17 +12,18 @@ DIGEST = "d" * 64
 def test_model_values_rename_and_keep():
     m = dict(name="chat", served_name="Llama", gpus="2", preset="chat", gpu_product="NVIDIA-H100-80GB-HBM3",
              lora_modules={"a": "lora/a"}, ingress_host="chat.site", quantization=None,
-             checkpoint=dict(prefix="p", digest=DIGEST, bytes="1000"), args={"max-model-len": 2048}, load="stream")
+             checkpoint=dict(prefix="p", digest=DIGEST, bytes="1000"), args={"max-model-len": 2048}, load="stream",
+             device="gpu")
     assert serving_model_values(m) == dict(
         name="chat", servedName="Llama", gpus=2, preset="chat", gpuProduct="NVIDIA-H100-80GB-HBM3",
-        loraModules={"a": "lora/a"}, ingressHost="chat.site", args={"max-model-len": 2048}, load="stream",
+        loraModules={"a": "lora/a"}, ingressHost="chat.site", args={"max-model-len": 2048}, load="stream", device="gpu",
         checkpoint=dict(prefix="p", digest=DIGEST, bytes=1000))
 
 
 def test_model_values_refuse_unknown_keys():
     with pytest.raises(AnsibleFilterError) as e:
         serving_model_values(dict(name="chat", tensor_parallel=2))
-    assert str(e.value) == ("vllm_serving_models[chat]: unknown key(s) tensor_parallel; known: args, checkpoint, gpu_product, "
+    assert str(e.value) == ("vllm_serving_models[chat]: unknown key(s) tensor_parallel; known: args, checkpoint, device, gpu_product, "
                             "gpus, ingress_host, load, lora_modules, name, preset, quantization, replicas, resources, served_name, "
                             "startup_failure_threshold")
     with pytest.raises(AnsibleFilterError) as e:
