@@ -149,8 +149,29 @@ def _last_terminated(status):
     return (status.get("lastState") or {}).get("terminated")
 
 
+def leaving(pod):
+    """True for a pod on its way out: being deleted (metadata.deletionTimestamp set; it may still be Running
+    and Ready through its graceful termination) or finished (Succeeded/Failed, an evicted pod say)."""
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp")) or \
+        (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def live_pods(pods):
+    """The endpoint's pods that can serve it: those not on their way out (see leaving()).
+
+    After a pod is deleted, its replacement and the old pod share the selector for up to the old pod's
+    grace period; the old one's state (a ready engine, or an engine that exited on SIGTERM) says nothing
+    about the endpoint, so neither the pod steps nor the diagnosis look at it."""
+    return [p for p in pods if not leaving(p)]
+
+
+def _is_ready(pod):
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
 def pod_steps(pods):
-    """(scheduled, init_done, detail) for the endpoint's pods (plain dicts)."""
+    """(scheduled, init_done, detail) for the endpoint's live pods (plain dicts; see live_pods())."""
     if not pods:
         return False, False, "no pod matches the selector yet"
     scheduled = all(any(c.get("type") == "PodScheduled" and c.get("status") == "True"
@@ -172,21 +193,27 @@ def summarize_pod(pod):
     return out
 
 
-def diagnose(ep, pods, events, logs, http_error=None):
+def diagnose(ep, pods, events, logs, http_error=None, going=()):
     """What is wrong with one endpoint, from the cluster's view.
 
-    pods: pod dicts (API JSON); events: {pod name: [event dicts]}; logs: {(pod, container): text}.
-    http_error: the last EndpointError of the HTTP steps (or None).
+    pods: the endpoint's live pod dicts (API JSON; live_pods()); events: {pod name: [event dicts]};
+    logs: {(pod, container): text}; http_error: the last EndpointError of the HTTP steps (or None);
+    going: names of the endpoint's pods on their way out (they may still hold GPUs the new pod waits for).
     Returns dict(code, message, fix, fatal, evidence).
     """
     evidence = dict(pods=[summarize_pod(p) for p in pods], events=[], log_tail=[])
+    if going:
+        evidence["leaving"] = sorted(going)
 
-    def found(code, message, fix, fatal=True, pod=None, container=None):
+    def found(code, message, fix, fatal=True, pod=None, container=None, every_log=False):
         if pod is not None:
             evidence["events"] = [_short("%s %s: %s" % (e.get("type"), e.get("reason"), e.get("message")), 300)
                                   for e in events.get(pod, [])][-8:]
             if container is not None:
                 evidence["log_tail"] = (logs.get((pod, container)) or "").splitlines()[-20:]
+            elif every_log:
+                evidence["log_tail"] = ["[%s] %s" % (c, line) for (p, c), text in sorted(logs.items()) if p == pod
+                                        for line in (text or "").splitlines()[-20:]]
         return dict(code=code, message=message, fix=fix, fatal=fatal, evidence=evidence)
 
     where = "%s (model %s)" % (ep.get("name"), ep.get("model"))
@@ -211,6 +238,12 @@ def diagnose(ep, pods, events, logs, http_error=None):
                 msg = cond.get("message") or ""
                 sched = [e.get("message") or "" for e in events.get(name, []) if e.get("reason") == "FailedScheduling"]
                 text = sched[-1] if sched else msg
+                if text and going:
+                    # The scheduler counts a terminating pod's requests until it is gone: wait for it.
+                    return found("waiting_for_old_pod", "%s: pod %s is Pending (%s) while pod(s) %s of this endpoint "
+                                 "are still terminating and hold their resources" % (where, name, text, ", ".join(sorted(going))),
+                                 "Wait: the old pod frees its GPUs when its graceful termination ends (the chart's "
+                                 "drain.preStopSeconds + drain.seconds + 10 s at most).", fatal=False, pod=name)
                 if "nvidia.com/gpu" in text and "Insufficient" in text:
                     return found("insufficient_gpu", "%s: pod %s is Pending: %s" % (where, name, text),
                                  "Not enough free GPUs: the model asks %s GPU(s) per replica (plus one more replica's "
@@ -264,14 +297,41 @@ def diagnose(ep, pods, events, logs, http_error=None):
                      "Pass the key from the serving API-key Secret (the chart's apiKey.secretName) as api_key; the "
                      "engine reads it from VLLM_API_KEY.", fatal=True)
     if not pods and ep.get("namespace"):
-        return found("no_pods", "%s: no pod in namespace %s matches %r" % (where, ep.get("namespace"), ep.get("selector")),
+        return found("no_pods", "%s: no live pod in namespace %s matches %r%s" % (
+                     where, ep.get("namespace"), ep.get("selector"),
+                     " (on their way out: %s)" % ", ".join(sorted(going)) if going else ""),
                      "Check that the serving chart is installed in that namespace and the selector names its labels.",
                      fatal=False)
     message = "%s: not ready yet" % where
     if http_error is not None:
         message += ": %s" % http_error
+    # The evidence of the first live pod that is not Ready (its events and every container's log tail),
+    # so a wait that runs out explains itself.
+    waiting_pod = next((p for p in pods if not _is_ready(p)), pods[0] if pods else None)
+    if waiting_pod is not None:
+        message += " (pod %s: %s)" % (waiting_pod["metadata"]["name"], _pod_state(waiting_pod))
+    if going:
+        message += "; on their way out: %s" % ", ".join(sorted(going))
     return found("not_ready", message, "Wait longer (the start-up budget grows with the checkpoint's size) or read "
-                 "the engine log.", fatal=False)
+                 "the engine log.", fatal=False, pod=waiting_pod["metadata"]["name"] if waiting_pod else None,
+                 every_log=True)
+
+
+def _pod_state(pod):
+    """One line: the pod's phase, and each container that is not running-and-ready."""
+    st = pod.get("status") or {}
+    parts = [st.get("phase") or "unknown phase"]
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for c in st.get(key) or []:
+            kind, reason, code, _message = _state_of(c)
+            if kind == "running" and (c.get("ready") or key == "initContainerStatuses"):
+                parts.append("%s running" % c.get("name"))
+            elif kind == "terminated" and code == 0 and key == "initContainerStatuses":
+                continue
+            else:
+                parts.append("%s %s%s%s" % (c.get("name"), kind, " " + reason if reason else "",
+                                             " exit %s" % code if code is not None else ""))
+    return ", ".join(parts)
 
 
 class Cluster(object):
@@ -308,8 +368,10 @@ class Cluster(object):
             return ""
 
     def snapshot(self, namespace, selector):
-        """(pods, events by pod, logs by (pod, container)) for a diagnosis."""
-        pods = self.pods(namespace, selector)
+        """(live pods, events by pod, logs by (pod, container), names of pods on their way out) for a diagnosis."""
+        everything = self.pods(namespace, selector)
+        pods = live_pods(everything)
+        going = [p["metadata"]["name"] for p in everything if leaving(p)]
         events, logs = {}, {}
         for p in pods:
             name = p["metadata"]["name"]
@@ -325,7 +387,7 @@ class Cluster(object):
                     # Restarted between the status read and the log read: the failed run is now the previous one.
                     text = self.log(namespace, name, c["name"], previous=True)
                 logs[(name, c["name"])] = text
-        return pods, events, logs
+        return pods, events, logs, going
 
 
 class Probe(object):
@@ -367,7 +429,7 @@ class Probe(object):
             step = self.steps[self.index]
             try:
                 if step in ("pods_scheduled", "init_done"):
-                    pods = self.cluster.pods(self.ep["namespace"], self.ep.get("selector"))
+                    pods = live_pods(self.cluster.pods(self.ep["namespace"], self.ep.get("selector")))
                     scheduled, init_done, detail = pod_steps(pods)
                     if not (scheduled if step == "pods_scheduled" else init_done):
                         raise EndpointError("%s: %s" % (step, detail))
@@ -389,14 +451,14 @@ class Probe(object):
     def diagnose(self):
         if self.cluster is not None:
             try:
-                pods, events, logs = self.cluster.snapshot(self.ep["namespace"], self.ep.get("selector"))
+                pods, events, logs, going = self.cluster.snapshot(self.ep["namespace"], self.ep.get("selector"))
             except Exception as e:  # pylint: disable=broad-except  # the API may blip; keep waiting
                 self.diagnosis = dict(code="cluster_unreadable", message="cannot read pods: %s" % e,
                                       fix="Check the kubeconfig and the API server.", fatal=False, evidence={})
                 return
         else:
-            pods, events, logs = [], {}, {}
-        self.diagnosis = diagnose(self.ep, pods, events, logs, self.error)
+            pods, events, logs, going = [], {}, {}, []
+        self.diagnosis = diagnose(self.ep, pods, events, logs, self.error, going)
 
     def result(self):
         now = self.clock()

@@ -169,9 +169,11 @@ endpoints:
       description: >-
         Null when ready. Otherwise C(code) (C(image_pull), C(insufficient_gpu), C(unschedulable), C(checkpoint_missing),
         C(credential_refused), C(checkpoint_corrupt), C(cache_full), C(object_store_unreachable), C(downloader_usage),
-        C(init_failed), C(unsupported_architecture), C(engine_failed), C(unauthorized), C(no_pods), C(not_ready),
+        C(init_failed), C(unsupported_architecture), C(engine_failed), C(unauthorized), C(no_pods), C(waiting_for_old_pod), C(not_ready),
         C(cluster_unreadable)), C(message), C(fix), C(fatal) and C(evidence) (pods and container states, events,
-        last log lines).
+        last log lines; for C(not_ready) the events and every container's log tail of the first live pod that is
+        not Ready). Pods on their way out (being deleted, or finished) are not the endpoint's - the pod steps and the
+        diagnosis look only at the live ones - and are listed in C(evidence.leaving).
       type: dict
       sample: {"code": "checkpoint_missing", "message": "...", "fix": "...", "fatal": true, "evidence": {}}
 """
