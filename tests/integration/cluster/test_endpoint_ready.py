@@ -38,6 +38,10 @@ def test_each_diagnosis(kube, namespace, images, capsys):
         endpoints = [sh.endpoint(kube, ns, RELEASE, m["name"]) for m in models]
         endpoints.append(sh.endpoint(kube, ns, RELEASE, "good", name="wrongkey", api_key="sk-wrong"))
         endpoints.append(sh.endpoint(kube, ns, "np", "nopull"))
+        # The same good engine through a port-forward (the key arrives) and through the API server's service
+        # proxy (which drops the Authorization header: the engine answers 401, diagnosed as such).
+        endpoints.append(sh.endpoint(kube, ns, RELEASE, "good", name="viapf", via="portforward"))
+        endpoints.append(sh.endpoint(kube, ns, RELEASE, "good", name="viaproxy", via="proxy", service="%s-good" % RELEASE))
         result, out = sh.endpoint_ready(kube, capsys, endpoints, timeout=240, fail_on_not_ready=False)
         by = dict((e["name"], e) for e in result["endpoints"])
         sh.assert_ready(result, "good")
@@ -45,7 +49,8 @@ def test_each_diagnosis(kube, namespace, images, capsys):
         codes = dict((n, (e["diagnosis"] or {}).get("code")) for n, e in by.items())
         assert codes == {"good": None, "nogpu": "insufficient_gpu", "missing": "checkpoint_missing",
                          "denied": "credential_refused", "qwen3": "unsupported_architecture",
-                         "wrongkey": "unauthorized", "nopull": "image_pull"}, dict((n, (e["diagnosis"] or {}).get("message")) for n, e in by.items())
+                         "wrongkey": "unauthorized", "nopull": "image_pull", "viapf": None, "viaproxy": "unauthorized"}, \
+            json.dumps(dict((n, e["diagnosis"]) for n, e in by.items()), indent=2)
         d = by["nogpu"]["diagnosis"]
         assert d["message"].startswith("nogpu (model nogpu-served): pod diag-nogpu-") and \
             d["message"].endswith("is Pending: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
@@ -66,6 +71,12 @@ def test_each_diagnosis(kube, namespace, images, capsys):
         d = by["wrongkey"]["diagnosis"]
         assert d["message"] == "wrongkey (model good-served): %s answered 401 Unauthorized: the API key given is not the " \
                                "engine's" % by["wrongkey"]["url"]
+        assert [st["step"] for st in by["viapf"]["steps"]] == ["pods_scheduled", "init_done", "health", "models", "completion"]
+        d = by["viaproxy"]["diagnosis"]
+        assert d["message"] == ("viaproxy (model good-served): %s answered 401 Unauthorized through the API server's service "
+                                "proxy, which drops the Authorization header: the engine never sees the API key this way"
+                                % by["viaproxy"]["url"]), d["message"]
+        assert by["viaproxy"]["steps"][-1]["step"] == "models"  # /health needs no key: it passed through the proxy
         d = by["nopull"]["diagnosis"]
         assert "cannot pull image 127.0.0.1:9/docker.io/vllm/vllm-openai:v0.7.3 for container engine" in d["message"]
         assert "not in the site registry" in d["fix"]
