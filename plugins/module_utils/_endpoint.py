@@ -449,7 +449,7 @@ def _pod_state(pod):
                 continue
             else:
                 parts.append("%s %s%s%s" % (c.get("name"), kind, " " + reason if reason else "",
-                                             " exit %s" % code if code is not None else ""))
+                                            " exit %s" % code if code is not None else ""))
     return ", ".join(parts)
 
 

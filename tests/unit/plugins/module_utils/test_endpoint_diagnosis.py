@@ -1,8 +1,7 @@
 """The pure diagnosis of endpoint_ready (module_utils/_endpoint.py) on pod/event/log dicts shaped
 like the Kubernetes API's JSON. The same cases are provoked for real in
 tests/integration/cluster/test_endpoint_ready.py."""
-from ansible_collections.llmops.onprem.plugins.module_utils._endpoint import (EndpointError, Probe, diagnose, live_pods,
-                                                                         pod_steps)
+from ansible_collections.llmops.onprem.plugins.module_utils._endpoint import EndpointError, Probe, diagnose, live_pods, pod_steps
 
 EP = dict(name="chat", model="tiny", url="http://10.0.0.1:8000", namespace="ns", selector="x=y")
 

@@ -6,8 +6,7 @@ import threading
 
 import pytest
 
-from ansible_collections.llmops.onprem.plugins.module_utils._endpoint import (MAX_BODY, EndpointError, PortForward, Proxy,
-                                                                         http_json)
+from ansible_collections.llmops.onprem.plugins.module_utils._endpoint import MAX_BODY, EndpointError, PortForward, Proxy, http_json
 
 READY = [dict(type="Ready", status="True")]
 
