@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
+VIA = ("portforward", "proxy", "direct", "ingress")
+
 DOCUMENTATION = r"""
 name: serving_endpoints
 short_description: The endpoints llmops.onprem.endpoint_ready waits for, one per served model
 version_added: 0.1.0
 description:
   - For each C(vllm_serving_models) entry, the URL of its Service (C(http://<clusterIP>:<port>)) or of its Ingress
-    (C(https://<ingress_host>)), its served name, and the namespace and label selector of its pods.
+    (C(https://<ingress_host>)), its served name, the namespace and label selector of its pods, and how
+    endpoint_ready reaches it (its C(via), and for C(proxy) the Service's name).
 options:
   _input:
     description: C(vllm_serving_models).
@@ -34,9 +37,12 @@ options:
     type: str
     required: true
   via:
-    description: C(service) or C(ingress).
+    description:
+      - C(portforward) (a port-forward to a pod of the model, through the API server), C(proxy) (the API server's
+        service proxy; it drops the API key), C(direct) (the Service's ClusterIP from the controller itself) or
+        C(ingress) (C(https://<ingress_host>), directly).
     type: str
-    default: service
+    default: portforward
   api_key:
     description: API key to send (kept out of logs by endpoint_ready).
     type: str
@@ -57,12 +63,14 @@ _value:
   type: list
   elements: dict
   sample: [{"name": "chat", "url": "http://10.0.0.12:8000", "model": "chat", "namespace": "llmops",
-            "selector": "app.kubernetes.io/instance=llmops-serving,llmops.onprem/model=chat"}]
+            "selector": "app.kubernetes.io/instance=llmops-serving,llmops.onprem/model=chat", "via": "portforward"}]
 """
 
 
-def serving_endpoints(models, services, release, namespace, via="service", api_key=None, ca_file=None):
+def serving_endpoints(models, services, release, namespace, via="portforward", api_key=None, ca_file=None):
     """endpoint_ready's endpoints for the role's models, from the Services the chart made."""
+    if via not in VIA:
+        raise AnsibleFilterError("vllm_serving_probe_via is %r: one of %s" % (via, ", ".join(VIA)))
     by_name = dict((s["metadata"]["name"], s) for s in services or [])
     out = []
     for m in models:
@@ -77,7 +85,10 @@ def serving_endpoints(models, services, release, namespace, via="service", api_k
                 raise AnsibleFilterError("no Service %s in %s: is the chart installed?" % (obj, namespace))
             url = "http://%s:%s" % (svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"])
         ep = dict(name=m["name"], url=url, model=m.get("served_name") or m["name"], namespace=namespace,
-                  selector="app.kubernetes.io/instance=%s,llmops.onprem/model=%s" % (release, m["name"]))
+                  selector="app.kubernetes.io/instance=%s,llmops.onprem/model=%s" % (release, m["name"]),
+                  via="direct" if via == "ingress" else via)
+        if via == "proxy":
+            ep["service"] = obj
         if api_key:
             ep["api_key"] = api_key
         if ca_file:

@@ -57,36 +57,146 @@ class EndpointError(Exception):
         self.details = details if details is not None else dict(changed=False, ready=False, endpoints=[])
 
 
+MAX_BODY = 1 << 20  # bytes of an answer read at most: /health, /v1/models and a short completion are a few KiB
+VIA = ("direct", "portforward", "proxy")
+
+
 def tls_options(ca_file=None, validate_certs=True):
     """open_url's TLS keyword arguments for an endpoint."""
     return dict(ca_path=ca_file or None, validate_certs=validate_certs)
 
 
-def http_json(url, api_key=None, body=None, timeout=10, context=None):
-    """GET (or POST a JSON body) -> (status, parsed JSON or text). Raises EndpointError when no answer.
+def read_bounded(response, url, limit=MAX_BODY):
+    """At most limit bytes of an answer's body; EndpointError (nothing more read) when it holds more."""
+    raw = response.read(limit + 1)
+    if len(raw) > limit:
+        raise EndpointError("the answer from %s is larger than %d bytes (%d MiB): refused without reading the rest. "
+                            "An engine's /health, /v1/models and a short completion are a few KiB: check that the URL "
+                            "is the vLLM engine's, not another service." % (url, limit, limit >> 20))
+    return raw
 
-    context: open_url's TLS keyword arguments (tls_options()). No proxy, no redirects."""
+
+class Direct(object):
+    """HTTP from the controller to the URL itself (open_url: no proxy, no redirects, the site CA)."""
+
+    name = "direct"
+
+    def __init__(self, tls=None):
+        self.tls = tls or {}
+
+    def request(self, url, method, data, headers, timeout):
+        try:
+            r = open_url(url, data=data, headers=headers, method=method, timeout=timeout, use_proxy=False,
+                         follow_redirects="none", http_agent="llmops-endpoint-ready", **self.tls)
+            return r.status, read_bounded(r, url)
+        except urllib.error.HTTPError as e:
+            return e.code, read_bounded(e, url)
+        except SSLValidationError as e:
+            raise EndpointError("TLS to %s failed: %s (is ca_file the site CA?)" % (url, e))
+        except urllib.error.URLError as e:
+            reason = e.reason
+            if isinstance(reason, ssl.SSLError):
+                raise EndpointError("TLS to %s failed: %s (is ca_file the site CA?)" % (url, reason))
+            raise EndpointError("no answer from %s: %s" % (url, reason))
+        except (OSError, ValueError) as e:
+            if isinstance(e, ssl.SSLError):
+                raise EndpointError("TLS to %s failed: %s (is ca_file the site CA?)" % (url, e))
+            raise EndpointError("no answer from %s: %s" % (url, e))
+
+
+class PortForward(object):
+    """HTTP through a port-forward (the API server's pods/portforward, over the kubeconfig's TLS) to the
+    URL's port on a live, preferably Ready, pod of the endpoint's selector: works from a controller
+    outside the cluster, and the engine sees the API key (the request reaches it unchanged)."""
+
+    name = "portforward"
+
+    def __init__(self, cluster, namespace, selector, tls=None):
+        self.cluster, self.namespace, self.selector = cluster, namespace, selector
+        self.tls = tls or {}
+
+    def request(self, url, method, data, headers, timeout):
+        import http.client
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        port = u.port or (443 if u.scheme == "https" else 80)
+        pods = live_pods(self.cluster.pods(self.namespace, self.selector))
+        running = [p for p in pods if _engine_running(p)]
+        pod = next((p for p in running if _is_ready(p)), running[0] if running else None)
+        if pod is None:
+            raise EndpointError("no answer via port-forward: no live pod of %r runs its engine yet" % self.selector)
+        name = pod["metadata"]["name"]
+        where = "%s (port-forward to pod %s port %d)" % (url, name, port)
+        try:
+            pf = self.cluster.portforward(self.namespace, name, port)
+        except Exception as e:  # pylint: disable=broad-except  # ApiException, websocket errors
+            raise EndpointError("no answer from %s: %s" % (where, _short(str(e), 300)))
+        sock = pf.socket(port)
+        try:
+            raw_sock = getattr(sock, "_socket", sock)
+            raw_sock.settimeout(timeout)
+            if u.scheme == "https":
+                ctx = ssl.create_default_context(cafile=self.tls.get("ca_path"))
+                if not self.tls.get("validate_certs", True):
+                    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                raw_sock = ctx.wrap_socket(raw_sock, server_hostname=u.hostname)
+            conn = http.client.HTTPConnection(u.hostname, port, timeout=timeout)
+            conn.sock = raw_sock
+            conn.request(method, (u.path or "/") + ("?" + u.query if u.query else ""), body=data,
+                         headers=dict(headers, Connection="close", **{"User-Agent": "llmops-endpoint-ready"}))
+            r = conn.getresponse()
+            return r.status, read_bounded(r, where)
+        except ssl.SSLError as e:
+            raise EndpointError("TLS to %s failed: %s (is ca_file the site CA?)" % (where, e))
+        except (OSError, http.client.HTTPException) as e:
+            raise EndpointError("no answer from %s: %s%s" % (where, e.__class__.__name__, ": %s" % e if str(e) else ""))
+        finally:
+            try:
+                raw_sock.close()
+            finally:
+                pf.close()
+
+
+class Proxy(object):
+    """HTTP through the API server's service proxy (/api/v1/namespaces/NS/services/SCHEME:NAME:PORT/proxy/...).
+    The API server consumes the Authorization header (the request carries the kubeconfig's credential), so an
+    engine that requires an API key answers 401 this way: use it for engines without a key."""
+
+    name = "proxy"
+
+    def __init__(self, cluster, namespace, service):
+        self.cluster, self.namespace, self.service = cluster, namespace, service
+
+    def request(self, url, method, data, headers, timeout):
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        port = u.port or (443 if u.scheme == "https" else 80)
+        path = "/api/v1/namespaces/%s/services/%s:%s:%d/proxy%s" % (self.namespace, u.scheme, self.service, port, u.path or "/")
+        where = "%s (API server service proxy %s)" % (url, path)
+        try:
+            r = self.cluster.raw_request(method, path, data, headers, timeout)
+        except Exception as e:  # pylint: disable=broad-except  # urllib3 errors, TLS to the API server
+            raise EndpointError("no answer from %s: %s" % (where, _short(str(e), 300)))
+        try:
+            return r.status, read_bounded(r, where)
+        finally:
+            r.release_conn()
+
+
+def http_json(url, api_key=None, body=None, timeout=10, context=None):
+    """GET (or POST a JSON body) -> (status, parsed JSON or text). Raises EndpointError when no answer or an
+    answer over MAX_BODY bytes.
+
+    context: a transport (Direct, PortForward, Proxy) or open_url's TLS keyword arguments (tls_options(),
+    for Direct). No proxy, no redirects."""
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"} if data is not None else {}
     if api_key:
         headers["Authorization"] = "Bearer " + api_key
-    try:
-        r = open_url(url, data=data, headers=headers, method="POST" if data is not None else "GET", timeout=timeout,
-                     use_proxy=False, follow_redirects="none", http_agent="llmops-endpoint-ready", **(context or {}))
-        status, raw = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, raw = e.code, e.read()
-    except SSLValidationError as e:
-        raise EndpointError("TLS to %s failed: %s (is ca_file the site CA?)" % (url, e))
-    except urllib.error.URLError as e:
-        reason = e.reason
-        if isinstance(reason, ssl.SSLError):
-            raise EndpointError("TLS to %s failed: %s (is ca_file the site CA?)" % (url, reason))
-        raise EndpointError("no answer from %s: %s" % (url, reason))
-    except (OSError, ValueError) as e:
-        if isinstance(e, ssl.SSLError):
-            raise EndpointError("TLS to %s failed: %s (is ca_file the site CA?)" % (url, e))
-        raise EndpointError("no answer from %s: %s" % (url, e))
+    transport = context if hasattr(context, "request") else Direct(context)
+    status, raw = transport.request(url, "POST" if data is not None else "GET", data, headers, timeout)
     text = raw.decode("utf-8", "replace")
     try:
         return status, json.loads(text)
@@ -149,8 +259,33 @@ def _last_terminated(status):
     return (status.get("lastState") or {}).get("terminated")
 
 
+def leaving(pod):
+    """True for a pod on its way out: being deleted (metadata.deletionTimestamp set; it may still be Running
+    and Ready through its graceful termination) or finished (Succeeded/Failed, an evicted pod say)."""
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp")) or \
+        (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def live_pods(pods):
+    """The endpoint's pods that can serve it: those not on their way out (see leaving()).
+
+    After a pod is deleted, its replacement and the old pod share the selector for up to the old pod's
+    grace period; the old one's state (a ready engine, or an engine that exited on SIGTERM) says nothing
+    about the endpoint, so neither the pod steps nor the diagnosis look at it."""
+    return [p for p in pods if not leaving(p)]
+
+
+def _engine_running(pod):
+    return any((c.get("state") or {}).get("running") for c in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
+def _is_ready(pod):
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
 def pod_steps(pods):
-    """(scheduled, init_done, detail) for the endpoint's pods (plain dicts)."""
+    """(scheduled, init_done, detail) for the endpoint's live pods (plain dicts; see live_pods())."""
     if not pods:
         return False, False, "no pod matches the selector yet"
     scheduled = all(any(c.get("type") == "PodScheduled" and c.get("status") == "True"
@@ -172,21 +307,27 @@ def summarize_pod(pod):
     return out
 
 
-def diagnose(ep, pods, events, logs, http_error=None):
+def diagnose(ep, pods, events, logs, http_error=None, going=()):
     """What is wrong with one endpoint, from the cluster's view.
 
-    pods: pod dicts (API JSON); events: {pod name: [event dicts]}; logs: {(pod, container): text}.
-    http_error: the last EndpointError of the HTTP steps (or None).
+    pods: the endpoint's live pod dicts (API JSON; live_pods()); events: {pod name: [event dicts]};
+    logs: {(pod, container): text}; http_error: the last EndpointError of the HTTP steps (or None);
+    going: names of the endpoint's pods on their way out (they may still hold GPUs the new pod waits for).
     Returns dict(code, message, fix, fatal, evidence).
     """
     evidence = dict(pods=[summarize_pod(p) for p in pods], events=[], log_tail=[])
+    if going:
+        evidence["leaving"] = sorted(going)
 
-    def found(code, message, fix, fatal=True, pod=None, container=None):
+    def found(code, message, fix, fatal=True, pod=None, container=None, every_log=False):
         if pod is not None:
             evidence["events"] = [_short("%s %s: %s" % (e.get("type"), e.get("reason"), e.get("message")), 300)
                                   for e in events.get(pod, [])][-8:]
             if container is not None:
                 evidence["log_tail"] = (logs.get((pod, container)) or "").splitlines()[-20:]
+            elif every_log:
+                evidence["log_tail"] = ["[%s] %s" % (c, line) for (p, c), text in sorted(logs.items()) if p == pod
+                                        for line in (text or "").splitlines()[-20:]]
         return dict(code=code, message=message, fix=fix, fatal=fatal, evidence=evidence)
 
     where = "%s (model %s)" % (ep.get("name"), ep.get("model"))
@@ -211,6 +352,12 @@ def diagnose(ep, pods, events, logs, http_error=None):
                 msg = cond.get("message") or ""
                 sched = [e.get("message") or "" for e in events.get(name, []) if e.get("reason") == "FailedScheduling"]
                 text = sched[-1] if sched else msg
+                if text and going:
+                    # The scheduler counts a terminating pod's requests until it is gone: wait for it.
+                    return found("waiting_for_old_pod", "%s: pod %s is Pending (%s) while pod(s) %s of this endpoint "
+                                 "are still terminating and hold their resources" % (where, name, text, ", ".join(sorted(going))),
+                                 "Wait: the old pod frees its GPUs when its graceful termination ends (the chart's "
+                                 "drain.preStopSeconds + drain.seconds + 10 s at most).", fatal=False, pod=name)
                 if "nvidia.com/gpu" in text and "Insufficient" in text:
                     return found("insufficient_gpu", "%s: pod %s is Pending: %s" % (where, name, text),
                                  "Not enough free GPUs: the model asks %s GPU(s) per replica (plus one more replica's "
@@ -259,19 +406,51 @@ def diagnose(ep, pods, events, logs, http_error=None):
                              "Read the engine log (kubectl logs %s -c %s --previous) and fix its cause (GPU memory, "
                              "engine arguments, checkpoint files)." % (name, c.get("name")), pod=name, container=c.get("name"))
     if http_error is not None and http_error.status == 401:
+        if ep.get("via") == "proxy":
+            return found("unauthorized", "%s: %s answered 401 Unauthorized through the API server's service proxy, which "
+                         "drops the Authorization header: the engine never sees the API key this way" % (where, ep.get("url")),
+                         "Probe an engine that requires an API key via portforward (the default of the vllm_serving "
+                         "role), or via direct from a controller that reaches the Service.", fatal=True)
         return found("unauthorized", "%s: %s answered 401 Unauthorized: the API key given is not the engine's"
                      % (where, ep.get("url")),
                      "Pass the key from the serving API-key Secret (the chart's apiKey.secretName) as api_key; the "
                      "engine reads it from VLLM_API_KEY.", fatal=True)
     if not pods and ep.get("namespace"):
-        return found("no_pods", "%s: no pod in namespace %s matches %r" % (where, ep.get("namespace"), ep.get("selector")),
+        return found("no_pods", "%s: no live pod in namespace %s matches %r%s" % (
+                     where, ep.get("namespace"), ep.get("selector"),
+                     " (on their way out: %s)" % ", ".join(sorted(going)) if going else ""),
                      "Check that the serving chart is installed in that namespace and the selector names its labels.",
                      fatal=False)
     message = "%s: not ready yet" % where
     if http_error is not None:
         message += ": %s" % http_error
+    # The evidence of the first live pod that is not Ready (its events and every container's log tail),
+    # so a wait that runs out explains itself.
+    waiting_pod = next((p for p in pods if not _is_ready(p)), pods[0] if pods else None)
+    if waiting_pod is not None:
+        message += " (pod %s: %s)" % (waiting_pod["metadata"]["name"], _pod_state(waiting_pod))
+    if going:
+        message += "; on their way out: %s" % ", ".join(sorted(going))
     return found("not_ready", message, "Wait longer (the start-up budget grows with the checkpoint's size) or read "
-                 "the engine log.", fatal=False)
+                 "the engine log.", fatal=False, pod=waiting_pod["metadata"]["name"] if waiting_pod else None,
+                 every_log=True)
+
+
+def _pod_state(pod):
+    """One line: the pod's phase, and each container that is not running-and-ready."""
+    st = pod.get("status") or {}
+    parts = [st.get("phase") or "unknown phase"]
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for c in st.get(key) or []:
+            kind, reason, code, _message = _state_of(c)
+            if kind == "running" and (c.get("ready") or key == "initContainerStatuses"):
+                parts.append("%s running" % c.get("name"))
+            elif kind == "terminated" and code == 0 and key == "initContainerStatuses":
+                continue
+            else:
+                parts.append("%s %s%s%s" % (c.get("name"), kind, " " + reason if reason else "",
+                                            " exit %s" % code if code is not None else ""))
+    return ", ".join(parts)
 
 
 class Cluster(object):
@@ -307,9 +486,28 @@ class Cluster(object):
         except Exception:  # pylint: disable=broad-except  # no log yet (waiting container): nothing to add
             return ""
 
+    def portforward(self, namespace, pod, port):
+        """A kubernetes.stream port-forward to one port of a pod (its .socket(port) speaks to the pod)."""
+        from kubernetes.stream import portforward
+        return portforward(self.core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+
+    def raw_request(self, method, path, data, headers, timeout):
+        """A request to the API server with the kubeconfig's credential (urllib3 response, body not read)."""
+        cfg = self.api.configuration
+        if cfg.refresh_api_key_hook is not None:
+            cfg.refresh_api_key_hook(cfg)
+        headers = dict(headers)
+        token = cfg.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
+        return self.api.rest_client.pool_manager.request(method, cfg.host + path, body=data, headers=headers,
+                                                         preload_content=False, timeout=timeout, redirect=False)
+
     def snapshot(self, namespace, selector):
-        """(pods, events by pod, logs by (pod, container)) for a diagnosis."""
-        pods = self.pods(namespace, selector)
+        """(live pods, events by pod, logs by (pod, container), names of pods on their way out) for a diagnosis."""
+        everything = self.pods(namespace, selector)
+        pods = live_pods(everything)
+        going = [p["metadata"]["name"] for p in everything if leaving(p)]
         events, logs = {}, {}
         for p in pods:
             name = p["metadata"]["name"]
@@ -325,7 +523,7 @@ class Cluster(object):
                     # Restarted between the status read and the log read: the failed run is now the previous one.
                     text = self.log(namespace, name, c["name"], previous=True)
                 logs[(name, c["name"])] = text
-        return pods, events, logs
+        return pods, events, logs, going
 
 
 class Probe(object):
@@ -344,7 +542,14 @@ class Probe(object):
         self.text = ""
         self.error = None
         self.diagnosis = None
-        self.ctx = tls_options(ep.get("ca_file"), ep.get("validate_certs", True))
+        tls = tls_options(ep.get("ca_file"), ep.get("validate_certs", True))
+        via = ep.get("via") or "direct"
+        if via == "portforward":
+            self.ctx = PortForward(cluster, ep["namespace"], ep.get("selector"), tls)
+        elif via == "proxy":
+            self.ctx = Proxy(cluster, ep["namespace"], ep["service"])
+        else:
+            self.ctx = Direct(tls)
 
     @property
     def done(self):
@@ -367,7 +572,7 @@ class Probe(object):
             step = self.steps[self.index]
             try:
                 if step in ("pods_scheduled", "init_done"):
-                    pods = self.cluster.pods(self.ep["namespace"], self.ep.get("selector"))
+                    pods = live_pods(self.cluster.pods(self.ep["namespace"], self.ep.get("selector")))
                     scheduled, init_done, detail = pod_steps(pods)
                     if not (scheduled if step == "pods_scheduled" else init_done):
                         raise EndpointError("%s: %s" % (step, detail))
@@ -389,14 +594,14 @@ class Probe(object):
     def diagnose(self):
         if self.cluster is not None:
             try:
-                pods, events, logs = self.cluster.snapshot(self.ep["namespace"], self.ep.get("selector"))
+                pods, events, logs, going = self.cluster.snapshot(self.ep["namespace"], self.ep.get("selector"))
             except Exception as e:  # pylint: disable=broad-except  # the API may blip; keep waiting
                 self.diagnosis = dict(code="cluster_unreadable", message="cannot read pods: %s" % e,
                                       fix="Check the kubeconfig and the API server.", fatal=False, evidence={})
                 return
         else:
-            pods, events, logs = [], {}, {}
-        self.diagnosis = diagnose(self.ep, pods, events, logs, self.error)
+            pods, events, logs, going = [], {}, {}, []
+        self.diagnosis = diagnose(self.ep, pods, events, logs, self.error, going)
 
     def result(self):
         now = self.clock()

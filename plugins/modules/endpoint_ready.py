@@ -14,7 +14,10 @@ description:
     with the seconds it took to pass - C(pods_scheduled) and C(init_done) (only when the endpoint names its
     O(endpoints[].namespace)), C(health) (C(GET /health) answers 200), C(models) (C(GET /v1/models) lists the
     served name), and C(completion) (a real C(POST /v1/completions) at temperature 0 with a few tokens returns text).
-  - "Speaks the API key (C(Authorization: Bearer <key>)) and verifies TLS against the site CA."
+  - "Speaks the API key (C(Authorization: Bearer <key>)) and verifies TLS against the site CA. Warns when the API key
+    would cross the network unencrypted (an C(http://) URL probed O(endpoints[].via=direct))."
+  - Reads at most 1 MiB of any answer; a larger answer fails that check with a clear message (no endless body fills
+    the controller's memory).
   - When an endpoint is not ready, diagnoses it from the cluster with the kubernetes Python client (pod phase,
     container states, init container exit codes, events, last log lines) and says what to do, for example an
     image missing from the site registry, too few free GPUs, an empty checkpoint prefix or a refused object-store
@@ -62,6 +65,26 @@ options:
         description: Verify the endpoint's TLS certificate.
         type: bool
         default: true
+      via:
+        description:
+          - How the checks reach the engine.
+          - C(direct) - the controller connects to O(endpoints[].url) itself (a ClusterIP works only from a controller
+            inside the cluster's network; an ingress URL from anywhere that resolves it).
+          - C(portforward) - through a port-forward (the API server's C(pods/portforward), inside the kubeconfig's TLS)
+            to the URL's port on a live, preferably Ready, pod of O(endpoints[].selector); works from a controller
+            outside the cluster and keeps the API key off the network. Needs O(endpoints[].namespace) and
+            O(endpoints[].selector). The URL's host only names the engine (C(Host) header, TLS server name).
+          - C(proxy) - through the API server's service proxy to O(endpoints[].service) on the URL's port. The API
+            server drops the C(Authorization) header, so an engine that requires an API key answers 401 this way
+            (diagnosed as C(unauthorized)); for engines without a key. Needs O(endpoints[].namespace) and
+            O(endpoints[].service).
+          - The vllm_serving role probes C(portforward) by default (C(vllm_serving_probe_via)).
+        type: str
+        choices: [direct, portforward, proxy]
+        default: direct
+      service:
+        description: Name of the endpoint's Service, for O(endpoints[].via=proxy).
+        type: str
   timeout:
     description: Seconds to wait for all endpoints together.
     type: int
@@ -103,6 +126,7 @@ EXAMPLES = r"""
         model: Llama-3-8B-Instruct
         namespace: llmops
         selector: app.kubernetes.io/instance=llmops-serving,llmops.onprem/model=chat
+        via: portforward   # through the API server: works from a controller outside the cluster
         api_key: "{{ serving_api_key }}"
       - name: point
         url: https://point.site.internal
@@ -169,9 +193,11 @@ endpoints:
       description: >-
         Null when ready. Otherwise C(code) (C(image_pull), C(insufficient_gpu), C(unschedulable), C(checkpoint_missing),
         C(credential_refused), C(checkpoint_corrupt), C(cache_full), C(object_store_unreachable), C(downloader_usage),
-        C(init_failed), C(unsupported_architecture), C(engine_failed), C(unauthorized), C(no_pods), C(not_ready),
+        C(init_failed), C(unsupported_architecture), C(engine_failed), C(unauthorized), C(no_pods), C(waiting_for_old_pod), C(not_ready),
         C(cluster_unreadable)), C(message), C(fix), C(fatal) and C(evidence) (pods and container states, events,
-        last log lines).
+        last log lines; for C(not_ready) the events and every container's log tail of the first live pod that is
+        not Ready). Pods on their way out (being deleted, or finished) are not the endpoint's - the pod steps and the
+        diagnosis look only at the live ones - and are listed in C(evidence.leaving).
       type: dict
       sample: {"code": "checkpoint_missing", "message": "...", "fix": "...", "fatal": true, "evidence": {}}
 """
@@ -192,6 +218,8 @@ def argument_spec():
             api_key=dict(type="str", no_log=True),
             ca_file=dict(type="path"),
             validate_certs=dict(type="bool", default=True),
+            via=dict(type="str", default="direct", choices=["direct", "portforward", "proxy"]),
+            service=dict(type="str"),
         )),
         timeout=dict(type="int", default=900),
         interval=dict(type="float", default=2.0),
@@ -211,6 +239,12 @@ def run(p, cluster_factory):
             problems.append("endpoints[%s].url %r must start with http:// or https://" % (ep["name"], ep["url"]))
         if ep.get("selector") and not ep.get("namespace"):
             problems.append("endpoints[%s].selector needs endpoints[%s].namespace" % (ep["name"], ep["name"]))
+        if ep["via"] == "portforward" and not (ep.get("namespace") and ep.get("selector")):
+            problems.append("endpoints[%s].via portforward needs endpoints[%s].namespace and .selector (the pods to "
+                            "forward to)" % (ep["name"], ep["name"]))
+        if ep["via"] == "proxy" and not (ep.get("namespace") and ep.get("service")):
+            problems.append("endpoints[%s].via proxy needs endpoints[%s].namespace and .service (the Service to proxy "
+                            "to)" % (ep["name"], ep["name"]))
     if len({ep["name"] for ep in p["endpoints"]}) != len(p["endpoints"]):
         problems.append("endpoints[].name must be unique")
     if p["timeout"] < 0 or p["max_tokens"] < 1:
@@ -220,6 +254,14 @@ def run(p, cluster_factory):
     results = wait(p["endpoints"], cluster_factory, timeout=p["timeout"], interval=p["interval"],
                    prompt=p["prompt"], max_tokens=p["max_tokens"])
     return dict(changed=False, ready=all(r["ready"] for r in results), endpoints=results)
+
+
+def warnings(p):
+    """The endpoints whose API key would cross the network in clear text."""
+    return ["endpoints[%s]: the API key goes to %s unencrypted (http:// probed via direct): anyone on that network "
+            "path can read it. Probe via portforward (inside the API server's TLS), or give an https:// URL with the "
+            "site CA." % (ep["name"], ep["url"].rstrip("/"))
+            for ep in p["endpoints"] if ep.get("api_key") and ep["via"] == "direct" and ep["url"].startswith("http://")]
 
 
 def failure_message(result):
@@ -234,6 +276,8 @@ def failure_message(result):
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     p = module.params
+    for w in warnings(p):
+        module.warn(w)
     try:
         result = run(p, lambda: Cluster(p["kubeconfig"], p["context"]))
         if not result["ready"] and p["fail_on_not_ready"]:

@@ -115,6 +115,24 @@ def endpoint_ready(kube, capsys, endpoints, **args):
     return json.loads(out), out
 
 
+def assert_ready(result, name=None):
+    """Fail with endpoint_ready's whole result (every step and the full diagnosis, pretty-printed) unless it
+    says ready, so a failure in a CI log explains itself instead of being cut to "'ready': False, ...".
+    With name, only that endpoint must be ready; returns its entry (or the result)."""
+    entry = result if name is None else dict((e["name"], e) for e in result["endpoints"])[name]
+    if not entry["ready"]:
+        pytest.fail("endpoint_ready: %s not ready:\n%s" % (name or "endpoints", json.dumps(entry, indent=2, sort_keys=True)),
+                    pytrace=False)
+    return entry
+
+
+def live_pods(kube, ns, selector):
+    """The pods of a selector that are not on their way out (deletionTimestamp unset, not finished),
+    the same rule as endpoint_ready's live_pods()."""
+    return [p for p in kube.core.list_namespaced_pod(ns, label_selector=selector).items
+            if p.metadata.deletion_timestamp is None and p.status.phase not in ("Succeeded", "Failed")]
+
+
 def fake_gpus(kube, count):
     """Set the node's fake GPU count (tests/cluster/fake-gpu.sh); return the count it had."""
     node = kube.core.read_node("localhost")

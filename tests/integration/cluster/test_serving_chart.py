@@ -37,6 +37,12 @@ def post(url, body, key=sh.API_KEY, timeout=60):
         return e.code, e.read().decode()
 
 
+def running_requests(ip):
+    with urllib.request.urlopen("http://%s:8000/metrics" % ip, timeout=5) as r:  # noqa: S310 - the test's own pod
+        text = r.read().decode()
+    return int(float([ln for ln in text.splitlines() if ln.startswith("vllm:num_requests_running")][0].split()[-1]))
+
+
 def test_chart_lints_renders_and_validates(kube):
     p = kube.run([sh.REPO / "tests" / "cluster" / "validate-chart.sh", sh.CHART, sh.CHART / "ci" / "test-values.yaml"])
     assert "chart OK: helm lint (1.20.2," in p.stdout and "13 resources use APIs Kubernetes 1.20.2 serves" in p.stdout
@@ -50,11 +56,10 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
                                            {"name": "STANDIN_LOAD_SECONDS", "value": "2"}]))
     sh.helm(kube, ns, RELEASE, vals)
     result, out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny")], timeout=240)
-    assert result["ready"], result
-    ep = result["endpoints"][0]
+    ep = sh.assert_ready(result, "tiny")
     assert [s["step"] for s in ep["steps"]] == ["pods_scheduled", "init_done", "health", "models", "completion"]
     assert len(ep["completion"].split()) == 4 and sh.API_KEY not in out
-    pod = kube.core.list_namespaced_pod(ns, label_selector="llmops.onprem/model=tiny").items[0]
+    [pod] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
     engine = pod.spec.containers[0]
     assert engine.args[:10] == ["--model", "/models/tiny/" + sh.DIGEST_A, "--served-model-name", "tiny-served",
                                 "--host", "0.0.0.0", "--port", "8000", "--tensor-parallel-size", "1"]
@@ -66,9 +71,9 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     # Restart: the new pod finds the checkpoint in the node cache and downloads nothing.
     kube.core.delete_namespaced_pod(pod.metadata.name, ns)
     result, _out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny")], timeout=240)
-    assert result["ready"], result
-    new = [p for p in kube.core.list_namespaced_pod(ns, label_selector="llmops.onprem/model=tiny").items
-           if p.metadata.name != pod.metadata.name and p.metadata.deletion_timestamp is None][0]
+    sh.assert_ready(result, "tiny")
+    [new] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
+    assert new.metadata.name != pod.metadata.name
     log = kube.core.read_namespaced_pod_log(new.metadata.name, ns, container="model-pull", _preload_content=False).data.decode()
     assert "0 bytes downloaded" in log
 
@@ -86,7 +91,7 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
             codes.append(code)
             if code != 200:
                 failures.append((code, body))
-            time.sleep(0.05)
+            stop.wait(0.05)  # pacing of the request loop, not a synchronisation
 
     t = threading.Thread(target=loop)
     t.start()
@@ -99,7 +104,8 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
             return len(pods) == 1 and pods[0].metadata.annotations["llmops.onprem/checkpoint-digest"] == sh.DIGEST_B \
                 and all(c.ready for c in pods[0].status.container_statuses or [])
         kube.wait_for("the roll to the new digest", rolled, timeout=240)
-        time.sleep(2)
+        after = len(codes)
+        kube.wait_for("20 more requests answered after the roll", lambda: len(codes) >= after + 20, timeout=60)
     finally:
         stop.set()
         t.join(60)
@@ -107,13 +113,14 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     assert (cache.path / "tiny" / sh.DIGEST_B / "config.json").is_file()
 
     # SIGTERM (pod deletion) during a long request: the request still completes.
-    pod = kube.core.list_namespaced_pod(ns, label_selector="llmops.onprem/model=tiny").items[0]
+    [pod] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
     pod_url = "http://%s:8000/v1/completions" % pod.status.pod_ip
     result = {}
     long_body = {"model": "tiny-served", "prompt": "long", "max_tokens": 160, "temperature": 0}
     t = threading.Thread(target=lambda: result.update(r=post(pod_url, long_body)))
     t.start()
-    time.sleep(1.0)  # 160 tokens x 0.05 s = 8 s of work in flight
+    # 160 tokens x 0.05 s = 8 s of work: delete the pod once the engine says the request runs.
+    kube.wait_for("the long request running in the engine", lambda: running_requests(pod.status.pod_ip) == 1, timeout=30)
     t0 = time.monotonic()
     kube.core.delete_namespaced_pod(pod.metadata.name, ns)
     t.join(60)

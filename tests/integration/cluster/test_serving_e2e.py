@@ -91,12 +91,12 @@ def test_cold_start_restart_and_downloader_failures(kube, namespace, images, sto
                sh.endpoint(kube, ns, "cred", "cred")]
         result, _out = sh.endpoint_ready(kube, capsys, eps, timeout=300, fail_on_not_ready=False)
         by = dict((e["name"], e) for e in result["endpoints"])
-        assert by["tiny"]["ready"], (by["tiny"]["steps"], by["tiny"]["diagnosis"])
+        sh.assert_ready(result, "tiny")
         assert by["typo"]["diagnosis"]["code"] == "checkpoint_missing", by["typo"]["diagnosis"]["message"]
         assert "exited 4" in by["typo"]["diagnosis"]["message"]
         assert by["cred"]["diagnosis"]["code"] == "credential_refused", by["cred"]["diagnosis"]["message"]
         assert "exited 3" in by["cred"]["diagnosis"]["message"]
-        pod = kube.core.list_namespaced_pod(ns, label_selector="llmops.onprem/model=tiny").items[0]
+        [pod] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
         log = kube.core.read_namespaced_pod_log(pod.metadata.name, ns, container="model-pull",
                                                 _preload_content=False).data.decode()
         assert log.strip().splitlines()[-1] == "MODEL_PATH=/models/tiny/%s" % digest
@@ -105,9 +105,9 @@ def test_cold_start_restart_and_downloader_failures(kube, namespace, images, sto
         # Restart: the node cache already holds the verified checkpoint, nothing is fetched.
         kube.core.delete_namespaced_pod(pod.metadata.name, ns)
         result, _out = sh.endpoint_ready(kube, capsys, eps[:1], timeout=240)
-        assert result["ready"], result
-        new = [p for p in kube.core.list_namespaced_pod(ns, label_selector="llmops.onprem/model=tiny").items
-               if p.metadata.name != pod.metadata.name and p.metadata.deletion_timestamp is None][0]
+        sh.assert_ready(result, "tiny")
+        [new] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
+        assert new.metadata.name != pod.metadata.name
         log = kube.core.read_namespaced_pod_log(new.metadata.name, ns, container="model-pull",
                                                 _preload_content=False).data.decode()
         assert "done: 0 bytes fetched" in log, log

@@ -40,11 +40,19 @@ def test_endpoints_from_services_and_ingress():
     eps = serving_endpoints(models, [svc("rel-chat", "10.0.0.1"), svc("rel-point", "10.0.0.2")], "rel", "ns", api_key="k")
     assert eps == [
         dict(name="chat", url="http://10.0.0.1:8000", model="Llama", namespace="ns",
-             selector="app.kubernetes.io/instance=rel,llmops.onprem/model=chat", api_key="k"),
+             selector="app.kubernetes.io/instance=rel,llmops.onprem/model=chat", api_key="k", via="portforward"),
         dict(name="point", url="http://10.0.0.2:8000", model="point", namespace="ns",
-             selector="app.kubernetes.io/instance=rel,llmops.onprem/model=point", api_key="k")]
+             selector="app.kubernetes.io/instance=rel,llmops.onprem/model=point", api_key="k", via="portforward")]
     eps = serving_endpoints(models[:1], [], "rel", "ns", via="ingress", ca_file="/ca.crt")
     assert eps[0]["url"] == "https://chat.site" and eps[0]["ca_file"] == "/ca.crt" and "api_key" not in eps[0]
+    assert eps[0]["via"] == "direct"
+    eps = serving_endpoints(models[:1], [svc("rel-chat", "10.0.0.1")], "rel", "ns", via="proxy")
+    assert (eps[0]["via"], eps[0]["service"], eps[0]["url"]) == ("proxy", "rel-chat", "http://10.0.0.1:8000")
+    eps = serving_endpoints(models[:1], [svc("rel-chat", "10.0.0.1")], "rel", "ns", via="direct")
+    assert eps[0]["via"] == "direct" and "service" not in eps[0]
+    with pytest.raises(AnsibleFilterError) as e:
+        serving_endpoints(models[:1], [], "rel", "ns", via="service")
+    assert str(e.value) == "vllm_serving_probe_via is 'service': one of portforward, proxy, direct, ingress"
     with pytest.raises(AnsibleFilterError) as e:
         serving_endpoints(models[1:], [], "rel", "ns")
     assert str(e.value) == "no Service rel-point in ns: is the chart installed?"

@@ -1,14 +1,15 @@
 """The pure diagnosis of endpoint_ready (module_utils/_endpoint.py) on pod/event/log dicts shaped
 like the Kubernetes API's JSON. The same cases are provoked for real in
 tests/integration/cluster/test_endpoint_ready.py."""
-from ansible_collections.llmops.onprem.plugins.module_utils._endpoint import EndpointError, diagnose, pod_steps
+from ansible_collections.llmops.onprem.plugins.module_utils._endpoint import EndpointError, Probe, diagnose, live_pods, pod_steps
 
 EP = dict(name="chat", model="tiny", url="http://10.0.0.1:8000", namespace="ns", selector="x=y")
 
 
-def pod(name="p1", phase="Pending", conditions=(), init=(), main=()):
-    return dict(metadata=dict(name=name), status=dict(phase=phase, conditions=list(conditions),
-                                                      initContainerStatuses=list(init), containerStatuses=list(main)))
+def pod(name="p1", phase="Pending", conditions=(), init=(), main=(), deleting=False):
+    meta = dict(name=name, deletionTimestamp="2026-12-03T06:00:00Z") if deleting else dict(name=name)
+    return dict(metadata=meta, status=dict(phase=phase, conditions=list(conditions),
+                                           initContainerStatuses=list(init), containerStatuses=list(main)))
 
 
 def waiting(name, reason, message="", image="img"):
@@ -85,3 +86,83 @@ def test_pod_steps():
     assert pod_steps([]) == (False, False, "no pod matches the selector yet")
     p = pod(conditions=[dict(type="PodScheduled", status="True"), dict(type="Initialized", status="False")])
     assert pod_steps([p]) == (True, False, "1 pod(s): p1")
+
+
+READY = [dict(type="PodScheduled", status="True"), dict(type="Initialized", status="True"), dict(type="Ready", status="True")]
+
+
+def running(name, ready=True):
+    return dict(name=name, image="img", restartCount=0, ready=ready, state=dict(running=dict(startedAt="t")))
+
+
+def test_live_pods_drop_pods_on_their_way_out():
+    old = pod("old", phase="Running", conditions=READY, main=[running("engine")], deleting=True)
+    evicted = pod("evicted", phase="Failed")
+    new = pod("new", conditions=[dict(type="PodScheduled", status="True"), dict(type="Initialized", status="False")])
+    assert live_pods([old, evicted, new]) == [new]
+    # Only the old, still Ready, pod: there is no endpoint pod yet, so the pod steps do not pass on it.
+    assert pod_steps(live_pods([old])) == (False, False, "no pod matches the selector yet")
+
+
+def test_an_old_pod_that_exited_on_sigterm_is_not_diagnosed():
+    """The restart flake: the old pod's engine ended (SIGKILL after the grace period, 137) while the
+    new pod was still starting; the diagnosis must wait on the new pod, not end the wait as engine_failed."""
+    old = pod("old", phase="Running", conditions=READY, deleting=True,
+              main=[dict(name="engine", restartCount=0, state=dict(terminated=dict(exitCode=137, reason="Error")))])
+    new = pod("new", phase="Pending", conditions=READY[:1] + [dict(type="Initialized", status="False")],
+              init=[running("model-pull", ready=False)], main=[waiting("engine", "PodInitializing")])
+    ev = {"new": [dict(type="Normal", reason="Started", message="Started container model-pull")]}
+    logs = {("new", "model-pull"): "model-pull: tiny: verifying the cached copy\n"}
+    assert diagnose(EP, [old, new], ev, logs)["code"] == "engine_failed"  # what the old code judged
+    d = diagnose(EP, live_pods([old, new]), ev, logs, EndpointError("init_done: 1 pod(s): new"), going=["old"])
+    assert d["code"] == "not_ready" and not d["fatal"]
+    assert d["message"] == ("chat (model tiny): not ready yet: init_done: 1 pod(s): new (pod new: Pending, model-pull "
+                            "running, engine waiting PodInitializing); on their way out: old")
+    assert d["evidence"]["events"] == ["Normal Started: Started container model-pull"]
+    assert d["evidence"]["log_tail"] == ["[model-pull] model-pull: tiny: verifying the cached copy"]
+    assert d["evidence"]["leaving"] == ["old"] and [p["pod"] for p in d["evidence"]["pods"]] == ["new"]
+
+
+def test_not_ready_shows_the_engine_log_of_the_pod_that_is_not_ready():
+    ready = pod("a", phase="Running", conditions=READY, main=[running("engine")])
+    slow = pod("b", phase="Running", conditions=READY[:2], init=[dict(name="model-pull", state=dict(terminated=dict(exitCode=0)))],
+               main=[running("engine", ready=False)])
+    logs = {("a", "engine"): "ready\n", ("b", "model-pull"): "0 bytes downloaded\n", ("b", "engine"): "x\nLoading weights\n"}
+    d = diagnose(EP, [ready, slow], {}, logs, EndpointError("/health answered 503 (loading)", status=503))
+    assert d["message"] == "chat (model tiny): not ready yet: /health answered 503 (loading) (pod b: Running, engine running)"
+    assert d["evidence"]["log_tail"] == ["[engine] x", "[engine] Loading weights", "[model-pull] 0 bytes downloaded"]
+
+
+def test_a_new_pod_pending_on_the_gpus_of_a_terminating_one_is_waited_for():
+    p = pod("new", conditions=[dict(type="PodScheduled", status="False", reason="Unschedulable")])
+    ev = {"new": [dict(type="Warning", reason="FailedScheduling", message="0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")]}
+    d = diagnose(EP, [p], ev, {}, going=["old"])
+    assert d["code"] == "waiting_for_old_pod" and not d["fatal"]
+    assert d["message"] == ("chat (model tiny): pod new is Pending (0/1 nodes are available: 1 Insufficient nvidia.com/gpu.) "
+                            "while pod(s) old of this endpoint are still terminating and hold their resources")
+    assert diagnose(EP, [p], ev, {})["code"] == "insufficient_gpu"
+    d = diagnose(EP, [], {}, {}, EndpointError("pods_scheduled: no pod"), going=["old"])
+    assert d["code"] == "no_pods" and not d["fatal"] and d["message"].endswith("matches 'x=y' (on their way out: old)")
+
+
+class FakeCluster(object):
+    """The boundary: what the API server lists (an old pod still Ready during its grace period)."""
+
+    def __init__(self, pods):
+        self.items = pods
+
+    def pods(self, namespace, selector):
+        return self.items
+
+    def snapshot(self, namespace, selector):
+        return live_pods(self.items), {}, {}, [p["metadata"]["name"] for p in self.items if p not in live_pods(self.items)]
+
+
+def test_probe_does_not_pass_the_pod_steps_on_a_terminating_pod():
+    old = pod("old", phase="Running", conditions=READY, main=[running("engine")], deleting=True)
+    probe = Probe(dict(EP), FakeCluster([old]))
+    probe.poll()
+    r = probe.result()
+    assert not r["ready"] and r["steps"] == [dict(step="pods_scheduled", ok=False, seconds=r["steps"][0]["seconds"],
+                                                  detail="pods_scheduled: no pod matches the selector yet")]
+    assert r["diagnosis"]["code"] == "no_pods" and r["diagnosis"]["evidence"]["leaving"] == ["old"]
