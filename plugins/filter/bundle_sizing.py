@@ -67,7 +67,7 @@ EXAMPLES = r"""
 # llmops_bundle_sizes, beside bundle_spec in group_vars/all:
 #   llmops_bundle_sizes:
 #     models: {llama-3.1-8b-instruct: 16.1 GB}
-#     images: {"docker.io/vllm/vllm-openai:v0.7.3": 9.6 GB}
+#     images: {"docker.io/vllm/vllm-openai:v0.34.0": 9.6 GB}
 #     packages: 350 MB
 #     medium: 256 GB
 """

@@ -36,8 +36,11 @@ DOWNLOADER_EXITS = {
     4: ("checkpoint_missing", "the checkpoint prefix is empty or wrong: no .llmops/manifest.json under it",
         "Check the model's checkpoint bucket/prefix against what the checkpoints stage uploaded "
         "(<prefix>/.llmops/manifest.json must exist), or run the checkpoints stage first."),
-    5: ("checkpoint_corrupt", "the downloaded checkpoint failed sha256 verification against its manifest",
-        "Re-upload the checkpoint with the checkpoints stage; the object store holds different bytes than its manifest."),
+    5: ("checkpoint_corrupt", "the downloaded checkpoint failed verification against its manifest (sha256, size, "
+                              "path, or a link in the node cache)",
+        "If the log names a link in the node cache, remove it. Otherwise the object store holds different bytes than the "
+        "manifest: re-run the checkpoints stage with checkpoints_read_back: true, which reads every object back and "
+        "re-uploads the ones that differ."),
     6: ("cache_full", "the node's model cache has no space for the checkpoint",
         "Free space in the node cache (cache.hostPath or its PVC), or make it larger."),
     7: ("object_store_unreachable", "the downloader cannot reach the object store (network or TLS)",

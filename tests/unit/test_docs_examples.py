@@ -132,9 +132,9 @@ def test_the_checker_catches_the_old_example():
         "models": [{"name": "llama-3-8b-instruct", "path": "/data/checkpoints/llama-3-8b-instruct", "bytes": 1}],
     }
     problems = spec_problems(old)
-    assert "images lacks docker.io/vllm/vllm-openai:v0.7.3 (vllm_serving_engine_image)" in problems
+    assert "images lacks docker.io/vllm/vllm-openai:v0.34.0 (vllm_serving_engine_image)" in problems
     assert "images lacks localhost/llmops/model-pull:0.1.0 (vllm_serving_downloader_image)" in problems
-    assert "versions.vllm is 0.6.3 but the engine image is docker.io/vllm/vllm-openai:v0.7.3" in problems
+    assert "versions.vllm is 0.6.3 but the engine image is docker.io/vllm/vllm-openai:v0.34.0" in problems
     assert ("charts llmops-serving: path serving/chart is relative; the bundle role would look for it under its own files/"
             in problems)
     assert "argument spec: bundle_spec.models.bytes. Supported parameters include: name, path, require_tokenizer." in problems

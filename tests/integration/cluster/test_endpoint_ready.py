@@ -28,7 +28,7 @@ def test_each_diagnosis(kube, namespace, images, capsys):
             sh.model("nogpu", gpus=8),
             sh.model("missing", prefix="models/missing-prefix"),
             sh.model("denied", prefix="models/denied"),
-            sh.model("qwen3", prefix="models/qwen3-8b"),
+            sh.model("inhouse", prefix="models/unsupported-arch-7b"),
         ]
         sh.helm(kube, ns, RELEASE, sh.values(cache.path, models))
         # An engine image the node cannot pull: a registry on a closed loopback port, pulled Always.
@@ -48,7 +48,7 @@ def test_each_diagnosis(kube, namespace, images, capsys):
         assert not result["ready"] and "sk-wrong" not in out and sh.API_KEY not in out
         codes = dict((n, (e["diagnosis"] or {}).get("code")) for n, e in by.items())
         assert codes == {"good": None, "nogpu": "insufficient_gpu", "missing": "checkpoint_missing",
-                         "denied": "credential_refused", "qwen3": "unsupported_architecture",
+                         "denied": "credential_refused", "inhouse": "unsupported_architecture",
                          "wrongkey": "unauthorized", "nopull": "image_pull", "viapf": None, "viaproxy": "unauthorized"}, \
             json.dumps(dict((n, e["diagnosis"]) for n, e in by.items()), indent=2)
         d = by["nogpu"]["diagnosis"]
@@ -64,9 +64,9 @@ def test_each_diagnosis(kube, namespace, images, capsys):
         d = by["denied"]["diagnosis"]
         assert "exited 3: the object store refused the downloader's read-only credential" in d["message"]
         assert "InvalidAccessKeyId" in d["message"]
-        d = by["qwen3"]["diagnosis"]
-        assert ("the engine in pod diag-qwen3-" in d["message"] and
-                "ValueError: Model architectures ['Qwen3ForCausalLM'] are not supported for now." in d["message"])
+        d = by["inhouse"]["diagnosis"]
+        assert ("the engine in pod diag-inhouse-" in d["message"] and
+                "ValueError: Model architectures ['SiteInHouseForCausalLM'] are not supported for now." in d["message"])
         assert "newer release" in d["fix"]
         d = by["wrongkey"]["diagnosis"]
         assert d["message"] == "wrongkey (model good-served): %s answered 401 Unauthorized: the API key given is not the " \
