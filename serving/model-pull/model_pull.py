@@ -3,14 +3,15 @@
 """model-pull: put a verified model checkpoint from an S3-compatible store into a node cache.
 
   model-pull --endpoint URL --bucket B --prefix P --model NAME --digest SHA256HEX
-             --cache-root DIR [--ca-file F] [--parallel N] [--rehash]
+             --cache-root DIR [--ca-file F] [--parallel N] [--rehash] [--lock-timeout S]
 
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the read-only Secret).
 The checkpoint manifest is read from s3://B/P/.llmops/manifest.json (written there by
 llmops.onprem.checkpoint_sync); its digest must equal --digest. Files land in
 DIR/<model>/<digest>/, each checked against its sha256; a marker file then records the
 verified copy, and a warm start with a verified copy moves 0 bytes. A lock on
-DIR/<model>/.lock keeps concurrent pulls on one node from downloading twice. The last line
+DIR/<model>/.lock keeps concurrent pulls on one node from downloading twice; a pull waits
+for it at most --lock-timeout seconds (exit 8 after that), naming the holder. The last line
 printed is MODEL_PATH=DIR/<model>/<digest>. Exit codes: see README.md next to this file.
 
 Standard library only; SigV4 signing and the checkpoint manifest rules (schema, the one path rule)
@@ -33,6 +34,7 @@ import json
 import mmap
 import os
 import re
+import socket
 import ssl
 import stat
 import sys
@@ -50,6 +52,7 @@ import _sigv4  # noqa: E402  pylint: disable=wrong-import-position
 import _checkpoint  # noqa: E402  pylint: disable=wrong-import-position
 
 EXIT_OK, EXIT_USAGE, EXIT_CREDENTIAL, EXIT_NOT_FOUND, EXIT_VERIFY, EXIT_DISK, EXIT_UNREACHABLE = 0, 2, 3, 4, 5, 6, 7
+EXIT_LOCKED = 8                   # another pull on this node held the cache lock past --lock-timeout
 SCHEMA = "llmops.onprem/checkpoint-manifest/v1"
 MANIFEST_KEY = ".llmops/manifest.json"
 MARKER = ".llmops-verified.json"
@@ -64,6 +67,10 @@ DISK_MARGIN = 64 * 1024 * 1024    # free space left over after the pull
 # The most a small answer (the manifest, a listing, an error) may be: read no further than this.
 SMALL_MAX = 16 * 1024 * 1024
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+LOCK_TIMEOUT = 1800               # default --lock-timeout: seconds to wait for another pull's lock
+LOCK_POLL = 0.5                   # seconds between two non-blocking tries of the lock
+LOCK_REPORT = 30                  # seconds between two "still waiting" lines
+HOLDER_MAX = 512                  # the most read of the holder line in the lock file
 CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken")
 
 
@@ -625,6 +632,66 @@ def download(s3, bucket, prefix, dest, entries, parallel, progress):
             job.close()
 
 
+def lock_holder(fd):
+    """The holder line a pull wrote into the lock file: at most HOLDER_MAX bytes read, one printable line."""
+    try:
+        data = os.pread(fd, HOLDER_MAX, 0)
+    except OSError:
+        data = b""
+    line = data.split(b"\n", 1)[0].decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else "?" for c in line).strip()
+    if not text.strip("?"):
+        return "an unknown process (the lock file names no holder)"
+    if len(text) > 200 or (b"\n" not in data and len(data) == HOLDER_MAX):
+        text = text[:200] + "..."
+    return text
+
+
+def take_lock(fd, path, model, timeout):
+    """Take the exclusive flock on path, waiting at most timeout seconds, and write who holds it into it."""
+    start = time.monotonic()
+    waited_line = None
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise PullError(EXIT_USAGE, "cannot lock %s: %s (the node cache's filesystem must support flock)"
+                                % (path, e))
+        now = time.monotonic()
+        waited = now - start
+        holder = lock_holder(fd)
+        if waited >= timeout:
+            raise PullError(EXIT_LOCKED, "gave up after %d s (--lock-timeout %s) waiting for the lock %s: another pull of "
+                            "%s on this node holds it (%s). That pull is stuck or slower than the timeout. Find the pod "
+                            "on this node whose model-pull init container has been running the longest (kubectl get pods "
+                            "-A -o wide --field-selector spec.nodeName=<node>) and delete it if it is stuck; if no pod "
+                            "holds it, stop the process named above on the node. A pull that legitimately takes longer "
+                            "needs a larger --lock-timeout."
+                            % (waited, format_seconds(timeout), path, model, holder))
+        if waited_line is None:
+            log("another pull of %s holds %s (%s); waiting for it, at most %s s"
+                % (model, path, holder, format_seconds(timeout)))
+            waited_line = now
+        elif now - waited_line >= LOCK_REPORT:
+            log("still waiting for %s: held by %s, %d s of at most %s s" % (path, holder, waited, format_seconds(timeout)))
+            waited_line = now
+        time.sleep(max(0.0, min(LOCK_POLL, timeout - waited)))
+    host = os.environ.get("POD_NAME") or socket.gethostname()
+    line = "model-pull in pod/host %s, pid %d, since %s\n" % (host, os.getpid(),
+                                                               time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, line.encode("utf-8", "replace"), 0)
+    except OSError:
+        pass  # the holder line is advice for a waiter; a cache that cannot take it fails later, with its own error
+
+
+def format_seconds(value):
+    return ("%f" % value).rstrip("0").rstrip(".")
+
+
 def pull(a, env):
     access, secret = env.get("AWS_ACCESS_KEY_ID", ""), env.get("AWS_SECRET_ACCESS_KEY", "")
     if not access or not secret:
@@ -651,12 +718,10 @@ def pull(a, env):
     except OSError as e:
         raise PullError(EXIT_VERIFY if e.errno == errno.ELOOP else EXIT_USAGE, "cannot open the lock file %s: %s%s" % (
             os.path.join(model_dir, ".lock"), e, " (a symbolic link: remove it from the node)" if e.errno == errno.ELOOP else ""))
+    held = False
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            log("another pull of %s holds %s; waiting for it" % (a.model, os.path.join(model_dir, ".lock")))
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        take_lock(lock_fd, os.path.join(model_dir, ".lock"), a.model, a.lock_timeout)
+        held = True
         start = time.monotonic()
         manifest = fetch_manifest(s3, a.bucket, prefix, a.digest)
         total = sum(f["size"] for f in manifest["files"])
@@ -688,6 +753,11 @@ def pull(a, env):
             % (need_bytes, secs, need_bytes / max(secs, 1e-6) / 1048576, len(manifest["files"])))
         return dest, need_bytes
     finally:
+        if held:
+            try:
+                os.ftruncate(lock_fd, 0)  # the next waiter must not read this pull as the holder
+            except OSError:
+                pass
         os.close(lock_fd)
 
 
@@ -703,9 +773,14 @@ def parse_args(argv):
     ap.add_argument("--parallel", type=int, default=4,
                     help="concurrent ranged GETs (default 4, as the serving chart's downloader.parallel)")
     ap.add_argument("--rehash", action="store_true", help="re-hash every cached file instead of trusting stamps")
+    ap.add_argument("--lock-timeout", type=float, default=LOCK_TIMEOUT, metavar="SECONDS",
+                    help="wait at most this long for another pull of the model on this node (default %d; 0: do not "
+                         "wait); exit %d after that" % (LOCK_TIMEOUT, EXIT_LOCKED))
     a = ap.parse_args(argv)
     if a.parallel < 1:
         ap.error("--parallel must be at least 1")
+    if not a.lock_timeout >= 0 or a.lock_timeout == float("inf"):
+        ap.error("--lock-timeout must be a number of seconds, 0 or more")
     return a
 
 
