@@ -180,3 +180,25 @@ def test_a_bad_lock_timeout_is_a_usage_error(store, world, value):
     assert proc.returncode == 2
     assert "--lock-timeout" in proc.stderr
     assert store.requests == []
+
+
+def test_a_long_wait_repeats_its_progress_line(store, world):
+    """The 'still waiting' line (every LOCK_REPORT seconds, 30 in production; 0.2 here) names the holder."""
+    cache, _outside = world
+    lock = os.path.join(cache, "demo", ".lock")
+    fd = hold(lock, HOLDER.encode() + b"\n")
+    code = ("import importlib.util, sys\n"
+            "spec = importlib.util.spec_from_file_location('model_pull', %r)\n"
+            "m = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(m)\n"
+            "m.LOCK_REPORT = 0.2\n"
+            "sys.exit(m.main(%r))\n") % (MODEL_PULL, argv(store, cache, "--lock-timeout", "1.5")[1:])
+    try:
+        proc, _peak = run_measured(code, env=CREDS, timeout=120)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 8, proc.stdout + proc.stderr
+    still = [line for line in proc.stdout.splitlines() if line.startswith("model-pull: still waiting for %s: held by %s, "
+                                                                             % (lock, HOLDER))]
+    assert still and all(line.endswith(" s of at most 1.5 s") for line in still), proc.stdout
+    assert proc.stderr.splitlines(True)[0] == gave_up(1, "1.5", lock, HOLDER)
