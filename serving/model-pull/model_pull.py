@@ -679,8 +679,8 @@ def take_lock(fd, path, model, timeout):
             waited_line = now
         time.sleep(max(0.0, min(LOCK_POLL, timeout - waited)))
     host = os.environ.get("POD_NAME") or socket.gethostname()
-    line = "model-pull in pod/host %s, pid %d, since %s\n" % (host, os.getpid(),
-                                                               time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    line = "model-pull in pod/host %s, pid %d, since %s\n" % (host, os.getpid(), since)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, line.encode("utf-8", "replace"), 0)

@@ -198,7 +198,7 @@ def test_a_long_wait_repeats_its_progress_line(store, world):
     finally:
         os.close(fd)
     assert proc.returncode == 8, proc.stdout + proc.stderr
-    still = [line for line in proc.stdout.splitlines() if line.startswith("model-pull: still waiting for %s: held by %s, "
-                                                                             % (lock, HOLDER))]
+    start = "model-pull: still waiting for %s: held by %s, " % (lock, HOLDER)
+    still = [line for line in proc.stdout.splitlines() if line.startswith(start)]
     assert still and all(line.endswith(" s of at most 1.5 s") for line in still), proc.stdout
     assert proc.stderr.splitlines(True)[0] == gave_up(1, "1.5", lock, HOLDER)
