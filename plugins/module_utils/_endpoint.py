@@ -45,6 +45,12 @@ DOWNLOADER_EXITS = {
         "Free space in the node cache (cache.hostPath or its PVC), or make it larger."),
     7: ("object_store_unreachable", "the downloader cannot reach the object store (network or TLS)",
         "Check objectStore.endpoint and that the site CA (objectStore.caName) signs the object store's certificate."),
+    # Not fatal: Kubernetes restarts the init container, which succeeds once the other pull lets go.
+    8: ("cache_lock_timeout", "another model-pull of the same model on this node held the node-cache lock "
+                              "(<cache>/<model>/.lock) longer than --lock-timeout",
+        "The log names the lock file and its holder (pod or host, pid): find the pod on this node whose model-pull "
+        "init container has been running the longest and delete it if it is stuck; a pull that legitimately takes "
+        "longer needs a larger --lock-timeout.", False),
 }
 UNSUPPORTED_ARCH = "are not supported for now. supported architectures"
 PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
@@ -383,7 +389,7 @@ def diagnose(ep, pods, events, logs, http_error=None, going=()):
                 if known:
                     return found(known[0], "%s: init container %s of pod %s exited %d: %s. Last log lines: %s"
                                  % (where, c.get("name"), name, code, known[1], " | ".join(tail)),
-                                 known[2], pod=name, container=c.get("name"))
+                                 known[2], fatal=known[3] if len(known) > 3 else True, pod=name, container=c.get("name"))
                 return found("init_failed", "%s: init container %s of pod %s exited %d. Last log lines: %s"
                              % (where, c.get("name"), name, code, " | ".join(tail)),
                              "Read the init container's log (kubectl logs %s -c %s) and fix its cause." % (name, c.get("name")),

@@ -57,6 +57,8 @@ def test_downloader_exit_4_and_3():
     assert d["evidence"]["log_tail"] == ["model-pull: no manifest at s3://b/wrong/.llmops/manifest.json"]
     d = diagnose(EP, [pod(init=[terminated("model-pull", 3)])], {}, {})
     assert d["code"] == "credential_refused" and "read-only credential" in d["fix"]
+    d = diagnose(EP, [pod(init=[terminated("model-pull", 8)])], {}, {})
+    assert d["code"] == "cache_lock_timeout" and not d["fatal"] and "--lock-timeout" in d["fix"]
     d = diagnose(EP, [pod(init=[terminated("model-pull", 9)])], {}, {})
     assert d["code"] == "init_failed" and d["message"].endswith("exited 9. Last log lines: ")
 
