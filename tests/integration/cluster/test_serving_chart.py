@@ -61,8 +61,11 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     assert len(ep["completion"].split()) == 4 and sh.API_KEY not in out
     [pod] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
     engine = pod.spec.containers[0]
+    # gpus: 0 and device auto: the CPU profile (no tensor parallel, no GPU request, a KV cache in bytes);
+    # vLLM's drain deadline is drain.seconds.
     assert engine.args[:10] == ["--model", "/models/tiny/" + sh.DIGEST_A, "--served-model-name", "tiny-served",
-                                "--host", "0.0.0.0", "--port", "8000", "--tensor-parallel-size", "1"]
+                                "--host", "0.0.0.0", "--port", "8000", "--shutdown-timeout", "20"]
+    assert "--tensor-parallel-size" not in engine.args and "--kv-cache-memory-bytes" in engine.args
     env = dict((e.name, e.value) for e in engine.env if e.value is not None)
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"
     assert pod.spec.termination_grace_period_seconds == 3 + 20 + 10
