@@ -38,7 +38,9 @@ find_python312() {
   local c
   for c in "${PYTHON312:-}" python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3; do
     [ -n "$c" ] || continue
-    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys, venv; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+    # Not a venv's python (Make puts .venv/bin first on PATH, and that venv is about to be removed).
+    if command -v "$c" >/dev/null 2>&1 &&
+       "$c" -c 'import sys, venv; assert sys.version_info[:2] == (3, 12) and sys.prefix == sys.base_prefix' 2>/dev/null; then
       command -v "$c"
       return 0
     fi
