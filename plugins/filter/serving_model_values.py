@@ -15,7 +15,7 @@ description:
   - Maps the role's snake_case keys to the chart's keys (C(served_name) to C(servedName), C(gpu_product) to
     C(gpuProduct), C(lora_modules) to C(loraModules), C(ingress_host) to C(ingressHost), C(startup_failure_threshold)
     to C(startupFailureThreshold)) and keeps C(name), C(checkpoint), C(gpus), C(preset), C(args), C(quantization),
-    C(replicas), C(resources), C(load), C(device) (C(cpu), C(gpu) or C(auto): the chart picks the engine flags and
+    C(replicas), C(resources), C(load), C(device) (C(cpu), C(gpu) or C(auto); the chart picks the engine flags and
     requests from it). Unknown keys are an error naming the model and the key.
   - A C(checkpoint.name) takes C(bucket), C(prefix), C(digest) and C(bytes) from the entry of that name in
     O(synced) (the checkpoints stage's C(checkpoints_synced)); keys given next to it win.

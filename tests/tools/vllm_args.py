@@ -129,7 +129,7 @@ def installed_lists():
     """(version, {flag: line}, architectures, parser module) from the vLLM importable here."""
     import vllm
     pmod, make_arg_parser = _first_import(PARSER_MODULES, "make_arg_parser")
-    _, parser_class = _first_import(PARSER_CLASS_MODULES, "FlexibleArgumentParser")
+    parser_class = _first_import(PARSER_CLASS_MODULES, "FlexibleArgumentParser")[1]
     parser = make_arg_parser(parser_class())
     lines = {}
     for action in parser._actions:
