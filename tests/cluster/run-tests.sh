@@ -66,7 +66,7 @@ up_ok=1
 export KUBECONFIG=$kc
 echo "== pytest tests/integration/cluster"
 cd "$REPO_ROOT" || exit 1
-PYTHONDONTWRITEBYTECODE=1 "$PYTHON" -m pytest tests/integration/cluster -p no:cacheprovider -v "$@" 2>&1 | tee "$tmp/pytest.log"
+PYTHONDONTWRITEBYTECODE=1 "$PYTHON" -m pytest tests/integration/cluster -p no:cacheprovider -v --durations=12 "$@" 2>&1 | tee "$tmp/pytest.log"
 pytest_rc=${PIPESTATUS[0]}
 summary=$(grep -E '^=+ .* in [0-9.]+s( \([0-9:]+\))? =+$' "$tmp/pytest.log" | tail -n 1 | sed 's/^=* //; s/ =*$//')
 [ -n "$summary" ] || summary="pytest rc $pytest_rc (no summary line)"

@@ -54,11 +54,16 @@ unit() { python -m pytest -q tests/unit; }
 
 # The hostile-input suite (issue 14, docs/security.md): crafted bundles, state files, object
 # stores and registries against the real code paths.
-security() { python -m pytest -q -p no:cacheprovider tests/security; }
+security() { python -m pytest -q -p no:cacheprovider -n "${LLMOPS_PYTEST_WORKERS:-2}" --dist loadfile tests/security; }
 
 # Tests against real servers started on loopback by the tests themselves (rclone serve s3,
 # Debian's docker-registry, ...). The cluster tests run in their own layer.
-integration() { python -m pytest -q -p no:cacheprovider tests/integration --ignore=tests/integration/cluster; }
+# Two pytest workers (pytest-xdist), a test file per worker at a time (module fixtures such as
+# the S3 server stay in one worker); LLMOPS_PYTEST_WORKERS=0 runs them in this process.
+integration() {
+  python -m pytest -q -p no:cacheprovider -n "${LLMOPS_PYTEST_WORKERS:-2}" --dist loadfile \
+    --durations=10 tests/integration --ignore=tests/integration/cluster
+}
 
 # The built collection installs offline and its content resolves by FQCN; no controller state
 # (.private: CA and service keys, passwords) ends up in the tarball.
@@ -85,15 +90,63 @@ build() {
   return $rc
 }
 
+# The scenarios run LLMOPS_MOLECULE_JOBS at a time (default 2): each is latency-bound (podman
+# exec, systemd, nested ansible-playbook starts), so two share this 2-core machine's CPUs well.
+# Every scenario has its own hosts, podman network and ephemeral dir; none writes a shared
+# cache. Longest first, so the last one to start is a short one. Each scenario's output is
+# printed whole when it ends, so the log reads one scenario at a time.
 molecule_all() {
   local image; image=$(tests/images/debian12-systemd/build.sh) || return 1
   export LLMOPS_TEST_IMAGE=$image
   eval "$(tests/tools/podman-env.sh)"
-  local s rc=0
+  local jobs=${LLMOPS_MOLECULE_JOBS:-2} logs s rc=0 start=$SECONDS running=0 pending=() done_list=" "
+  logs=$(mktemp -d)
+  # Measured wall times on the 2-core machine, longest first; a new scenario runs last.
+  for s in registry airgap postgres minio packages_repo pki redis; do
+    [ -f "molecule/$s/molecule.yml" ] && pending+=("$s")
+  done
   for s in molecule/*/molecule.yml; do
     s=$(basename "$(dirname "$s")")
-    layer "molecule $s" molecule test -s "$s" || rc=1
+    case " ${pending[*]} " in *" $s "*) ;; *) pending+=("$s") ;; esac
   done
+  report() { # print the scenarios that ended since the last call
+    local f name st secs
+    for f in "$logs"/*.status; do
+      [ -f "$f" ] || continue
+      name=$(basename "$f" .status)
+      case $done_list in *" $name "*) continue ;; esac
+      done_list+="$name "
+      read -r st secs < "$f"
+      say "=== molecule $name"
+      cat "$logs/$name.log"
+      if [ "$st" = 0 ]; then
+        passed=$((passed + 1)); say "=== molecule $name: passed ($secs s)"
+        table+=("$(printf '%-22s %-7s %6d s' "molecule $name" passed "$secs")")
+      else
+        failed=$((failed + 1)); failures+=("molecule $name"); rc=1
+        say "=== molecule $name: FAILED ($secs s)"
+        table+=("$(printf '%-22s %-7s %6d s' "molecule $name" FAILED "$secs")")
+      fi
+      running=$((running - 1))
+    done
+  }
+  say "=== molecule: ${#pending[@]} scenarios, $jobs at a time (LLMOPS_MOLECULE_JOBS)"
+  while [ ${#pending[@]} -gt 0 ] || [ $running -gt 0 ]; do
+    if [ ${#pending[@]} -gt 0 ] && [ $running -lt "$jobs" ]; then
+      s=${pending[0]}; pending=("${pending[@]:1}")
+      say "=== molecule $s: started"
+      ( t=$SECONDS; molecule test -s "$s" > "$logs/$s.log" 2>&1; st=$?
+        echo "$st $((SECONDS - t))" > "$logs/$s.status.tmp" && mv "$logs/$s.status.tmp" "$logs/$s.status" ) &
+      running=$((running + 1))
+      continue
+    fi
+    wait -n 2>/dev/null || true
+    report
+  done
+  wait
+  report
+  table+=("$(printf '%-22s %-7s %6d s' "molecule (wall, $jobs at once)" "" $((SECONDS - start)))")
+  rm -rf "$logs"
   return $rc
 }
 
