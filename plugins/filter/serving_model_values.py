@@ -16,7 +16,9 @@ description:
     C(gpuProduct), C(lora_modules) to C(loraModules), C(ingress_host) to C(ingressHost), C(startup_failure_threshold)
     to C(startupFailureThreshold)) and keeps C(name), C(checkpoint), C(gpus), C(preset), C(args), C(quantization),
     C(replicas), C(resources), C(load), C(device) (C(cpu), C(gpu) or C(auto); the chart picks the engine flags and
-    requests from it). Unknown keys are an error naming the model and the key.
+    requests from it). Other keys pass through unchanged - the chart's C(values.schema.json) is the one place
+    a model entry is checked, and refuses them naming the entry and the key (the vllm_serving role runs
+    C(helm template) before it creates anything).
   - A C(checkpoint.name) takes C(bucket), C(prefix), C(digest) and C(bytes) from the entry of that name in
     O(synced) (the checkpoints stage's C(checkpoints_synced)); keys given next to it win.
 options:
@@ -52,8 +54,6 @@ RENAMED = {
     "ingress_host": "ingressHost",
     "startup_failure_threshold": "startupFailureThreshold",
 }
-KEPT = ("name", "checkpoint", "gpus", "preset", "args", "quantization", "replicas", "resources", "load", "device")
-CHECKPOINT_KEYS = ("name", "bucket", "prefix", "digest", "bytes")
 
 
 def _resolve(name, checkpoint, synced):
@@ -74,15 +74,7 @@ def serving_model_values(model, synced=None):
     if not isinstance(model, dict):
         raise AnsibleFilterError("serving_model_values: a model must be a dict, got %r" % (model,))
     name = model.get("name", "?")
-    unknown = sorted(set(model) - set(RENAMED) - set(KEPT))
-    if unknown:
-        raise AnsibleFilterError("vllm_serving_models[%s]: unknown key(s) %s; known: %s"
-                                 % (name, ", ".join(unknown), ", ".join(sorted(set(RENAMED) | set(KEPT)))))
     checkpoint = model.get("checkpoint") or {}
-    bad = sorted(set(checkpoint) - set(CHECKPOINT_KEYS))
-    if bad:
-        raise AnsibleFilterError("vllm_serving_models[%s].checkpoint: unknown key(s) %s; known: %s"
-                                 % (name, ", ".join(bad), ", ".join(CHECKPOINT_KEYS)))
     out = {}
     for key, value in model.items():
         if value is None:

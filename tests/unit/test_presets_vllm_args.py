@@ -158,9 +158,9 @@ def test_startup_budget_formula():
 
 def test_bad_models_are_refused_with_the_key_named():
     cases = [
-        (model("Bad_Name", "chat"), 'models[].name "Bad_Name": a DNS label of at most 40 characters'),
+        (model("Bad_Name", "chat"), "at '/models/0/name': 'Bad_Name' does not match pattern"),
         (model("a", "huge"), 'models[a].preset "huge" is not a preset; known: chat, chat_small, completion'),
-        (model("a", "chat", checkpoint=dict(prefix="p", digest="abc")), "models[a].checkpoint.digest must be the manifest's sha256"),
+        (model("a", "chat", checkpoint=dict(prefix="p", digest="abc")), "at '/models/0/checkpoint/digest': 'abc' does not match pattern"),
         (model("a", "chat", args={"tensor-parallel-size": 4}), "models[a].args.tensor-parallel-size is set by the chart"),
         (model("a", "chat", args={"shutdown-timeout": 4}), "models[a].args.shutdown-timeout is set by the chart"),
     ]

@@ -26,22 +26,20 @@ policy/v1beta1
 {{- end -}}
 {{- end -}}
 
-{{/* Validate one model entry; renders nothing. */}}
+{{/* Validate one model entry; renders nothing. Keys, types, the name, the digest and the enums
+     (load, device) are values.schema.json's: helm refuses them before any template runs. What is
+     left here needs other values (presets, objectStore, the vLLM flag lists) or other models. */}}
 {{- define "llmops-serving.validate" -}}
 {{- $m := .model -}}
-{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$" (toString $m.name)) -}}
-{{- fail (printf "models[].name %q: a DNS label of at most 40 characters (lower case, digits, '-') is needed" (toString $m.name)) -}}
+{{- $same := 0 -}}
+{{- range $o := .root.Values.models -}}{{- if eq (toString $o.name) (toString $m.name) -}}{{- $same = add1 $same -}}{{- end -}}{{- end -}}
+{{- if gt $same 1 -}}
+{{- fail (printf "models[%s]: %d models have this name; each needs its own (it names the Deployment, Service and cache directory)" $m.name $same) -}}
 {{- end -}}
 {{- if not (hasKey .root.Values.presets (toString $m.preset)) -}}
 {{- fail (printf "models[%s].preset %q is not a preset; known: %s" $m.name (toString $m.preset) (keys .root.Values.presets | sortAlpha | join ", ")) -}}
 {{- end -}}
 {{- $c := $m.checkpoint | default dict -}}
-{{- if not (regexMatch "^[0-9a-f]{64}$" (toString $c.digest)) -}}
-{{- fail (printf "models[%s].checkpoint.digest must be the manifest's sha256 (64 hex digits), got %q" $m.name (toString $c.digest)) -}}
-{{- end -}}
-{{- if not $c.prefix -}}
-{{- fail (printf "models[%s].checkpoint.prefix is empty: name the checkpoint's prefix in the bucket" $m.name) -}}
-{{- end -}}
 {{- if not (or $c.bucket .root.Values.objectStore.bucket) -}}
 {{- fail (printf "models[%s].checkpoint.bucket and objectStore.bucket are both empty" $m.name) -}}
 {{- end -}}
@@ -49,9 +47,6 @@ policy/v1beta1
 {{- if hasKey ($m.args | default dict) $k -}}
 {{- fail (printf "models[%s].args.%s is set by the chart (from name, servedName, gpus, apiKey, loraModules, drain.seconds): remove it" $m.name $k) -}}
 {{- end -}}
-{{- end -}}
-{{- if not (has (toString ($m.load | default "pull")) (list "pull" "stream")) -}}
-{{- fail (printf "models[%s].load %q: use pull (model-pull into the node cache) or stream (vLLM's runai_streamer from the store)" $m.name (toString $m.load)) -}}
 {{- end -}}
 {{- if eq (toString $m.load) "stream" -}}
 {{- range $k := list "load-format" "model-loader-extra-config" -}}
@@ -63,21 +58,16 @@ policy/v1beta1
 {{- fail (printf "models[%s]: loraModules need the checkpoint on local disk; use load: pull" $m.name) -}}
 {{- end -}}
 {{- end -}}
-{{- if lt (int (default 0 $m.gpus)) 0 -}}
-{{- fail (printf "models[%s].gpus must be 0 or more" $m.name) -}}
-{{- end -}}
 {{- include "llmops-serving.validateDevice" . -}}
 {{- end -}}
 
-{{/* The model's device profile: "cpu" or "gpu" (device auto: gpu when gpus > 0). Fails on anything else. */}}
+{{/* The model's device profile: "cpu" or "gpu" (device auto: gpu when gpus > 0; values.schema.json allows nothing else). */}}
 {{- define "llmops-serving.device" -}}
 {{- $d := toString (.model.device | default .root.Values.device | default "auto") -}}
 {{- if eq $d "auto" -}}
 {{- if gt (int (default 0 .model.gpus)) 0 -}}gpu{{- else -}}cpu{{- end -}}
-{{- else if has $d (list "cpu" "gpu") -}}
-{{- $d -}}
 {{- else -}}
-{{- fail (printf "models[%s].device %q: use cpu, gpu or auto (gpu when gpus > 0)" .model.name $d) -}}
+{{- $d -}}
 {{- end -}}
 {{- end -}}
 

@@ -75,6 +75,9 @@ def test_bad_model_list_is_refused_before_installing(kube, namespace):
     assert p.returncode != 0
     res = task(out, "Serve and wait")
     msg = json.dumps(out)
-    assert "vllm_serving_models: each model needs a unique name" in msg and "a preset (chat, chat_small, completion)" in msg
+    # The chart (values.schema.json and its templates) is the one place models are checked; the role
+    # runs helm template before it creates anything.
+    assert "vllm_serving: the serving chart refuses these values" in msg, msg
+    assert 'models[tiny].preset \\"huge\\" is not a preset; known: chat, chat_small, completion' in msg, msg
     assert kube.core.list_namespaced_secret(namespace, label_selector="app.kubernetes.io/part-of=llmops-onprem").items == []
     assert res is not None

@@ -102,7 +102,7 @@ def test_stream_memory_limit_and_bucket_of_the_model(tmp_path):
 
 
 @pytest.mark.parametrize("model, message", [
-    (dict(load="fetch"), 'models[m].load "fetch": use pull (model-pull into the node cache) or stream'),
+    (dict(load="fetch"), "at '/models/0/load': value must be one of 'pull', 'stream'"),
     (dict(load="stream", loraModules={"a": "lora/a"}), "models[m]: loraModules need the checkpoint on local disk; use load: pull"),
     (dict(load="stream", args={"load-format": "safetensors"}),
      "models[m].args.load-format is set by the chart for load: stream (from streamer): remove it"),
@@ -214,7 +214,8 @@ def test_ci_values_render_each_profile(tmp_path):
     (dict(gpus=0, device="gpu"), {},
      "models[m]: device gpu needs gpus 1 or more (the tensor parallel size); for a CPU engine set device: cpu"),
     (dict(gpus=2, device="cpu"), {}, "models[m]: device cpu takes no GPUs but gpus is 2; set gpus: 0, or device: gpu"),
-    (dict(gpus=0), {"device": "tpu"}, 'models[m].device "tpu": use cpu, gpu or auto (gpu when gpus > 0)'),
+    (dict(gpus=0), {"device": "tpu"}, "at '/device': value must be one of 'auto', 'cpu', 'gpu'"),
+    (dict(gpus=0, device="tpu"), {}, "at '/models/0/device': value must be one of 'auto', 'cpu', 'gpu'"),
     (dict(gpus=1, args={"enable-lora": None, "max-lora-rank": 12}), {},
      "models[m].args.enable-lora is set by the chart (from name, servedName, gpus, apiKey, loraModules, drain.seconds): remove it"),
     (dict(gpus=1, args={"max-lora-rank": 12}), {},
@@ -237,4 +238,38 @@ def test_bad_flags_and_profiles_render_nothing(tmp_path, model, extra, message):
     p = render(tmp_path, vals)
     assert p.returncode != 0
     assert message in p.stderr, p.stderr
+    assert p.stdout == ""
+
+
+# --- values.schema.json: the one place a model entry's shape is checked ----------------------
+
+@pytest.mark.parametrize("change, messages", [
+    (dict(tensor_parallel=2), ["at '/models/0': additional properties 'tensor_parallel' not allowed"]),
+    (dict(name="Chat_1"), ["at '/models/0/name': 'Chat_1' does not match pattern"]),
+    (dict(name="m" * 41), ["at '/models/0/name'"]),
+    (dict(gpus=-1), ["at '/models/0/gpus': minimum: got -1, want 0"]),
+    (dict(gpus="2"), ["at '/models/0/gpus': got string, want integer"]),
+    (dict(checkpoint=dict(prefix="p", digest="abab", path="x")),
+     ["at '/models/0/checkpoint/digest': 'abab' does not match pattern '^[0-9a-f]{64}$'",
+      "at '/models/0/checkpoint': additional properties 'path' not allowed"]),
+    (dict(checkpoint=dict(prefix="", digest=DIGEST)), ["at '/models/0/checkpoint/prefix'"]),
+    (dict(checkpoint=dict(digest=DIGEST)), ["at '/models/0/checkpoint': missing property 'prefix'"]),
+    (dict(args={"Max_Model_Len": 8}), ["at '/models/0/args': additional properties 'Max_Model_Len' not allowed"]),
+    (dict(loraModules={"a": 3}), ["at '/models/0/loraModules/a': got number, want string"]),
+])
+def test_the_schema_refuses_a_bad_model_entry_and_names_every_fault(tmp_path, change, messages):
+    p = render(tmp_path, values(**change))
+    assert p.returncode != 0
+    assert "values don't meet the specifications of the schema" in p.stderr, p.stderr
+    for message in messages:
+        assert message in p.stderr, p.stderr
+    assert p.stdout == ""
+
+
+def test_two_models_with_one_name_render_nothing(tmp_path):
+    vals = values(gpus=0)
+    vals["models"].append(dict(vals["models"][0]))
+    p = render(tmp_path, vals)
+    assert p.returncode != 0
+    assert "models[m]: 2 models have this name; each needs its own" in p.stderr, p.stderr
     assert p.stdout == ""
