@@ -96,7 +96,13 @@ build() {
 # cache. Longest first, so the last one to start is a short one. Each scenario's output is
 # printed whole when it ends, so the log reads one scenario at a time.
 molecule_all() {
-  local image; image=$(tests/images/debian12-systemd/build.sh) || return 1
+  local image
+  if ! image=$(tests/images/debian12-systemd/build.sh); then
+    # Counted like a failed scenario: without the image no scenario ran.
+    failed=$((failed + 1)); failures+=("molecule image")
+    table+=("$(printf '%-22s %-7s %6d s' "molecule image" FAILED 0)")
+    return 1
+  fi
   export LLMOPS_TEST_IMAGE=$image
   eval "$(tests/tools/podman-env.sh)"
   local jobs=${LLMOPS_MOLECULE_JOBS:-2} logs s rc=0 start=$SECONDS running=0 pending=() done_list=" "
