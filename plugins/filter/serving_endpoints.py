@@ -93,6 +93,8 @@ def serving_endpoints(models, services, release, namespace, via="portforward", a
             ep["api_key"] = api_key
         if ca_file:
             ep["ca_file"] = ca_file
+        if m.get("chat") is False:
+            ep["chat"] = False  # a base model without a chat template: completions only
         out.append(ep)
     return out
 

@@ -55,6 +55,9 @@ RENAMED = {
     "startup_failure_threshold": "startupFailureThreshold",
 }
 
+# Keys of a role model entry that are not chart values: C(chat) tells endpoint_ready whether to check a chat answer.
+PROBE_ONLY = ("chat",)
+
 
 def _resolve(name, checkpoint, synced):
     """checkpoint.name -> bucket/prefix/digest/bytes of that entry of the checkpoints stage's checkpoints_synced."""
@@ -77,7 +80,7 @@ def serving_model_values(model, synced=None):
     checkpoint = model.get("checkpoint") or {}
     out = {}
     for key, value in model.items():
-        if value is None:
+        if value is None or key in PROBE_ONLY:
             continue
         out[RENAMED.get(key, key)] = value
     checkpoint = _resolve(name, checkpoint, synced)

@@ -5,7 +5,8 @@
 
 Readiness of vLLM endpoints (the endpoint_ready module): the ordered steps a served model
 passes (pods scheduled, init containers done, /health 200, /v1/models lists the served name,
-a real completion returns text), each timed, and when a step does not pass, a diagnosis from
+a real completion and a chat answer return text at temperature 0, vLLM's SageMaker routes /ping
+and /invocations answer, and a request without the API key is refused), each timed, and when a step does not pass, a diagnosis from
 the cluster (pod phase, container states, init exit codes, events, last log lines) with what
 to do about it. HTTP is the standard library (urllib, ssl with the site CA); the Kubernetes
 side is the `kubernetes` client, imported only when an endpoint names its namespace.
@@ -23,8 +24,8 @@ import urllib.error
 
 from ansible.module_utils.urls import SSLValidationError, open_url
 
-STEPS = ("pods_scheduled", "init_done", "health", "models", "completion")
-HTTP_STEPS = ("health", "models", "completion")
+STEPS = ("pods_scheduled", "init_done", "health", "models", "completion", "chat", "sagemaker", "api_key")
+HTTP_STEPS = ("health", "models", "completion", "chat", "sagemaker", "api_key")
 
 # model-pull's exit codes (serving/model-pull): what each means and what to do.
 DOWNLOADER_EXITS = {
@@ -59,10 +60,11 @@ PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "Invali
 class EndpointError(Exception):
     """A failed HTTP step: ``status`` (None when no answer), ``body`` (text, shortened)."""
 
-    def __init__(self, message, status=None, body="", details=None):
+    def __init__(self, message, status=None, body="", details=None, kind=None):
         super(EndpointError, self).__init__(message)
         self.status = status
         self.body = body
+        self.kind = kind  # a failure the step itself recognises (for example "api_key_not_enforced")
         self.details = details if details is not None else dict(changed=False, ready=False, endpoints=[])
 
 
@@ -244,9 +246,56 @@ def check_completion(ep, ctx, prompt="Say hello.", max_tokens=4):
         text = body["choices"][0]["text"]
     except (KeyError, IndexError, TypeError):
         raise EndpointError("/v1/completions answered without choices[0].text: %s" % _short(body), status, _short(body))
-    if not text or not text.strip():
+    # Any text counts (a model may well answer with white space); an empty answer does not.
+    if not isinstance(text, str) or not text:
         raise EndpointError("/v1/completions returned empty text", status, _short(body))
     return text
+
+
+def check_chat(ep, ctx, prompt="Say hello.", max_tokens=4):
+    req = dict(model=ep["model"], messages=[dict(role="user", content=prompt)], max_tokens=max_tokens, temperature=0)
+    status, body = http_json(ep["url"] + "/v1/chat/completions", api_key=ep.get("api_key"), body=req, timeout=120,
+                             context=ctx)
+    if status != 200:
+        kind = "chat_template_missing" if status == 400 and "chat template" in _short(body, 2000).lower() else None
+        raise EndpointError("/v1/chat/completions answered %d: %s" % (status, _short(body)), status, _short(body),
+                            kind=kind)
+    try:
+        text = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise EndpointError("/v1/chat/completions answered without choices[0].message.content: %s" % _short(body),
+                            status, _short(body))
+    if not isinstance(text, str) or not text:
+        raise EndpointError("/v1/chat/completions returned an empty message", status, _short(body))
+    return "%d characters of chat answer" % len(text)
+
+
+def check_sagemaker(ep, ctx, prompt="Say hello.", max_tokens=4):
+    """vLLM's SageMaker-compatible routes: GET /ping and POST /invocations (a completion body)."""
+    status, body = http_json(ep["url"] + "/ping", timeout=10, context=ctx)
+    if status != 200:
+        raise EndpointError("/ping answered %d: %s" % (status, _short(body)), status, _short(body))
+    req = dict(model=ep["model"], prompt=prompt, max_tokens=max_tokens, temperature=0)
+    status, body = http_json(ep["url"] + "/invocations", api_key=ep.get("api_key"), body=req, timeout=120, context=ctx)
+    if status != 200:
+        raise EndpointError("/invocations answered %d: %s" % (status, _short(body)), status, _short(body))
+    try:
+        body["choices"][0]["text"]
+    except (KeyError, IndexError, TypeError):
+        raise EndpointError("/invocations answered without choices[0].text: %s" % _short(body), status, _short(body))
+    return "/ping 200, /invocations answered a completion"
+
+
+def check_api_key_required(ep, ctx):
+    """With an API key configured, a request without it must be refused (401)."""
+    status, body = http_json(ep["url"] + "/v1/models", timeout=10, context=ctx)
+    if status == 401:
+        return "/v1/models without the key: 401"
+    if 200 <= status < 300:
+        raise EndpointError("/v1/models answered %d WITHOUT the API key: the engine serves anyone who reaches it"
+                            % status, status, _short(body), kind="api_key_not_enforced")
+    raise EndpointError("/v1/models without the key answered %d, not 401: %s" % (status, _short(body)), status,
+                        _short(body))
 
 
 # --- Kubernetes side ---------------------------------------------------------------------------
@@ -414,6 +463,16 @@ def diagnose(ep, pods, events, logs, http_error=None, going=()):
                              % (where, name, term.get("exitCode"), c.get("restartCount", 0), " | ".join(tail)),
                              "Read the engine log (kubectl logs %s -c %s --previous) and fix its cause (GPU memory, "
                              "engine arguments, checkpoint files)." % (name, c.get("name")), pod=name, container=c.get("name"))
+    if http_error is not None and http_error.kind == "api_key_not_enforced":
+        return found("api_key_not_enforced", "%s: %s" % (where, http_error),
+                     "Start the engine with an API key: the chart's apiKey.secretName names the Secret the engine "
+                     "reads VLLM_API_KEY from (the vllm_serving role creates it); an engine started without it answers "
+                     "anyone on the network.", fatal=True)
+    if http_error is not None and http_error.kind == "chat_template_missing":
+        return found("chat_template_missing", "%s: %s" % (where, http_error),
+                     "The checkpoint's tokenizer has no chat template, so the engine cannot answer chat requests: add "
+                     "one to the checkpoint (tokenizer_config.json chat_template) or pass vLLM --chat-template, or set "
+                     "chat: false for this endpoint (a base model serves completions only).", fatal=True)
     if http_error is not None and http_error.status == 401:
         if ep.get("via") == "proxy":
             return found("unauthorized", "%s: %s answered 401 Unauthorized through the API server's service proxy, which "
@@ -543,7 +602,9 @@ class Probe(object):
         self.cluster = cluster if ep.get("namespace") else None
         self.clock = clock
         self.prompt, self.max_tokens = prompt, max_tokens
-        self.steps = [s for s in STEPS if self.cluster is not None or s in HTTP_STEPS]
+        self.steps = [s for s in STEPS if (self.cluster is not None or s in HTTP_STEPS)
+                      and not (s == "chat" and ep.get("chat") is False)
+                      and not (s == "api_key" and not ep.get("api_key"))]
         self.index = 0
         self.started = clock()
         self.step_started = self.started
@@ -590,9 +651,15 @@ class Probe(object):
                     self._pass(check_health(self.ep, self.ctx))
                 elif step == "models":
                     self._pass(check_models(self.ep, self.ctx))
-                else:
+                elif step == "completion":
                     self.text = check_completion(self.ep, self.ctx, self.prompt, self.max_tokens)
                     self._pass("%d characters of text" % len(self.text))
+                elif step == "chat":
+                    self._pass(check_chat(self.ep, self.ctx, self.prompt, self.max_tokens))
+                elif step == "sagemaker":
+                    self._pass(check_sagemaker(self.ep, self.ctx, self.prompt, self.max_tokens))
+                else:
+                    self._pass(check_api_key_required(self.ep, self.ctx))
             except EndpointError as e:
                 self.error = e
                 self.diagnose()

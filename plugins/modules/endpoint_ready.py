@@ -13,7 +13,10 @@ description:
   - Waits for one or many OpenAI-compatible (vLLM) endpoints and reports, per endpoint, each readiness step
     with the seconds it took to pass - C(pods_scheduled) and C(init_done) (only when the endpoint names its
     O(endpoints[].namespace)), C(health) (C(GET /health) answers 200), C(models) (C(GET /v1/models) lists the
-    served name), and C(completion) (a real C(POST /v1/completions) at temperature 0 with a few tokens returns text).
+    served name), C(completion) (a real C(POST /v1/completions) at temperature 0 with a few tokens returns text),
+    C(chat) (a C(POST /v1/chat/completions) at temperature 0 returns a message; skipped with O(endpoints[].chat=false)),
+    C(sagemaker) (vLLM's SageMaker routes - C(GET /ping) answers 200 and C(POST /invocations) answers a completion),
+    and C(api_key) (only with O(endpoints[].api_key) - a C(GET /v1/models) without the key must answer 401).
   - "Speaks the API key (C(Authorization: Bearer <key>)) and verifies TLS against the site CA. Warns when the API key
     would cross the network unencrypted (an C(http://) URL probed O(endpoints[].via=direct))."
   - Reads at most 1 MiB of any answer; a larger answer fails that check with a clear message (no endless body fills
@@ -21,7 +24,8 @@ description:
   - When an endpoint is not ready, diagnoses it from the cluster with the kubernetes Python client (pod phase,
     container states, init container exit codes, events, last log lines) and says what to do, for example an
     image missing from the site registry, too few free GPUs, an empty checkpoint prefix or a refused object-store
-    credential (downloader exit codes 4 and 3), an architecture the vLLM release does not support, a wrong API key.
+    credential (downloader exit codes 4 and 3), an architecture the vLLM release does not support, a wrong API key,
+    an engine that answers without its API key, a checkpoint without a chat template.
     Such failures end the wait for that endpoint at once; others are waited out until O(timeout).
   - Changes nothing, so check mode runs the same checks.
 extends_documentation_fragment:
@@ -85,6 +89,12 @@ options:
       service:
         description: Name of the endpoint's Service, for O(endpoints[].via=proxy).
         type: str
+      chat:
+        description:
+          - Check a chat completion too. Set C(false) for a base model whose tokenizer has no chat template (it
+            serves completions only); with C(true) such a model is diagnosed as C(chat_template_missing).
+        type: bool
+        default: true
   timeout:
     description: Seconds to wait for all endpoints together.
     type: int
@@ -193,7 +203,8 @@ endpoints:
       description: >-
         Null when ready. Otherwise C(code) (C(image_pull), C(insufficient_gpu), C(unschedulable), C(checkpoint_missing),
         C(credential_refused), C(checkpoint_corrupt), C(cache_full), C(object_store_unreachable), C(downloader_usage),
-        C(init_failed), C(unsupported_architecture), C(engine_failed), C(unauthorized), C(no_pods), C(waiting_for_old_pod), C(not_ready),
+        C(init_failed), C(unsupported_architecture), C(engine_failed), C(unauthorized), C(api_key_not_enforced),
+        C(chat_template_missing), C(no_pods), C(waiting_for_old_pod), C(not_ready),
         C(cluster_unreadable)), C(message), C(fix), C(fatal) and C(evidence) (pods and container states, events,
         last log lines; for C(not_ready) the events and every container's log tail of the first live pod that is
         not Ready). Pods on their way out (being deleted, or finished) are not the endpoint's - the pod steps and the
@@ -220,6 +231,7 @@ def argument_spec():
             validate_certs=dict(type="bool", default=True),
             via=dict(type="str", default="direct", choices=["direct", "portforward", "proxy"]),
             service=dict(type="str"),
+            chat=dict(type="bool", default=True),
         )),
         timeout=dict(type="int", default=900),
         interval=dict(type="float", default=2.0),

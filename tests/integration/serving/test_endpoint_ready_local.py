@@ -1,15 +1,19 @@
-"""endpoint_ready against the vLLM stand-in running as a local process on 127.0.0.1 (no cluster):
-the HTTP steps, their timing, the API key, a start-up delay waited out, and what it says when the
-endpoint is wrong."""
+"""endpoint_ready against the REAL vLLM (the pinned CPU build, tests/integration/serving/real_engine.py)
+running as a local process on 127.0.0.1 with a real tiny model and its LoRA adapter, TLS from a test
+site CA and an API key (no cluster): every HTTP step and its timing from a cold start, the adapter,
+a wrong key, a wrong CA, a wrong served name, an unreachable endpoint. One engine serves the whole
+module (it takes 30-60 s and about 1.7 GB to start)."""
 import json
-import time
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.llmops.onprem.plugins.modules import endpoint_ready
 
+import real_engine
+
 KEY = "sk-local-key"
+HTTP_STEPS = ["health", "models", "completion", "chat", "sagemaker", "api_key"]
 
 
 @pytest.fixture
@@ -23,68 +27,92 @@ def run_module(capsys):
     return run
 
 
-def test_ready_with_key_reports_each_step(standin, checkpoint, run_module):
-    s = standin([str(checkpoint), "--served-model-name", "tiny", "--api-key", KEY])
-    s.wait_ready()
-    result, out = run_module(dict(endpoints=[dict(name="tiny", url=s.url + "/", model="tiny", api_key=KEY)],
-                                  timeout=30, interval=0.2, _ansible_check_mode=True))
-    assert result["ready"] and not result["changed"] and not result.get("failed")
-    ep = result["endpoints"][0]
-    assert [st["step"] for st in ep["steps"]] == ["health", "models", "completion"]
-    assert all(st["ok"] and st["seconds"] >= 0 for st in ep["steps"])
-    assert ep["steps"][1]["detail"] == "/v1/models lists tiny"
-    assert len(ep["completion"].split()) == 4 and ep["diagnosis"] is None and ep["url"] == s.url
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """The real engine, started (not waited for): https with the test site CA, an API key, a LoRA adapter."""
+    tmp = tmp_path_factory.mktemp("real-engine")
+    python = real_engine.vllm_python()
+    model = real_engine.make_model(python, tmp / "tiny-llama", lora=tmp / "tiny-llama-lora")
+    pki = _pki(tmp)
+    e = real_engine.Engine(python, [
+        "--model", str(model), "--served-model-name", "tiny", "--api-key", KEY,
+        "--enforce-eager", "--kv-cache-memory-bytes", "64M", "--dtype", "float32",
+        "--enable-lora", "--lora-modules", "tiny-lora=%s" % (tmp / "tiny-llama-lora"), "--max-lora-rank", "8",
+        "--ssl-certfile", str(pki["cert"]), "--ssl-keyfile", str(pki["key"])], tmp, scheme="https")
+    e.pki = pki
+    yield e
+    e.stop()
+
+
+def ep(engine, **kw):
+    d = dict(name="tiny", url=engine.url, model="tiny", api_key=KEY, ca_file=str(engine.pki["ca"]))
+    d.update(kw)
+    return d
+
+
+def test_waits_out_the_start_and_passes_every_step(engine, run_module):
+    """First in the module: the engine is still starting, endpoint_ready waits it out (bounded)."""
+    result, out = run_module(dict(endpoints=[ep(engine, url=engine.url + "/")], timeout=real_engine.HEALTH_TIMEOUT,
+                                  interval=1.0, _ansible_check_mode=True))
+    assert result["ready"] and not result["changed"] and not result.get("failed"), (result, engine.log()[-4000:])
+    e = result["endpoints"][0]
+    assert [st["step"] for st in e["steps"]] == HTTP_STEPS
+    assert all(st["ok"] and st["seconds"] >= 0 for st in e["steps"])
+    assert e["steps"][0]["seconds"] > 5  # the engine's start (model load, KV cache) was waited out
+    assert e["steps"][1]["detail"] == "/v1/models lists tiny, tiny-lora"
+    assert e["steps"][4]["detail"] == "/ping 200, /invocations answered a completion"
+    assert e["steps"][5]["detail"] == "/v1/models without the key: 401"
+    assert e["completion"] and e["diagnosis"] is None and e["url"] == engine.url
     assert KEY not in out
 
 
-def test_waits_out_the_startup_delay(standin, checkpoint, run_module):
-    s = standin([str(checkpoint), "--served-model-name", "slow"],
-                env={"STANDIN_LOAD_SECONDS": "2", "STANDIN_WARMUP_SECONDS": "1"})
-    t0 = time.monotonic()
-    result, _out = run_module(dict(endpoints=[dict(name="slow", url=s.url, model="slow")], timeout=60, interval=0.2))
+def test_the_lora_adapter_answers(engine, run_module):
+    engine.wait_healthy(context=_ssl(engine))
+    result, _out = run_module(dict(endpoints=[ep(engine, name="lora", model="tiny-lora")], timeout=60, interval=1.0))
     assert result["ready"], result
-    health = result["endpoints"][0]["steps"][0]
-    assert health["step"] == "health" and health["seconds"] >= 2.5  # load + warm-up were waited out
-    assert time.monotonic() - t0 >= 3
+    assert result["endpoints"][0]["steps"][1]["detail"] == "/v1/models lists tiny, tiny-lora"
 
 
-def test_wrong_api_key_fails_at_once_with_the_fix(standin, checkpoint, run_module):
-    s = standin([str(checkpoint), "--served-model-name", "tiny", "--api-key", KEY])
-    s.wait_ready()
-    t0 = time.monotonic()
-    result, out = run_module(dict(endpoints=[dict(name="tiny", url=s.url, model="tiny", api_key="sk-wrong")],
-                                  timeout=60, interval=0.2))
-    assert time.monotonic() - t0 < 30  # fatal: not waited until the timeout
+def test_wrong_api_key_fails_at_once_with_the_fix(engine, run_module):
+    engine.wait_healthy(context=_ssl(engine))
+    result, out = run_module(dict(endpoints=[ep(engine, api_key="sk-wrong")], timeout=600, interval=1.0))
     assert result["failed"] and not result["ready"]
-    d = result["endpoints"][0]["diagnosis"]
-    assert d["code"] == "unauthorized"
+    e = result["endpoints"][0]
+    assert e["seconds"] < 60  # fatal: not waited out until the timeout
+    d = e["diagnosis"]
+    assert d["code"] == "unauthorized" and d["fatal"]
     assert result["msg"] == ("1 of 1 endpoint(s) not ready. tiny: tiny (model tiny): %s answered 401 Unauthorized: "
-                             "the API key given is not the engine's Fix: %s" % (s.url, d["fix"]))
-    assert result["endpoints"][0]["steps"][-1] == dict(step="models", ok=False, seconds=result["endpoints"][0]["steps"][-1]["seconds"],
-                                                       detail='/v1/models answered 401: {"error": "Unauthorized"}')
+                             "the API key given is not the engine's Fix: %s" % (engine.url, d["fix"]))
+    assert e["steps"][-1]["step"] == "models" and e["steps"][-1]["detail"].startswith("/v1/models answered 401")
     assert "sk-wrong" not in out
 
 
-def test_served_name_missing_times_out_with_detail(standin, checkpoint, run_module):
-    s = standin([str(checkpoint), "--served-model-name", "tiny"])
-    s.wait_ready()
-    result, _out = run_module(dict(endpoints=[dict(name="other", url=s.url, model="other")], timeout=1, interval=0.2,
+def test_served_name_missing_times_out_with_detail(engine, run_module):
+    engine.wait_healthy(context=_ssl(engine))
+    result, _out = run_module(dict(endpoints=[ep(engine, name="other", model="other")], timeout=1, interval=0.2,
                                    fail_on_not_ready=False))
     assert not result.get("failed") and not result["ready"]
-    ep = result["endpoints"][0]
-    assert ep["diagnosis"]["code"] == "not_ready"
-    assert ep["steps"][-1]["detail"] == "/v1/models lists ['tiny'], not the served name 'other'"
+    e = result["endpoints"][0]
+    assert e["diagnosis"]["code"] == "not_ready"
+    assert e["steps"][-1]["detail"] == "/v1/models lists ['tiny', 'tiny-lora'], not the served name 'other'"
 
 
-def test_many_endpoints_one_unreachable(standin, checkpoint, run_module):
-    s = standin([str(checkpoint), "--served-model-name", "a"])
-    s.wait_ready()
-    result, _out = run_module(dict(endpoints=[dict(name="a", url=s.url, model="a"),
-                                              dict(name="gone", url="http://127.0.0.1:9", model="b")],
+def test_many_endpoints_one_unreachable(engine, run_module):
+    engine.wait_healthy(context=_ssl(engine))
+    result, _out = run_module(dict(endpoints=[ep(engine, name="a"), dict(name="gone", url="http://127.0.0.1:9", model="b")],
                                    timeout=1, interval=0.2))
     assert result["failed"] and [e["ready"] for e in result["endpoints"]] == [True, False]
     assert "no answer from http://127.0.0.1:9/health" in result["endpoints"][1]["steps"][0]["detail"]
     assert result["msg"].startswith("1 of 2 endpoint(s) not ready. gone: gone (model b): not ready yet: no answer")
+
+
+def test_tls_to_a_certificate_the_ca_did_not_sign_fails(engine, run_module):
+    engine.wait_healthy(context=_ssl(engine))
+    result, _out = run_module(dict(endpoints=[ep(engine, ca_file=str(engine.pki["other"]))], timeout=1, interval=0.2))
+    assert result["failed"]
+    detail = result["endpoints"][0]["steps"][0]["detail"]
+    assert detail.startswith("TLS to %s/health failed: [SSL: CERTIFICATE_VERIFY_FAILED]" % engine.url)
+    assert detail.endswith("(is ca_file the site CA?)")
 
 
 def test_bad_input_is_refused_before_any_request(run_module):
@@ -93,6 +121,11 @@ def test_bad_input_is_refused_before_any_request(run_module):
     assert result["failed"] and result["endpoints"] == []
     assert result["msg"] == ("endpoints[x].url '10.0.0.1:8000' must start with http:// or https://; "
                              "endpoints[x].selector needs endpoints[x].namespace; endpoints[].name must be unique")
+
+
+def _ssl(engine):
+    import ssl
+    return ssl.create_default_context(cafile=str(engine.pki["ca"]))
 
 
 def _pki(tmp_path):
@@ -129,20 +162,3 @@ def _pki(tmp_path):
     paths["other"] = tmp_path / "other.crt"
     paths["other"].write_bytes(other.public_bytes(serialization.Encoding.PEM))
     return paths
-
-
-def test_speaks_tls_with_the_site_ca(standin, checkpoint, run_module, tmp_path):
-    pki = _pki(tmp_path)
-    s = standin([str(checkpoint), "--served-model-name", "tls", "--api-key", KEY,
-                 "--ssl-certfile", str(pki["cert"]), "--ssl-keyfile", str(pki["key"])])
-    s.wait_listening()
-    url = s.url.replace("http://", "https://")
-    result, _out = run_module(dict(endpoints=[dict(name="tls", url=url, model="tls", api_key=KEY, ca_file=str(pki["ca"]))],
-                                   timeout=30, interval=0.2))
-    assert result["ready"], result
-    result, _out = run_module(dict(endpoints=[dict(name="tls", url=url, model="tls", api_key=KEY,
-                                                   ca_file=str(pki["other"]))], timeout=1, interval=0.2))
-    assert result["failed"]
-    detail = result["endpoints"][0]["steps"][0]["detail"]
-    assert detail.startswith("TLS to %s/health failed: [SSL: CERTIFICATE_VERIFY_FAILED]" % url)
-    assert detail.endswith("(is ca_file the site CA?)")

@@ -69,3 +69,10 @@ def test_model_values_take_the_checkpoint_from_the_checkpoints_stage():
         serving_model_values(dict(name="chat", checkpoint=dict(name="mistral")), synced)
     assert str(e.value) == ("vllm_serving_models[chat].checkpoint.name 'mistral' is not among the synced checkpoints "
                             "(llama): run the checkpoints stage first, or give bucket/prefix/digest/bytes")
+
+
+def test_a_base_model_is_probed_without_chat_and_chat_is_no_chart_value():
+    models = [dict(name="base", chat=False), dict(name="instr", chat=True)]
+    eps = serving_endpoints(models, [svc("rel-base", "10.0.0.1"), svc("rel-instr", "10.0.0.2")], "rel", "ns")
+    assert eps[0]["chat"] is False and "chat" not in eps[1]
+    assert serving_model_values(models[0]) == dict(name="base")

@@ -168,3 +168,29 @@ def test_probe_does_not_pass_the_pod_steps_on_a_terminating_pod():
     assert not r["ready"] and r["steps"] == [dict(step="pods_scheduled", ok=False, seconds=r["steps"][0]["seconds"],
                                                   detail="pods_scheduled: no pod matches the selector yet")]
     assert r["diagnosis"]["code"] == "no_pods" and r["diagnosis"]["evidence"]["leaving"] == ["old"]
+
+
+def test_the_steps_an_endpoint_walks():
+    """chat and api_key are checked unless the endpoint says there is nothing to check."""
+    local = dict(name="m", model="tiny", url="http://127.0.0.1:8000")
+    assert Probe(dict(local, api_key="k")).steps == ["health", "models", "completion", "chat", "sagemaker", "api_key"]
+    assert Probe(dict(local)).steps == ["health", "models", "completion", "chat", "sagemaker"]
+    assert Probe(dict(local, chat=False, api_key="k")).steps == ["health", "models", "completion", "sagemaker", "api_key"]
+    assert Probe(dict(EP, api_key="k"), FakeCluster([])).steps[:2] == ["pods_scheduled", "init_done"]
+
+
+def test_an_engine_that_answers_without_its_key_is_fatal():
+    err = EndpointError("/v1/models answered 200 WITHOUT the API key: the engine serves anyone who reaches it", 200,
+                        kind="api_key_not_enforced")
+    d = diagnose(EP, [], {}, {}, err)
+    assert d["code"] == "api_key_not_enforced" and d["fatal"]
+    assert d["message"] == ("chat (model tiny): /v1/models answered 200 WITHOUT the API key: the engine serves anyone "
+                            "who reaches it")
+    assert "apiKey.secretName" in d["fix"]
+
+
+def test_a_checkpoint_without_a_chat_template_is_fatal_and_says_how_out():
+    err = EndpointError("/v1/chat/completions answered 400: ...", 400, kind="chat_template_missing")
+    d = diagnose(EP, [], {}, {}, err)
+    assert d["code"] == "chat_template_missing" and d["fatal"]
+    assert "chat: false" in d["fix"] and "chat_template" in d["fix"]
