@@ -19,7 +19,7 @@ description:
     is named, including the endpoint templates in ConfigMaps, C(${GIT_TAG}) filled with O(tag)),
     C(secrets) (the Secret names and keys the pods reference), C(istio) (Istio objects),
     C(public_urls), C(pull_always), and C(problems) - an image outside O(registry) or not among
-    O(wanted), untagged or C(latest), C(imagePullPolicy: Always), a public URL, an Istio object.
+    O(wanted), untagged or C(latest), C(imagePullPolicy=Always), a public URL, an Istio object.
 positional: tag, wanted, registry, namespaces
 options:
   _input:
