@@ -139,10 +139,7 @@ def image_settings(images):
 
 
 def _site(ref, registry):
-    try:
-        return site_reference(ref, registry)
-    except OnpremError as e:
-        raise OnpremError("model_engine_images: %s" % e, kind="input")
+    return site_reference(ref, registry)
 
 
 def wanted_images(images, registry=""):
@@ -590,7 +587,9 @@ def check_values(v, s):
         add("model_engine_endpoint_namespace is %s, the release namespace: the chart then renders its service "
             "ConfigMap twice in one namespace and helm install fails. Use another namespace" % ns)
     st = v.get("serviceTemplate") or {}
-    if st.get("createServiceAccount") and not st.get("serviceAccountAnnotations"):
+    # A key set to null is removed by Helm's merge, as it is here.
+    if st.get("createServiceAccount") and not [k for k, x in (st.get("serviceAccountAnnotations") or {}).items()
+                                               if x is not None]:
         add("serviceTemplate.serviceAccountAnnotations is empty: the chart then creates no ServiceAccount %s in the "
             "endpoint namespace (templates/service_account_inference.yaml) and every endpoint pod is refused. "
             "Give it at least one annotation" % st.get("serviceAccountName"))
@@ -637,7 +636,7 @@ def compute(s):
         images = wanted_images(s.get("images"), s.get("site_registry") or "")
         values = build_values(s)
     except OnpremError as e:
-        return dict(values={}, problems=problems + [str(e)], images=[], node_labels=[])
+        return dict(values={}, problems=problems + ["model_engine_images: %s" % e], images=[], node_labels=[])
     values = merge(values, s.get("values") or {})
     problems += check_values(values, s)
     labels = [dict(node=e["node"], labels={ACCELERATOR_LABEL: e["gpu_type"]}, product=e["product"]) for e in entries]
