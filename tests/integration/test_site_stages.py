@@ -55,6 +55,7 @@ SKIPPED_WITHOUT_ANYTHING = [
     "minio: skipped: no host in the group minio",
     "checkpoints: skipped: no imported bundle (llmops_bundle is not set)",
     "cluster_secrets: skipped: llmops_kubeconfig is not set",
+    "model_engine: skipped: model_engine_enabled is false",
     "vllm_serving: skipped: llmops_kubeconfig is not set",
 ]
 

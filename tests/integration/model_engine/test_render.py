@@ -209,3 +209,28 @@ def test_check_mode_shows_the_values_diff_and_writes_nothing(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "+celeryBrokerType: elasticache" in proc.stdout
     assert not (tmp_path / "private" / "values.yaml").exists()
+
+
+def test_site_yml_runs_the_stage_up_to_the_honest_refusal(tmp_path):
+    """site.yml with the stage switched on, no cluster and no bundle: the values are written, the real chart is
+    rendered and checked, and the stage stops before helm install naming every image the bundle must carry."""
+    inv = tmp_path / "site"
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    (inv / "hosts.yml").write_text("---\nall:\n  hosts: {}\n", encoding="utf-8")
+    play = yaml.safe_load(open(os.path.join(HERE, "playbooks", "role.yml")))[0]["vars"]
+    play.update(model_engine_enabled=True, model_engine_chart=VENDOR_CHART,
+                model_engine_private_dir=str(tmp_path / "private"), ansible_python_interpreter=sys.executable)
+    del play["model_engine_bundle_images"]  # the default: the imported bundle's images (none here)
+    (inv / "group_vars" / "all" / "site.yml").write_text(yaml.safe_dump(play), encoding="utf-8")
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default",
+               PATH=os.path.dirname(HELM) + os.pathsep + VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+    p = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", str(inv), "playbooks/site.yml"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert p.returncode == 2, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "PLAY [Stage model_engine" in p.stdout
+    assert "the bundle does not carry 6 of the 6 images model-engine names" in p.stdout
+    for ref in ALL_IMAGES:
+        assert ref + " (" in p.stdout, ref
+    assert (tmp_path / "private" / "values.yaml").is_file()
+    assert "PLAY [Stage vllm_serving" not in p.stdout
