@@ -8,7 +8,6 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.onprem.plugins.module_utils import _model_engine as me
-from ansible_collections.llmops.onprem.plugins.module_utils._oci import OnpremError
 
 DOCUMENTATION = r"""
 name: model_engine_missing_images

@@ -109,7 +109,7 @@ def test_images_are_pinned_and_in_the_site_registry(planned):
     assert images
     for ref in images:
         assert ref.startswith(REGISTRY + "/"), ref
-        name, _, tag = ref.rpartition(":")
+        tag = ref.rpartition(":")[2]
         assert "/" not in tag and tag and tag != "latest", ref
     assert REGISTRY + "/public.ecr.aws/b2z8n5q1/model-engine:" + TAG in images
     assert REGISTRY + "/docker.io/curlimages/curl:7.72.0" in images  # the endpoint templates' utility image
