@@ -20,7 +20,7 @@ description:
     C(secrets) (the Secret names and keys the pods reference), C(istio) (Istio objects),
     C(public_urls), C(pull_always), and C(problems) - an image outside O(registry) or not among
     O(wanted), untagged or C(latest), C(imagePullPolicy=Always), a public URL, an Istio object.
-positional: tag, wanted, registry, namespaces
+positional: tag, wanted, registry, namespaces, site_hosts
 options:
   _input:
     description: The rendered objects (dicts).
@@ -45,6 +45,11 @@ options:
     type: list
     elements: str
     default: []
+  site_hosts:
+    description: The site's own host names (C(site_hosts) of M(llmops.onprem.model_engine_values#filter)); not public.
+    type: list
+    elements: str
+    default: []
 """
 
 EXAMPLES = r"""
@@ -61,11 +66,11 @@ _value:
 """
 
 
-def model_engine_render_check(docs, tag, wanted, registry, namespaces=None):
+def model_engine_render_check(docs, tag, wanted, registry, namespaces=None, site_hosts=None):
     """The rendered objects' report and problems."""
     docs = [d for d in (docs or []) if isinstance(d, dict) and d]
     try:
-        report = me.objects_report(docs, tag, registry, tuple(namespaces or ()))
+        report = me.objects_report(docs, tag, registry, tuple(namespaces or ()), tuple(site_hosts or ()))
     except OnpremError as e:
         raise AnsibleFilterError(str(e))
     return dict(report, problems=me.render_problems(report, wanted or [], registry))

@@ -18,8 +18,9 @@ description:
   - Returns a dict - C(values) (the chart values for scaleapi/llm-engine's model-engine chart),
     C(problems) (a list of strings, each naming the value and the fix; empty when the values are
     fit for a site without internet), C(images) (every image model-engine names at install and at
-    run time, as C(name), C(upstream), C(site)) and C(node_labels) (per GPU node the
-    C(k8s.amazonaws.com/accelerator) label its GpuType needs).
+    run time, as C(name), C(upstream), C(site)), C(node_labels) (per GPU node the
+    C(k8s.amazonaws.com/accelerator) label its GpuType needs) and C(site_hosts) (the site's own
+    host names, which the render check does not count as public).
   - The inventory's overrides (C(values)) are merged last, and the problems are those of the
     merged values, so a trap set in the inventory is refused with its fix.
   - Companion filters - M(llmops.onprem.model_engine_images#filter) (the bundle's list of upstream
@@ -47,7 +48,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: C(values), C(problems), C(images) and C(node_labels).
+  description: C(values), C(problems), C(images), C(node_labels) and C(site_hosts).
   type: dict
   sample:
     problems: ["celeryBrokerType is 'redis': the chart treats anything but the literal elasticache ..."]

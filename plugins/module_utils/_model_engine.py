@@ -640,7 +640,20 @@ def compute(s):
     values = merge(values, s.get("values") or {})
     problems += check_values(values, s)
     labels = [dict(node=e["node"], labels={ACCELERATOR_LABEL: e["gpu_type"]}, product=e["product"]) for e in entries]
-    return dict(values=values, problems=problems, images=images, node_labels=labels)
+    return dict(values=values, problems=problems, images=images, node_labels=labels, site_hosts=site_hosts(s))
+
+
+def _host_of(url):
+    return re.sub(r"^[a-z0-9+.-]+://", "", str(url or ""), flags=re.I).split("/", 1)[0].split("@")[-1] \
+        .rsplit(":", 1)[0].strip("[]").lower()
+
+
+def site_hosts(s):
+    """The site's own host names (its services, its registry, its DNS domain): not public, whatever their suffix."""
+    hosts = [_host_of(get(s, "object_store.s3_endpoint_url")), str(get(s, "redis.host") or "").lower(),
+             str(get(s, "postgres.host") or "").lower(), _host_of(s.get("site_registry")),
+             _host_of(s.get("prometheus_address")), str(s.get("dns_host_domain") or "").lower()]
+    return sorted(set(h for h in hosts if h))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,7 +680,7 @@ def _who(doc):
     return "%s %s/%s" % (doc.get("apiVersion"), doc.get("kind"), get(doc, "metadata.name", "?"))
 
 
-def objects_report(docs, tag, registry, namespaces=()):
+def objects_report(docs, tag, registry, namespaces=(), hosts=()):
     """What the rendered objects name: images (with where), pull policies, Secret references,
     public URLs and Istio objects. ``tag`` fills ${GIT_TAG} in the endpoint templates."""
     images, always, secrets, urls, istio = [], [], [], [], []
@@ -707,16 +720,19 @@ def objects_report(docs, tag, registry, namespaces=()):
                     always.append("%s data %s" % (who, key))
         for where, url in _urls_in(d):
             host = re.sub(r"^[a-z]+://", "", url).split("/", 1)[0].split("@")[-1].split(":")[0]
-            if _public_host(host, namespaces):
+            if _public_host(host, namespaces, hosts):
                 urls.append("%s: %s (%s)" % (who, url, where))
     return dict(images=images, pull_always=always, secrets=secrets, public_urls=urls, istio=istio)
 
 
-def _public_host(host, namespaces=()):
+def _public_host(host, namespaces=(), hosts=()):
     """Whether ``host`` would be resolved outside the site: not a cluster name (<service>.<namespace>,
-    *.svc, *.cluster.local), not a private address, not a site-internal suffix."""
+    *.svc, *.cluster.local), not a private address, not a site-internal suffix, not one of the
+    site's own ``hosts`` (or a name under one of them)."""
     host = host.lower().strip("[]")
     if not host or "$" in host or "{" in host:
+        return False
+    if any(host == h or host.endswith("." + h) for h in hosts):
         return False
     if "." not in host or host.split(".", 1)[1] in namespaces:
         return False

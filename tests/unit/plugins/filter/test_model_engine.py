@@ -292,3 +292,13 @@ def test_render_check_names_each_bad_object():
         "Istio object extensions.istio.io/v1alpha1 WasmPlugin/attributegen is rendered, and the site has no Istio",
     ]
     assert [i["image"] for i in out["images"]][-1] == site  # ${GIT_TAG} filled in the endpoint template
+
+
+def test_the_sites_own_host_names_are_not_public():
+    out = run(object_store=dict(SETTINGS["object_store"], s3_endpoint_url="https://s3.corp.example.com:9000"))
+    assert out["problems"] == []
+    assert "s3.corp.example.com" in out["site_hosts"]
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+          "data": {"a": "https://s3.corp.example.com:9000/llm-engine", "b": "https://pypi.org/simple"}}
+    check = model_engine_render_check([cm], TAG, out["images"], REG, [], out["site_hosts"])
+    assert check["problems"] == ["public URL in v1 ConfigMap/c: https://pypi.org/simple (data.b)"]
