@@ -9,6 +9,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
 from ansible_collections.llmops.onprem.plugins.module_utils._gpu_operator import missing_images as _missing
+from ansible_collections.llmops.onprem.plugins.module_utils._oci import REF_ANNOTATION
 
 DOCUMENTATION = r"""
 name: missing_images
@@ -18,7 +19,9 @@ description:
   - Returns, in order, every reference of the input that O(available) does not hold. References are compared
     normalised (C(nginx:1.25) is C(docker.io/library/nginx:1.25)) by name and tag, so a bundle entry pinned to a digest
     (C(name:tag@sha256:...)) still matches C(name:tag).
-  - Entries may be strings or C({ref}) dicts (C(bundle_spec.images) entries), in both lists.
+  - Entries may be strings or C({ref}) dicts (C(bundle_spec.images) entries), in both lists. O(available) may also be
+    an OCI image layout's C(index.json) content (the bundle's C(images/index.json)) - its images are named by the
+    annotation C(org.opencontainers.image.ref.name).
 positional: available
 options:
   _input:
@@ -27,9 +30,8 @@ options:
     elements: raw
     required: true
   available:
-    description: The references at hand (the bundle's C(images/index.json) names, or C(bundle_spec.images)).
-    type: list
-    elements: raw
+    description: The references at hand - a list, or the bundle's C(images/index.json) as a dict.
+    type: raw
     required: true
 """
 
@@ -61,6 +63,9 @@ def _refs(items, what):
 
 
 def missing_images(needed, available):
+    if isinstance(available, dict):
+        available = [(m.get("annotations") or {}).get(REF_ANNOTATION) for m in available.get("manifests") or []]
+        available = [r for r in available if r]
     try:
         return _missing(_refs(needed, "input"), _refs(available, "available"))
     except OnpremError as e:
