@@ -31,6 +31,10 @@ SANDBOX = frozenset(["vgpuManager", "vgpuDeviceManager", "vfioManager", "sandbox
 OS_SUFFIXED = frozenset(["driver", "gds", "gdrcopy"])
 # Components rendered only with the DRA enablement stack (gpuCluster.deployCR).
 DRA = frozenset(["draDriver"])
+# Images the operator's own Deployment names (DRIVER_MANAGER_IMAGE, VALIDATOR_IMAGE in its
+# environment) whatever is switched on: listed always, so the operator never asks for one the
+# site lacks.
+OPERATOR_ENV = frozenset([("driver", "manager"), ("validator",)])
 MODES = ("host", "operator")
 
 
@@ -102,6 +106,8 @@ def _enabled(values, path):
     """A component runs when every ``enabled`` on its path (its own, its parent's) is true, plus
     the stack it belongs to: sandbox components with sandboxWorkloads, the DRA driver with gpuCluster."""
     top = path[0]
+    if tuple(path) in OPERATOR_ENV:
+        return True
     if top in SANDBOX and not _get(values, ("sandboxWorkloads", "enabled"), False):
         return False
     if top in DRA and not _get(values, ("gpuCluster", "deployCR"), False):

@@ -59,6 +59,7 @@ def refs(chart_dir, **kw):
 def test_host_mode_lists_the_running_components_from_the_values(tmp_path):
     assert refs(chart(tmp_path)) == [
         "nvcr.io/nvidia/k8s-device-plugin:v0.2",            # devicePlugin and gfd: one image
+        "nvcr.io/nvidia/cloud-native/k8s-driver-manager:v0.9.0",  # named by the operator's Deployment, always
         "nvcr.io/nvidia/cloud-native/future:v1",            # a component the filter has never heard of
         "registry.k8s.io/nfd/node-feature-discovery:v0.9.0",  # the subchart's appVersion
         "nvcr.io/nvidia/gpu-operator:v9.1.0",               # operator and validator: the chart's appVersion
