@@ -11,7 +11,7 @@ short_description: Find out whether a host has NVIDIA GPUs and a working driver,
 version_added: 1.0.0
 description:
   - Reads, and changes nothing - C(uname -r) (the running kernel), C(lspci -n) (NVIDIA display and 3D controllers on
-    the PCI bus, vendor C(10de)), C(lsmod) (C(nvidia) and C(nouveau) loaded), C(nvidia-smi) (one query, the GPU facts),
+    the PCI bus, vendor C(10de); C(/sys/bus/pci/devices) on a host without pciutils), C(lsmod) (C(nvidia) and C(nouveau) loaded; C(/proc/modules) without kmod), C(nvidia-smi) (one query, the GPU facts),
     C(mokutil --sb-state) (Secure Boot) and, when a driver must be installed, C(apt-cache policy) for the kernel headers
     of the running kernel and every package of O(packages) (is there a candidate in the configured repositories).
   - Returns RV(state) - C(present) (the C(nvidia) module is loaded and C(nvidia-smi) answers with a version of at least
@@ -109,6 +109,7 @@ missing_packages:
   returned: always
 """
 
+import os
 import re
 
 from ansible.module_utils.basic import AnsibleModule
@@ -130,6 +131,15 @@ def accepted(version, min_version):
 
 def loaded_modules(lsmod_out):
     return set(line.split()[0] for line in lsmod_out.splitlines()[1:] if line.strip())
+
+
+def proc_modules(path="/proc/modules"):
+    """The loaded modules from /proc/modules (hosts without kmod's lsmod; no header line)."""
+    try:
+        with open(path) as f:
+            return loaded_modules("header\n" + f.read())
+    except OSError as e:
+        raise OnpremError("neither lsmod nor %s can be read: %s" % (path, e), kind="input")
 
 
 def candidates(policy_out):
@@ -178,19 +188,43 @@ class Host(object):
         return rc, out, err
 
 
+def sysfs_pci(root="/sys/bus/pci/devices"):
+    """The PCI devices as ``lspci -n`` lines, from sysfs (hosts without pciutils)."""
+    lines = []
+    for dev in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        try:
+            with open(os.path.join(root, dev, "vendor")) as f:
+                vendor = f.read().strip().replace("0x", "")
+            with open(os.path.join(root, dev, "device")) as f:
+                device = f.read().strip().replace("0x", "")
+            with open(os.path.join(root, dev, "class")) as f:
+                cls = f.read().strip().replace("0x", "")[:4]
+        except OSError:
+            continue
+        lines.append("%s %s: %s:%s" % (dev, cls, vendor, device))
+    return "\n".join(lines)
+
+
 def observe(host, packages, headers_prefix):
     rc, kernel, err = host.run("uname", ["-r"])
     if rc != 0:
         raise OnpremError("uname -r failed: %s" % err.strip(), kind="input")
     kernel = kernel.strip()
-    rc, out, err = host.run("lspci", ["-n"])
-    if rc != 0:
-        raise OnpremError("lspci -n failed (rc %d): %s" % (rc, err.strip()), kind="input")
+    lspci = host.run("lspci", ["-n"], required=False)
+    if lspci is None:
+        out = sysfs_pci()
+    elif lspci[0] != 0:
+        raise OnpremError("lspci -n failed (rc %d): %s" % (lspci[0], lspci[2].strip()), kind="input")
+    else:
+        out = lspci[1]
     pci = [ln.strip() for ln in out.splitlines() if NVIDIA_PCI.match(ln.strip())]
-    rc, out, err = host.run("lsmod", [])
-    if rc != 0:
-        raise OnpremError("lsmod failed (rc %d): %s" % (rc, err.strip()), kind="input")
-    mods = loaded_modules(out)
+    lsmod = host.run("lsmod", [], required=False)
+    if lsmod is None:
+        mods = proc_modules()
+    elif lsmod[0] != 0:
+        raise OnpremError("lsmod failed (rc %d): %s" % (lsmod[0], lsmod[2].strip()), kind="input")
+    else:
+        mods = loaded_modules(lsmod[1])
     obs = dict(kernel=kernel, headers_package=headers_prefix + kernel, pci_devices=pci,
                nvidia_loaded="nvidia" in mods, nouveau_loaded="nouveau" in mods, driver_version="", gpu={},
                smi_error="", secure_boot="unknown", missing_packages=[])

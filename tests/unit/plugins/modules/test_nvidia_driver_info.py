@@ -4,7 +4,7 @@ PATH, is in tests/integration/gpu/test_nvidia_driver_detect.py."""
 import pytest
 
 from ansible_collections.llmops.onprem.plugins.modules.nvidia_driver_info import (NVIDIA_PCI, accepted, candidates, decide,
-                                                                                  loaded_modules)
+                                                                                  loaded_modules, proc_modules, sysfs_pci)
 
 
 def obs(**kw):
@@ -59,3 +59,26 @@ def test_candidates_from_apt_cache_policy():
     ("00:02.0 0300: 8086:4680", False)])
 def test_nvidia_pci_lines(line, match):
     assert bool(NVIDIA_PCI.match(line)) is match
+
+
+def test_sysfs_pci_reads_like_lspci(tmp_path):
+    for dev, vendor, device, cls in (("0000:17:00.0", "0x10de", "0x2330", "0x030200"),
+                                     ("0000:00:1f.3", "0x8086", "0x7a50", "0x040380")):
+        d = tmp_path / dev
+        d.mkdir()
+        (d / "vendor").write_text(vendor + "\n")
+        (d / "device").write_text(device + "\n")
+        (d / "class").write_text(cls + "\n")
+    (tmp_path / "0000:ff:00.0").mkdir()  # unreadable entries are skipped
+    lines = sysfs_pci(str(tmp_path)).splitlines()
+    assert lines == ["0000:00:1f.3 0403: 8086:7a50", "0000:17:00.0 0302: 10de:2330"]
+    assert [ln for ln in lines if NVIDIA_PCI.match(ln)] == ["0000:17:00.0 0302: 10de:2330"]
+    assert sysfs_pci(str(tmp_path / "absent")) == ""
+
+
+def test_proc_modules_without_lsmod(tmp_path):
+    f = tmp_path / "modules"
+    f.write_text("nvidia_uvm 1531904 0 - Live 0x0000000000000000\nnvidia 54218752 1 nvidia_uvm, Live 0x0\n")
+    assert proc_modules(str(f)) == {"nvidia_uvm", "nvidia"}
+    with pytest.raises(Exception, match="neither lsmod nor .*absent can be read"):
+        proc_modules(str(tmp_path / "absent"))
