@@ -8,7 +8,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
-from ansible_collections.llmops.onprem.plugins.module_utils._gpu_operator import read_chart, site_values
+from ansible_collections.llmops.onprem.plugins.plugin_utils._gpu_operator import read_chart, site_values
 
 DOCUMENTATION = r"""
 name: gpu_operator_values

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
-from ansible_collections.llmops.onprem.plugins.module_utils._gpu_operator import missing_images as _missing
+from ansible_collections.llmops.onprem.plugins.plugin_utils._gpu_operator import missing_images as _missing
 from ansible_collections.llmops.onprem.plugins.module_utils._oci import REF_ANNOTATION
 
 DOCUMENTATION = r"""

@@ -11,7 +11,8 @@ short_description: Find out whether a host has NVIDIA GPUs and a working driver,
 version_added: 1.0.0
 description:
   - Reads, and changes nothing - C(uname -r) (the running kernel), C(lspci -n) (NVIDIA display and 3D controllers on
-    the PCI bus, vendor C(10de); C(/sys/bus/pci/devices) on a host without pciutils), C(lsmod) (C(nvidia) and C(nouveau) loaded; C(/proc/modules) without kmod), C(nvidia-smi) (one query, the GPU facts),
+    the PCI bus, vendor C(10de); C(/sys/bus/pci/devices) on a host without pciutils), C(lsmod) (C(nvidia) and
+    C(nouveau) loaded; C(/proc/modules) without kmod), C(nvidia-smi) (one query, the GPU facts),
     C(mokutil --sb-state) (Secure Boot) and, when a driver must be installed, C(apt-cache policy) for the kernel headers
     of the running kernel and every package of O(packages) (is there a candidate in the configured repositories).
   - Returns RV(state) - C(present) (the C(nvidia) module is loaded and C(nvidia-smi) answers with a version of at least

@@ -4,8 +4,8 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.onprem.plugins.filter.gpu_node_facts import gpu_node_facts
-from ansible_collections.llmops.onprem.plugins.module_utils._gpu import (SMI_FIELDS, arch_family, gfd_product,
-                                                                          model_engine_gpu_type)
+from ansible_collections.llmops.onprem.plugins.module_utils._gpu import SMI_FIELDS, arch_family, gfd_product
+from ansible_collections.llmops.onprem.plugins.module_utils._gpu import model_engine_gpu_type
 
 H100 = "0, NVIDIA H100 80GB HBM3, 81559, 570.124.06, Disabled, 9.0\n1, NVIDIA H100 80GB HBM3, 81559, 570.124.06, Disabled, 9.0\n"
 

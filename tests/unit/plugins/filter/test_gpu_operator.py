@@ -106,8 +106,9 @@ def test_values_point_every_image_at_the_site_registry_with_its_version(tmp_path
 
 
 def test_overrides_are_kept_and_their_images_mapped(tmp_path):
-    v = gpu_operator_values(chart(tmp_path), REG, overrides={"toolkit": {"repository": "quay.io/corp", "version": "v2"},
-                                                              "migManager": {"enabled": False}, "cdi": {"enabled": False}})
+    overrides = {"toolkit": {"repository": "quay.io/corp", "version": "v2"}, "migManager": {"enabled": False},
+                 "cdi": {"enabled": False}}
+    v = gpu_operator_values(chart(tmp_path), REG, overrides=overrides)
     assert v["toolkit"]["repository"] == REG + "/quay.io/corp" and v["toolkit"]["version"] == "v2"
     assert v["migManager"] == {"enabled": False} and v["cdi"] == {"enabled": False}
 

@@ -4,7 +4,8 @@
 """NVIDIA GPU operator chart: its images, read from the chart's own values.yaml, and the values
 that point every one of them at the site registry.
 
-Private to this collection: the API may change without notice.
+Private to this collection: the API may change without notice. Controller side only (the
+filters): it reads the chart with PyYAML, which target hosts need not have.
 
 The chart describes each image as a mapping with ``repository``, ``image`` and ``version`` (the
 operator composes ``repository/image:version``, or ``@version`` for a ``sha256:`` digest); the
@@ -98,8 +99,7 @@ def _image_specs(tree, path=()):
         if path == () and k == NFD_KEY:
             continue
         if isinstance(v, dict):
-            for found in _image_specs(v, path + (k,)):
-                yield found
+            yield from _image_specs(v, path + (k,))
 
 
 def _enabled(values, path):
