@@ -119,6 +119,16 @@ def test_the_gpu_layer_runs_when_switched_on_and_refuses_a_bundle_without_its_im
     assert "PLAY [Stage nvidia_driver" in out and "skipping: no hosts matched" in out
 
 
+def test_the_gpu_layer_without_a_bundle_or_gpu_hosts_says_why_it_skipped(tmp_path):
+    inv = site(tmp_path, "llmops_gpu_layer: true\n")
+    r = ansible("ansible-playbook", inv, "playbooks/site.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = summary(r.stdout)
+    assert "nvidia_driver: skipped: no host in the group gpu_nodes" in lines
+    assert "gpu_operator: skipped: no imported bundle (llmops_bundle is not set)" in lines
+    assert not [line for line in lines if line.startswith("nvidia_driver, gpu_operator")]
+
+
 def plays(stdout):
     """[(pattern, title, sorted hosts)] from ansible-playbook --list-hosts."""
     out = []
