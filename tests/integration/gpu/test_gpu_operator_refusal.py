@@ -80,3 +80,33 @@ def test_values_the_chart_refuses_fail_before_the_bundle_check(tmp_path):
     assert "the GPU operator chart (%s) refuses these values" % CHART in text
     assert "devicePlugin.config.data cannot be empty when devicePlugin.config.create is set to true" in text
     assert "the bundle lacks" not in text
+
+
+GPU_FACT = {"node": "gpu-1", "product": "NVIDIA-H100-80GB-HBM3", "count": 8, "memory_mib": 81559,
+            "driver_version": "570.124.06", "mig_mode": "Disabled", "family": "hopper", "compute_cap": "9.0",
+            "gpu_type": "nvidia-hopper-h100", "products": {"NVIDIA-H100-80GB-HBM3": 8}, "source": "nvidia-smi",
+            "labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.family": "hopper",
+                       "nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.count": "8"}}
+
+
+def test_without_a_cluster_the_gpu_facts_come_from_the_driver_stage(tmp_path):
+    hosts = {"gpu-1": {"state": "present", "reason": "ok", "gpu": GPU_FACT},
+             "cpu-1": {"state": "no_gpu", "reason": "no NVIDIA device", "gpu": {}}}
+    proc, out = run(tmp_path, needed(), gpu_driver_hosts=hosts)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out["nodes"] == [GPU_FACT]
+
+
+def test_driver_present_mode_refuses_a_host_that_needs_a_reboot(tmp_path):
+    hosts = {"gpu-1": {"state": "present", "reason": "ok", "gpu": GPU_FACT},
+             "gpu-2": {"state": "reboot_required", "reason": "the nouveau module holds the GPU(s)", "gpu": {}}}
+    proc, out = run(tmp_path, needed(), gpu_driver_hosts=hosts)
+    assert proc.returncode != 0
+    text = " ".join(proc.stdout.split())
+    assert ("needs the NVIDIA driver loaded on every GPU host, and the nvidia_driver stage reports: gpu-2 reboot_required "
+            "(the nouveau module holds the GPU(s)). Reboot those hosts") in text
+    assert "gpu-1" not in text.split("reports:")[1].split(".")[0]
+    # Full mode does not need the host driver.
+    proc, out = run(tmp_path, needed(mode="operator", driver_os=["ubuntu22.04"]), gpu_driver_hosts=hosts,
+                    gpu_mode="operator", gpu_os=["ubuntu22.04"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
