@@ -54,6 +54,10 @@ DOWNLOADER_EXITS = {
         "longer needs a larger --lock-timeout.", False),
 }
 UNSUPPORTED_ARCH = "are not supported for now. supported architectures"
+KUBELET_NO_LOG = "unable to retrieve container logs"
+# A fatal diagnosis whose failing container's log could not be read (the kubelet was replacing it) waits
+# this many more rounds for the log before it stands without it: the log is what names the cause.
+UNREAD_LOG_ROUNDS = 3
 PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
 
 
@@ -386,7 +390,10 @@ def diagnose(ep, pods, events, logs, http_error=None, going=()):
             elif every_log:
                 evidence["log_tail"] = ["[%s] %s" % (c, line) for (p, c), text in sorted(logs.items()) if p == pod
                                         for line in (text or "").splitlines()[-20:]]
-        return dict(code=code, message=message, fix=fix, fatal=fatal, evidence=evidence)
+        out = dict(code=code, message=message, fix=fix, fatal=fatal, evidence=evidence)
+        if container is not None:
+            out["container"] = container
+        return out
 
     where = "%s (model %s)" % (ep.get("name"), ep.get("model"))
     for pod in pods:
@@ -547,12 +554,16 @@ class Cluster(object):
         return [self._plain(e) for e in items]
 
     def log(self, namespace, pod, container, previous=False, lines=40):
+        """The container's last lines, or "" when there are none to read. The kubelet answers a read of a
+        container it has just replaced or removed with its own message ("unable to retrieve container logs
+        for containerd://..."): that is not the container's output, so it counts as no log."""
         try:
             r = self.core.read_namespaced_pod_log(pod, namespace, container=container, previous=previous,
                                                   tail_lines=lines, _preload_content=False)
-            return r.data.decode("utf-8", "replace")
+            text = r.data.decode("utf-8", "replace")
         except Exception:  # pylint: disable=broad-except  # no log yet (waiting container): nothing to add
             return ""
+        return "" if text.lstrip().startswith(KUBELET_NO_LOG) else text
 
     def portforward(self, namespace, pod, port):
         """A kubernetes.stream port-forward to one port of a pod (its .socket(port) speaks to the pod)."""
@@ -587,9 +598,10 @@ class Cluster(object):
                 if state.get("waiting") and not previous:
                     continue
                 text = self.log(namespace, name, c["name"], previous=previous)
-                if not text.strip() and not previous:
-                    # Restarted between the status read and the log read: the failed run is now the previous one.
-                    text = self.log(namespace, name, c["name"], previous=True)
+                if not text.strip():
+                    # Restarted between the status read and the log read: the failed run is now the previous one
+                    # (or, read as the previous one, it was replaced again and is the current one).
+                    text = self.log(namespace, name, c["name"], previous=not previous)
                 logs[(name, c["name"])] = text
         return pods, events, logs, going
 
@@ -612,6 +624,7 @@ class Probe(object):
         self.text = ""
         self.error = None
         self.diagnosis = None
+        self.unread_rounds = 0
         tls = tls_options(ep.get("ca_file"), ep.get("validate_certs", True))
         via = ep.get("via") or "direct"
         if via == "portforward":
@@ -677,7 +690,13 @@ class Probe(object):
                 return
         else:
             pods, events, logs, going = [], {}, {}, []
-        self.diagnosis = diagnose(self.ep, pods, events, logs, self.error, going)
+        d = diagnose(self.ep, pods, events, logs, self.error, going)
+        if d["fatal"] and d.get("container") and not d["evidence"].get("log_tail") and \
+                self.unread_rounds < UNREAD_LOG_ROUNDS:
+            # The verdict is known (an exit code, say) but the log that says why was unreadable this round.
+            self.unread_rounds += 1
+            d = dict(d, fatal=False)
+        self.diagnosis = d
 
     def result(self):
         now = self.clock()

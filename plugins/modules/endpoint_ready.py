@@ -205,10 +205,12 @@ endpoints:
         C(credential_refused), C(checkpoint_corrupt), C(cache_full), C(object_store_unreachable), C(downloader_usage),
         C(init_failed), C(unsupported_architecture), C(engine_failed), C(unauthorized), C(api_key_not_enforced),
         C(chat_template_missing), C(no_pods), C(waiting_for_old_pod), C(not_ready),
-        C(cluster_unreadable)), C(message), C(fix), C(fatal) and C(evidence) (pods and container states, events,
+        C(cluster_unreadable)), C(message), C(fix), C(fatal), C(container) (the container the verdict is about, when
+        there is one) and C(evidence) (pods and container states, events,
         last log lines; for C(not_ready) the events and every container's log tail of the first live pod that is
         not Ready). Pods on their way out (being deleted, or finished) are not the endpoint's - the pod steps and the
-        diagnosis look only at the live ones - and are listed in C(evidence.leaving).
+        diagnosis look only at the live ones - and are listed in C(evidence.leaving). A fatal verdict whose container
+        log could not be read (the kubelet was replacing the container) waits up to three more rounds for that log.
       type: dict
       sample: {"code": "checkpoint_missing", "message": "...", "fix": "...", "fatal": true, "evidence": {}}
 """

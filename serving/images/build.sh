@@ -180,9 +180,23 @@ case $image in
   *) die "unknown image '$image': python-runtime, model-pull, vllm-cpu, engine-standin, runtime-rootfs or vllm-env" ;;
 esac
 [ ${#tags[@]} -gt 0 ] || tags=("localhost/llmops/$image:$V")
+stamp=""
 if [ -z "$output" ] && [ -z "$layout" ]; then
   output=$LLMOPS_CACHE/images/$image-$V.tar
   mkdir -p "$(dirname "$output")"
+  # The cached archive is reused while every input is the same (this script, mkimage.py, the pinned
+  # lists, the tags, the image's own sources); anything else rebuilds it.
+  stamp=$( { printf '%s\n' "${tags[@]}"; cat "$0" "$MKIMAGE" "$PACKAGES" "$VLLM_LOCK" "$VLLM_PACKAGES";
+             case $image in
+               model-pull) cat "$REPO/serving/model-pull/model_pull.py" "$REPO"/plugins/module_utils/_sigv4.py \
+                               "$REPO"/plugins/module_utils/_checkpoint.py "$REPO"/plugins/module_utils/_paths.py ;;
+               engine-standin) find "$REPO/serving/engine-standin" -name '*.py' -type f | sort | xargs cat ;;
+             esac; } | sha256sum | cut -c1-64)
+  if [ -f "$output" ] && [ "$(cat "$output.inputs" 2>/dev/null)" = "$stamp" ]; then
+    echo "archive: $output (cached: same inputs)" >&2
+    exit 0
+  fi
+  rm -f "$output.inputs"
 fi
 
 rootfs=$(runtime_rootfs)
@@ -243,4 +257,5 @@ case $image in
            --label "org.opencontainers.image.title=llmops vLLM stand-in (CPU, not vLLM)") ;;
 esac
 "$PY3" "$MKIMAGE" "${args[@]}"
+[ -z "$stamp" ] || echo "$stamp" > "$output.inputs"
 [ -z "$output" ] || echo "archive: $output" >&2

@@ -194,3 +194,80 @@ def test_a_checkpoint_without_a_chat_template_is_fatal_and_says_how_out():
     d = diagnose(EP, [], {}, {}, err)
     assert d["code"] == "chat_template_missing" and d["fatal"]
     assert "chat: false" in d["fix"] and "chat_template" in d["fix"]
+
+
+# --- Issue 21, second cause: the failing container's log read while the kubelet replaced it ---------------
+
+class LogCore(object):
+    """read_namespaced_pod_log as the kubelet answers it: the current or the previous run's text."""
+
+    def __init__(self, current, previous):
+        self.texts = {False: current, True: previous}
+        self.calls = []
+
+    def read_namespaced_pod_log(self, pod, namespace, container=None, previous=False, tail_lines=None,
+                                _preload_content=True):
+        self.calls.append(previous)
+
+        class R(object):
+            data = self.texts[previous].encode()
+        return R()
+
+
+def cluster_with(core, pods):
+    from ansible_collections.llmops.onprem.plugins.module_utils._endpoint import Cluster
+
+    c = Cluster.__new__(Cluster)
+    c.core = core
+    c.pods = lambda namespace, selector: pods
+    c.events = lambda namespace, pod: []
+    return c
+
+
+GONE = "unable to retrieve container logs for containerd://16d4c79091a2e3406d3721ddfff0e1647c98c1904cb1b8ca8d8f1dc0a21649c0"
+
+
+def test_the_kubelets_no_log_message_is_not_the_containers_log_and_the_other_run_is_read():
+    p = pod(init=[terminated("model-pull", 3)])  # waiting (CrashLoopBackOff), the failed run in lastState
+    core = LogCore(current="model-pull: the object store refused the credential reader: InvalidAccessKeyId\n",
+                   previous=GONE)
+    _pods, _events, logs, _going = cluster_with(core, [p]).snapshot("ns", "x=y")
+    assert core.calls == [True, False]  # the previous run first (it failed), then the one that replaced it
+    assert logs[("p1", "model-pull")].startswith("model-pull: the object store refused")
+    core = LogCore(current=GONE, previous=GONE)
+    _pods, _events, logs, _going = cluster_with(core, [p]).snapshot("ns", "x=y")
+    assert logs[("p1", "model-pull")] == ""
+
+
+class FlakyLogCluster(FakeCluster):
+    """The failed init container's log is unreadable for the first `unreadable` snapshots."""
+
+    def __init__(self, pods, unreadable):
+        super(FlakyLogCluster, self).__init__(pods)
+        self.unreadable = unreadable
+
+    def snapshot(self, namespace, selector):
+        self.unreadable -= 1
+        text = "" if self.unreadable >= 0 else "model-pull: the object store refused the credential: InvalidAccessKeyId"
+        return live_pods(self.items), {}, {("p1", "model-pull"): text}, []
+
+
+def test_a_fatal_verdict_waits_a_few_rounds_for_the_log_that_says_why():
+    p = pod(init=[terminated("model-pull", 3)])
+    probe = Probe(dict(EP), FlakyLogCluster([p], unreadable=2))
+    for _round in range(2):
+        probe.poll()
+        assert probe.diagnosis["code"] == "credential_refused" and not probe.diagnosis["fatal"] and not probe.done
+    probe.poll()
+    assert probe.diagnosis["fatal"] and probe.done and "InvalidAccessKeyId" in probe.diagnosis["message"]
+    assert probe.diagnosis["container"] == "model-pull"
+
+
+def test_a_log_that_never_comes_does_not_hold_the_verdict_back():
+    p = pod(init=[terminated("model-pull", 3)])
+    probe = Probe(dict(EP), FlakyLogCluster([p], unreadable=100))
+    rounds = 0
+    while not probe.done:
+        probe.poll()
+        rounds += 1
+    assert rounds == 4 and probe.diagnosis["code"] == "credential_refused" and probe.diagnosis["fatal"]
