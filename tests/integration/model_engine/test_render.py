@@ -234,3 +234,20 @@ def test_site_yml_runs_the_stage_up_to_the_honest_refusal(tmp_path):
         assert ref + " (" in p.stdout, ref
     assert (tmp_path / "private" / "values.yaml").is_file()
     assert "PLAY [Stage vllm_serving" not in p.stdout
+
+
+def test_gpu_facts_of_the_gpu_stages_are_read_and_an_h200_is_refused(tmp_path):
+    """llmops_site.gpu.nodes (the gpu_operator stage's facts) feed the GPU inventory; an H200 has no GpuType."""
+    facts = [{"node": "gpu-2", "product": "NVIDIA-H200", "count": 8, "memory_mib": 143771, "gpu_type": "",
+              "labels": {"nvidia.com/gpu.product": "NVIDIA-H200", "nvidia.com/gpu.count": "8"}}]
+    proc = role(tmp_path, ALL_IMAGES, model_engine_gpu_nodes=[], model_engine_site_gpu_nodes=facts)
+    assert proc.returncode != 0
+    assert "1 problem(s) with the model-engine settings; nothing was installed" in proc.stdout
+    assert "node gpu-2 has GPU product NVIDIA-H200 (label nvidia.com/gpu.product), which has no model-engine GpuType" in proc.stdout
+    assert not (tmp_path / "private").exists()
+    proc = role(tmp_path, ALL_IMAGES, model_engine_gpu_nodes=[], model_engine_site_gpu_nodes=facts,
+                model_engine_gpu_types={"NVIDIA-H200": "nvidia-hopper-h100"})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    values = yaml.safe_load(open(tmp_path / "private" / "values.yaml"))
+    assert values["balloons"] == [{"acceleratorName": "nvidia-hopper-h100", "gpuCount": 1, "replicaCount": 0}]
+    assert values["recommendedHardware"]["byGpuMemoryGb"][-1]["gpu_memory_le"] == 140 * 8
