@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import re
 
+from ansible_collections.llmops.onprem.plugins.module_utils._gpu import model_engine_gpu_type
 from ansible_collections.llmops.onprem.plugins.module_utils._oci import (
     OnpremError, format_reference, normalize_reference, parse_reference, site_reference)
 
@@ -73,22 +74,8 @@ GPU_TYPES = (
 )
 ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
 PRODUCT_LABEL = "nvidia.com/gpu.product"
-# GPU feature discovery's nvidia.com/gpu.product values, mapped to GpuTypes. MIG products carry
-# the profile as a suffix (-MIG-1g.20gb).
-GPU_PRODUCTS = {
-    "NVIDIA-Tesla-T4": "nvidia-tesla-t4",
-    "Tesla-T4": "nvidia-tesla-t4",
-    "NVIDIA-A10": "nvidia-ampere-a10",
-    "NVIDIA-A10G": "nvidia-ampere-a10",
-    "NVIDIA-A100-SXM4-40GB": "nvidia-ampere-a100",
-    "NVIDIA-A100-PCIE-40GB": "nvidia-ampere-a100",
-    "NVIDIA-A100-SXM4-80GB": "nvidia-ampere-a100e",
-    "NVIDIA-A100-80GB-PCIe": "nvidia-ampere-a100e",
-    "NVIDIA-H100-80GB-HBM3": "nvidia-hopper-h100",
-    "NVIDIA-H100-PCIe": "nvidia-hopper-h100",
-    "NVIDIA-H100-80GB-HBM3-MIG-1g.20gb": "nvidia-hopper-h100-1g20gb",
-    "NVIDIA-H100-80GB-HBM3-MIG-3g.40gb": "nvidia-hopper-h100-3g40gb",
-}
+# GPU feature discovery's nvidia.com/gpu.product values map to GpuTypes in _gpu.model_engine_gpu_type
+# (one table for the GPU stages' facts and this stage).
 # GPU memory per device (GB) when the node has no nvidia.com/gpu.memory label.
 GPU_MEMORY_GB = {
     "nvidia-tesla-t4": 16, "nvidia-ampere-a10": 24, "nvidia-ampere-a100": 40, "nvidia-ampere-a100e": 80,
@@ -193,7 +180,7 @@ def gpu_inventory(nodes, gpu_types):
 
     Returns (entries, problems); an entry is {node, product, gpu_type, gpus, memory_gb}.
     """
-    mapping = dict(GPU_PRODUCTS)
+    mapping = {}
     problems = []
     for product, gtype in sorted((gpu_types or {}).items()):
         if gtype not in GPU_TYPES:
@@ -208,8 +195,14 @@ def gpu_inventory(nodes, gpu_types):
         product = labels.get(PRODUCT_LABEL)
         if not product:
             continue
-        gtype = mapping.get(product)
-        if gtype is None:
+        mem = labels.get("nvidia.com/gpu.memory")
+        if mem is not None and str(mem).isdigit():
+            memory_mib = int(mem)
+        else:  # no GFD memory label: the product name's size (NVIDIA-A100-SXM4-80GB), else unknown
+            m = re.search(r"(\d+)GB", product)
+            memory_mib = int(m.group(1)) * 1024 if m else 0
+        gtype = mapping.get(product) or model_engine_gpu_type(product, memory_mib)
+        if not gtype:
             problems.append(
                 "node %s has GPU product %s (label %s), which has no model-engine GpuType: endpoint pods select "
                 "%s: <GpuType> and the chart knows only %s. Map it in model_engine_gpu_types (for example "
@@ -220,8 +213,7 @@ def gpu_inventory(nodes, gpu_types):
             gpus = int(labels.get("nvidia.com/gpu.count") or node.get("gpus") or 1)
         except ValueError:
             gpus = 1
-        mem = labels.get("nvidia.com/gpu.memory")
-        memory_gb = int(int(mem) / 1024) if mem and str(mem).isdigit() else GPU_MEMORY_GB[gtype]
+        memory_gb = int(memory_mib / 1024) if memory_mib else GPU_MEMORY_GB[gtype]
         entries.append(dict(node=node.get("name"), product=product, gpu_type=gtype, gpus=gpus, memory_gb=memory_gb))
     return entries, problems
 

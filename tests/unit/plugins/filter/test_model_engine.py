@@ -302,3 +302,14 @@ def test_the_sites_own_host_names_are_not_public():
           "data": {"a": "https://s3.corp.example.com:9000/llm-engine", "b": "https://pypi.org/simple"}}
     check = model_engine_render_check([cm], TAG, out["images"], REG, [], out["site_hosts"])
     assert check["problems"] == ["public URL in v1 ConfigMap/c: https://pypi.org/simple (data.b)"]
+
+
+def test_gpu_types_follow_the_gpu_stages_table():
+    nodes = [{"name": "a", "labels": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}},
+             {"name": "b", "labels": {"nvidia.com/gpu.product": "NVIDIA-A100-PCIE", "nvidia.com/gpu.memory": "40960"}},
+             {"name": "c", "labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-MIG-3g.40gb"}},
+             {"name": "cpu-1", "labels": {"kubernetes.io/arch": "amd64"}}]
+    out = run(gpu_nodes=nodes)
+    assert out["problems"] == []
+    assert [(n["node"], n["labels"]["k8s.amazonaws.com/accelerator"]) for n in out["node_labels"]] == [
+        ("a", "nvidia-ampere-a100e"), ("b", "nvidia-ampere-a100"), ("c", "nvidia-hopper-h100-3g40gb")]
