@@ -56,6 +56,7 @@ SKIPPED_WITHOUT_ANYTHING = [
     "checkpoints: skipped: no imported bundle (llmops_bundle is not set)",
     "cluster_secrets: skipped: llmops_kubeconfig is not set",
     "nvidia_driver, gpu_operator: skipped: llmops_gpu_layer is not true",
+    "model_engine: skipped: model_engine_enabled is false",
     "vllm_serving: skipped: llmops_kubeconfig is not set",
 ]
 
