@@ -204,6 +204,7 @@ case $what in
   build) layer build build ;;
   molecule) molecule_all ;;
   cluster) layer cluster cluster ;;
+  molecule+cluster) molecule_and_cluster ;;
   all)
     layer lint lint; layer sanity sanity; layer unit unit; layer security security; layer integration integration; layer build build
     if [ "${LLMOPS_CLUSTER_BESIDE_MOLECULE:-1}" = 1 ]; then molecule_and_cluster; else molecule_all; layer cluster cluster; fi ;;
