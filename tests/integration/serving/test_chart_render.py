@@ -189,7 +189,6 @@ def test_drain_hands_vllm_a_shutdown_timeout_inside_the_grace_period(tmp_path):
     assert pod["terminationGracePeriodSeconds"] == 3 + 20 + 10
     env = dict((e["name"], e) for e in engine["env"])
     assert env["VLLM_HOST_IP"] == {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    assert "STANDIN_DRAIN_SECONDS" not in env
 
 
 def test_ci_values_render_each_profile(tmp_path):

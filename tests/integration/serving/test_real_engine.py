@@ -1,4 +1,4 @@
-"""One full CPU command line rendered by serving/chart, started for real with vLLM (not the stand-in).
+"""One full CPU command line rendered by serving/chart, started for real with vLLM.
 
 The chart is rendered with the real helm for a `device: cpu` model; the engine container's
 arguments and plain environment are run as they stand (``python -m vllm.entrypoints.openai.api_server``,
