@@ -55,6 +55,8 @@ SKIPPED_WITHOUT_ANYTHING = [
     "minio: skipped: no host in the group minio",
     "checkpoints: skipped: no imported bundle (llmops_bundle is not set)",
     "cluster_secrets: skipped: llmops_kubeconfig is not set",
+    "nvidia_driver, gpu_operator: skipped: llmops_gpu_layer is not true",
+    "model_engine: skipped: model_engine_enabled is false",
     "vllm_serving: skipped: llmops_kubeconfig is not set",
 ]
 
@@ -103,6 +105,31 @@ def test_an_empty_variable_that_turns_a_stage_on_is_named(tmp_path):
     assert not [line for line in lines if line.startswith("cluster_secrets")]
 
 
+def test_the_gpu_layer_runs_when_switched_on_and_refuses_a_bundle_without_its_images(tmp_path):
+    """llmops_gpu_layer: true runs gpu_operator on the controller (no cluster: render and check only) with the real
+    chart; the bundle here carries no image, so the stage stops before installing and names them."""
+    chart = os.path.normpath(os.path.join(ROOT, "..", "shared", "upstream", "gpu-operator"))
+    helm = os.path.join(ROOT, ".tools", "bin", "helm")
+    inv = site(tmp_path, "llmops_gpu_layer: true\ngpu_operator_chart: %s\ngpu_operator_helm_binary: %s\n"
+                         "gpu_operator_bundle_images: []\n" % (chart, helm))
+    r = ansible("ansible-playbook", inv, "playbooks/site.yml", "-e", "ansible_python_interpreter=" + sys.executable)
+    assert r.returncode == 2, r.stdout + r.stderr
+    out = re.sub(r"\s+", " ", r.stdout)
+    assert "TASK [llmops.onprem.gpu_operator : Stop before installing when the bundle lacks images" in out
+    assert "the bundle lacks 7 of the 7 images the GPU operator v26.7.0 needs in host mode" in out
+    assert "PLAY [Stage nvidia_driver" in out and "skipping: no hosts matched" in out
+
+
+def test_the_gpu_layer_without_a_bundle_or_gpu_hosts_says_why_it_skipped(tmp_path):
+    inv = site(tmp_path, "llmops_gpu_layer: true\n")
+    r = ansible("ansible-playbook", inv, "playbooks/site.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = summary(r.stdout)
+    assert "nvidia_driver: skipped: no host in the group gpu_nodes" in lines
+    assert "gpu_operator: skipped: no imported bundle (llmops_bundle is not set)" in lines
+    assert not [line for line in lines if line.startswith("nvidia_driver, gpu_operator")]
+
+
 def plays(stdout):
     """[(pattern, title, sorted hosts)] from ansible-playbook --list-hosts."""
     out = []
@@ -120,6 +147,7 @@ def test_packages_repo_runs_on_the_service_hosts_only():
         ("redis:registry:postgres:minio:packages_repo", ["svc-1"])]
     assert [h for p, t, h in listed if t.startswith("Stage pki")] == [["gpu-1", "gpu-2", "gpu-3", "svc-1"]]
     assert [h for p, t, h in listed if t.startswith("Stage image_mirror - every Kubernetes node")] == [["gpu-1", "gpu-2", "gpu-3"]]
+    assert [h for p, t, h in listed if t.startswith("Stage nvidia_driver")] == [["gpu-1", "gpu-2", "gpu-3"]]
 
 
 def test_the_exclusive_default_is_off_for_nodes_and_on_for_service_hosts(tmp_path):
