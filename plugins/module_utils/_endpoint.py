@@ -302,6 +302,17 @@ def check_api_key_required(ep, ctx):
                         _short(body))
 
 
+def engine_version(ep, ctx):
+    """vLLM's GET /version ({"version": "0.32.0"}), or "" when the engine does not say."""
+    try:
+        status, body = http_json(ep["url"] + "/version", timeout=10, context=ctx)
+    except EndpointError:
+        return ""
+    if status == 200 and isinstance(body, dict) and isinstance(body.get("version"), str):
+        return body["version"][:64]
+    return ""
+
+
 # --- Kubernetes side ---------------------------------------------------------------------------
 
 def _state_of(status):
@@ -625,6 +636,7 @@ class Probe(object):
         self.error = None
         self.diagnosis = None
         self.unread_rounds = 0
+        self.version = ""
         tls = tls_options(ep.get("ca_file"), ep.get("validate_certs", True))
         via = ep.get("via") or "direct"
         if via == "portforward":
@@ -679,6 +691,8 @@ class Probe(object):
                 return
         self.error = None
         self.diagnosis = None
+        if not self.version:
+            self.version = engine_version(self.ep, self.ctx)
 
     def diagnose(self):
         if self.cluster is not None:
@@ -705,7 +719,7 @@ class Probe(object):
             steps.append(dict(step=self.steps[self.index], ok=False, seconds=round(now - self.step_started, 3),
                               detail=str(self.error) if self.error else ""))
         out = dict(name=self.ep["name"], url=self.ep["url"], model=self.ep["model"], ready=self.ready,
-                   seconds=round(now - self.started, 3), steps=steps, completion=self.text,
+                   seconds=round(now - self.started, 3), steps=steps, completion=self.text, version=self.version,
                    diagnosis=None if self.ready else self.diagnosis)
         return out
 

@@ -199,6 +199,10 @@ endpoints:
       description: Text of the test completion (empty when not reached).
       type: str
       sample: " the model answers"
+    version:
+      description: The engine's version from C(GET /version) once ready (vLLM answers it), else empty.
+      type: str
+      sample: "0.32.0"
     diagnosis:
       description: >-
         Null when ready. Otherwise C(code) (C(image_pull), C(insufficient_gpu), C(unschedulable), C(checkpoint_missing),

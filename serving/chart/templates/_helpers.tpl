@@ -266,3 +266,22 @@ policy/v1beta1
 {{- define "llmops-serving.shmSize" -}}
 {{- printf "%dMi" (add (int .root.Values.engine.shm.baseMi) (mul (int .root.Values.engine.shm.perGpuMi) (max 1 (int (default 0 .model.gpus))))) -}}
 {{- end -}}
+
+{{/* The warm-up startup probe's command (values.yaml warmup): python3 -c SCRIPT PORT REQUESTS MAX_TOKENS PROMPT MODEL...
+     where MODEL is the served name and then each LoRA adapter's name. Exit 0 only when /health answered and every
+     completion came back with a choice; any error is the probe's output (the pod's event). */}}
+{{- define "llmops-serving.warmupCommand" -}}
+{{- $m := .model -}}
+{{- $w := .root.Values.warmup -}}
+- python3
+- -c
+- {{ .root.Files.Get "files/warmup.py" | quote }}
+- {{ .root.Values.engine.port | toString | quote }}
+- {{ int $w.requests | toString | quote }}
+- {{ int $w.maxTokens | toString | quote }}
+- {{ $w.prompt | quote }}
+- {{ $m.servedName | default $m.name | quote }}
+{{- range $name := keys ($m.loraModules | default dict) | sortAlpha }}
+- {{ $name | quote }}
+{{- end }}
+{{- end -}}

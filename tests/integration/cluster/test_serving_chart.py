@@ -1,7 +1,8 @@
-"""serving/chart (llmops-serving) on the 1.20 test cluster with the vLLM stand-in engine and a
-stand-in downloader: lint/render/validate, install and endpoint_ready, a pod restart that
-downloads nothing, a rolling update to a new checkpoint digest with no failed request, and a
-SIGTERM during a long request that still completes."""
+"""serving/chart (llmops-serving) on the 1.20 test cluster with the REAL vLLM (the pinned CPU build)
+and a stand-in downloader that carries a real tiny model: lint/render/validate, install and
+endpoint_ready (every step, the LoRA adapter listed and answering, the warm-up startup probe passed), a pod restart that downloads
+nothing, a rolling update to a new checkpoint digest with no failed request, and a SIGTERM during
+a long streamed answer that still completes."""
 import json
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 import serving_helpers as sh
 
 RELEASE = "srv"
+DRAIN_SECONDS = 150
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,25 @@ def post(url, body, key=sh.API_KEY, timeout=60):
         return e.code, e.read().decode()
 
 
+def stream(url, body, key=sh.API_KEY):
+    """A streamed completion read to its end: (chunks, usage of the last chunk, [DONE] seen)."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
+    chunks, usage, done = 0, None, False
+    with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310 - the test's own pod
+        for line in r:
+            line = line.decode().strip()
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                done = True
+                break
+            chunk = json.loads(line[6:])
+            chunks += 1
+            usage = chunk.get("usage") or usage
+    return chunks, usage, done
+
+
 def running_requests(ip):
     with urllib.request.urlopen("http://%s:8000/metrics" % ip, timeout=5) as r:  # noqa: S310 - the test's own pod
         text = r.read().decode()
@@ -51,30 +72,40 @@ def test_chart_lints_renders_and_validates(kube):
 def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, capsys):
     ns = namespace
     sh.secrets(kube, ns)
-    vals = sh.values(cache.path, [sh.model("tiny")],
-                     engine=dict(extraEnv=[{"name": "STANDIN_DELAY_PER_TOKEN", "value": "0.05"},
-                                           {"name": "STANDIN_LOAD_SECONDS", "value": "2"}]))
+    # drain.seconds well above the long streamed answer's time at the end (about 10 s on a quiet 2-core node,
+    # over 20 s on a busy one): vLLM leaves as soon as its in-flight requests are done, so this is a bound.
+    vals = sh.values(cache.path, [sh.model("tiny", loraModules={"tiny-lora": "lora/tiny-lora"},
+                                           args=dict(sh.ENGINE_ARGS, **{"max-lora-rank": 8}))],
+                     drain=dict(preStopSeconds=3, seconds=DRAIN_SECONDS))
     sh.helm(kube, ns, RELEASE, vals)
-    result, out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny")], timeout=240)
+    result, out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny")], timeout=sh.START_SECONDS)
     ep = sh.assert_ready(result, "tiny")
     assert [s["step"] for s in ep["steps"]] == ["pods_scheduled", "init_done", "health", "models", "completion",
                                                 "chat", "sagemaker", "api_key"]
-    assert len(ep["completion"].split()) == 4 and sh.API_KEY not in out
+    assert ep["completion"] and sh.API_KEY not in out
+    assert ep["steps"][3]["detail"] == "/v1/models lists tiny-served, tiny-lora"
+    # The adapter answers through the same engine.
+    lora, _out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny", name="lora", model="tiny-lora")],
+                                   timeout=60)
+    sh.assert_ready(lora, "lora")
     [pod] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
     engine = pod.spec.containers[0]
     # gpus: 0 and device auto: the CPU profile (no tensor parallel, no GPU request, a KV cache in bytes);
     # vLLM's drain deadline is drain.seconds.
     assert engine.args[:10] == ["--model", "/models/tiny/" + sh.DIGEST_A, "--served-model-name", "tiny-served",
-                                "--host", "0.0.0.0", "--port", "8000", "--shutdown-timeout", "20"]
+                                "--host", "0.0.0.0", "--port", "8000", "--shutdown-timeout", str(DRAIN_SECONDS)]
     assert "--tensor-parallel-size" not in engine.args and "--kv-cache-memory-bytes" in engine.args
     env = dict((e.name, e.value) for e in engine.env if e.value is not None)
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"
-    assert pod.spec.termination_grace_period_seconds == 3 + 20 + 10
+    assert pod.spec.termination_grace_period_seconds == 3 + DRAIN_SECONDS + 10
+    # The warm-up (seed 003) is the startup probe: Ready means its completions to the model and to the adapter
+    # came back from the real engine inside the pod.
+    assert engine.startup_probe._exec.command[3:] == ["8000", "2", "8", "The site is ready.", "tiny-served", "tiny-lora"]
     assert (cache.path / "tiny" / sh.DIGEST_A / "config.json").is_file()
 
     # Restart: the new pod finds the checkpoint in the node cache and downloads nothing.
     kube.core.delete_namespaced_pod(pod.metadata.name, ns)
-    result, _out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny")], timeout=240)
+    result, _out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny")], timeout=sh.START_SECONDS)
     sh.assert_ready(result, "tiny")
     [new] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
     assert new.metadata.name != pod.metadata.name
@@ -107,7 +138,7 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
             pods = kube.core.list_namespaced_pod(ns, label_selector="llmops.onprem/model=tiny").items
             return len(pods) == 1 and pods[0].metadata.annotations["llmops.onprem/checkpoint-digest"] == sh.DIGEST_B \
                 and all(c.ready for c in pods[0].status.container_statuses or [])
-        kube.wait_for("the roll to the new digest", rolled, timeout=240)
+        kube.wait_for("the roll to the new digest", rolled, timeout=sh.START_SECONDS)
         after = len(codes)
         kube.wait_for("20 more requests answered after the roll", lambda: len(codes) >= after + 20, timeout=60)
     finally:
@@ -116,19 +147,21 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     assert len(codes) > 20 and failures == [], (len(codes), failures[:5])
     assert (cache.path / "tiny" / sh.DIGEST_B / "config.json").is_file()
 
-    # SIGTERM (pod deletion) during a long request: the request still completes.
+    # SIGTERM (pod deletion) during a long streamed answer: the answer still completes.
     [pod] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
     pod_url = "http://%s:8000/v1/completions" % pod.status.pod_ip
     result = {}
-    long_body = {"model": "tiny-served", "prompt": "long", "max_tokens": 160, "temperature": 0}
-    t = threading.Thread(target=lambda: result.update(r=post(pod_url, long_body)))
+    # 2000 tokens (ignore_eos: exactly that many) take the tiny model about 10 s on a quiet test node's CPU; the
+    # first run on the real engine, on a machine at load 7, was cut at 1765 by a 20 s drain: the deadline worked.
+    long_body = {"model": "tiny-served", "prompt": "long", "max_tokens": 2000, "temperature": 0, "ignore_eos": True,
+                 "stream": True, "stream_options": {"include_usage": True}}
+    t = threading.Thread(target=lambda: result.update(r=stream(pod_url, long_body)))
     t.start()
-    # 160 tokens x 0.05 s = 8 s of work: delete the pod once the engine says the request runs.
-    kube.wait_for("the long request running in the engine", lambda: running_requests(pod.status.pod_ip) == 1, timeout=30)
+    kube.wait_for("the long request running in the engine", lambda: running_requests(pod.status.pod_ip) == 1, timeout=60)
     t0 = time.monotonic()
     kube.core.delete_namespaced_pod(pod.metadata.name, ns)
-    t.join(60)
-    code, body = result["r"]
-    assert code == 200 and len(body["choices"][0]["text"].split()) == 160
+    t.join(DRAIN_SECONDS + 30)
+    chunks, usage, done = result["r"]
+    assert done and usage["completion_tokens"] == 2000 and chunks > 1, (chunks, usage, done)
     assert time.monotonic() - t0 >= 3  # it ran past the preStop wait, into the drain
     kube.run([kube.HELM, "--kubeconfig", kube.kubeconfig, "-n", ns, "uninstall", RELEASE])

@@ -1,10 +1,9 @@
 """End to end with the real downloader: checkpoint_sync puts a checkpoint into `rclone serve s3`
 (on the pod bridge's gateway address, which pods reach), the llmops-serving chart pulls it with
-the model-pull image into a hostPath node cache and serves it with the vLLM stand-in, and
+the model-pull image into a hostPath node cache and serves it with the real vLLM (a real tiny model), and
 endpoint_ready declares it ready; a restarted pod fetches 0 bytes; a wrong prefix and a wrong
 credential are diagnosed from the downloader's exit codes 4 and 3."""
 import base64
-import json
 import os
 import socket
 import subprocess
@@ -45,10 +44,8 @@ def store(kube, tmp_path_factory):
         kube.wait_for("rclone serve s3 on " + url,
                       lambda: socket.create_connection((GATEWAY, port), timeout=1).close() or True, timeout=30)
         src = base / "tiny"
-        src.mkdir()
-        (src / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096}))
-        header = json.dumps({"w": {"dtype": "U8", "shape": [1 << 20], "data_offsets": [0, 1 << 20]}}).encode()
-        (src / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + os.urandom(1 << 20))
+        venv = kube.run([sh.REPO / "serving" / "images" / "build.sh", "vllm-env"]).stdout.strip().splitlines()[-1]
+        kube.run([os.path.join(venv, "bin", "python"), sh.REPO / "tests" / "tools" / "make_model.py", src])
         from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint
         from ansible_collections.llmops.onprem.plugins.modules import checkpoint_sync
         digest = _checkpoint.manifest_digest(_checkpoint.manifest_from_dir(str(src), "tiny"))
@@ -57,7 +54,7 @@ def store(kube, tmp_path_factory):
             src=str(src), name="tiny", manifest=None, bucket="model-checkpoints", prefix="tiny/" + digest,
             delete=False, verify=False, parallel=4, part_size=64, progress_file=None), False)
         assert result["manifest_digest"] == digest
-        yield url, "tiny/" + digest, digest
+        yield url, "tiny/" + digest, digest, sh.model_dir_bytes(src)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -65,7 +62,7 @@ def store(kube, tmp_path_factory):
 
 
 def test_cold_start_restart_and_downloader_failures(kube, namespace, images, store, capsys):
-    url, prefix, digest = store
+    url, prefix, digest, size = store
     ns = namespace
     cache = sh.CacheDir()
     try:
@@ -79,7 +76,7 @@ def test_cold_start_restart_and_downloader_failures(kube, namespace, images, sto
             data={"api-key": base64.b64encode(sh.API_KEY.encode()).decode()}))
         common = dict(downloader=dict(image=PULL_IMAGE, pullPolicy="Never"),
                       objectStore=dict(endpoint=url, bucket="model-checkpoints"))
-        ckpt = dict(prefix=prefix, digest=digest, bytes=(1 << 20) + 100)
+        ckpt = dict(prefix=prefix, digest=digest, bytes=size)
         sh.helm(kube, ns, RELEASE, sh.values(cache.path, [sh.model("tiny", checkpoint=ckpt),
                                                           sh.model("typo", checkpoint=dict(ckpt, prefix="tiny/typo"))],
                                              **common))
@@ -89,7 +86,7 @@ def test_cold_start_restart_and_downloader_failures(kube, namespace, images, sto
                                             downloader=common["downloader"]))
         eps = [sh.endpoint(kube, ns, RELEASE, "tiny"), sh.endpoint(kube, ns, RELEASE, "typo"),
                sh.endpoint(kube, ns, "cred", "cred")]
-        result, _out = sh.endpoint_ready(kube, capsys, eps, timeout=300, fail_on_not_ready=False)
+        result, _out = sh.endpoint_ready(kube, capsys, eps, timeout=sh.START_SECONDS, fail_on_not_ready=False)
         by = dict((e["name"], e) for e in result["endpoints"])
         sh.assert_ready(result, "tiny")
         assert by["typo"]["diagnosis"]["code"] == "checkpoint_missing", by["typo"]["diagnosis"]["message"]
@@ -104,7 +101,7 @@ def test_cold_start_restart_and_downloader_failures(kube, namespace, images, sto
 
         # Restart: the node cache already holds the verified checkpoint, nothing is fetched.
         kube.core.delete_namespaced_pod(pod.metadata.name, ns)
-        result, _out = sh.endpoint_ready(kube, capsys, eps[:1], timeout=240)
+        result, _out = sh.endpoint_ready(kube, capsys, eps[:1], timeout=sh.START_SECONDS)
         sh.assert_ready(result, "tiny")
         [new] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
         assert new.metadata.name != pod.metadata.name

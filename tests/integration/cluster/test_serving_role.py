@@ -11,7 +11,8 @@ import pytest
 import serving_helpers as sh
 
 PLAYBOOK = Path(__file__).parent / "playbooks" / "serving_role.yml"
-MODELS = [dict(name="tiny", served_name="tiny-chat", gpus=0, preset="chat_small", checkpoint=dict(name="tiny-ckpt"))]
+MODELS = [dict(name="tiny", served_name="tiny-chat", gpus=0, preset="chat_small", checkpoint=dict(name="tiny-ckpt"),
+               args={"enforce-eager": True, "dtype": "float32"})]
 # What the checkpoints stage exports (checkpoints_synced); the role picks a model's checkpoint by name.
 SYNCED = [dict(name="tiny-ckpt", bucket="checkpoints", prefix="models/tiny", digest=sh.DIGEST_A, bytes=4096)]
 
@@ -29,7 +30,7 @@ def play(kube, ns, cache, key_file, models):
                   "-e", "ansible_python_interpreter=%s" % kube.PYTHON,
                   "-e", json.dumps(dict(serving_namespace=ns, serving_cache=str(cache), serving_key_file=str(key_file),
                                         serving_models=models, checkpoints_synced=SYNCED,
-                                        helm_binary=kube.HELM))],
+                                        helm_binary=kube.HELM, engine_image=sh.ENGINE_IMAGE))],
                  check=False, env=env)
     out = json.loads(p.stdout[p.stdout.index("{"):])
     return p, out
@@ -58,7 +59,7 @@ def test_role_serves_reports_and_is_idempotent(kube, namespace, images):
         assert len(key) == 40 and oct((key_dir / "api-key").stat().st_mode & 0o777) == "0o600"
         assert key not in p.stdout
         dep = kube.apps.read_namespaced_deployment("llmops-serving-tiny", namespace)
-        assert dep.spec.template.spec.containers[0].image == "localhost/llmops/engine-standin:0.1.0"
+        assert dep.spec.template.spec.containers[0].image == sh.ENGINE_IMAGE
         assert dep.spec.template.spec.init_containers[-1].image == "localhost/llmops-test/fake-model-pull:1"
 
         p, out = play(kube, namespace, cache.path, key_dir / "api-key", MODELS)

@@ -5,18 +5,22 @@ Takes model-pull's command line, and instead of reading the object store it deci
 prefix, so each downloader outcome the readiness module must diagnose can be provoked:
   prefix containing "missing"  -> exit 4 (no manifest at the prefix), like model-pull
   prefix containing "denied"   -> exit 3 (credential refused), like model-pull
-  otherwise                    -> writes <cache-root>/<model>/<digest>/ with a config.json
-                                  (architectures SiteInHouseForCausalLM, which no vLLM
-                                  supports, when the prefix contains "unsupported-arch";
-                                  Qwen3ForCausalLM when it contains "qwen3" (vLLM 0.32
-                                  supports it); else LlamaForCausalLM) and a small weights file,
-                                  prints MODEL_PATH=..., exit 0. An existing dir is kept
-                                  (prints "0 bytes downloaded").
+  otherwise                    -> writes <cache-root>/<model>/<digest>/: a copy of the real tiny
+                                  model this image carries (/opt/fake-model-pull/model, written
+                                  by tests/tools/make_model.py, LoRA adapter under lora/), with
+                                  architectures SiteInHouseForCausalLM (which no vLLM supports)
+                                  when the prefix contains "unsupported-arch"; prints
+                                  MODEL_PATH=..., exit 0. An existing dir is kept (prints
+                                  "0 bytes downloaded"). Without a model in the image it writes
+                                  a config.json and a small weights file (no engine loads them).
 """
 import argparse
 import json
 import os
+import shutil
 import sys
+
+MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model")
 
 
 def main():
@@ -39,15 +43,22 @@ def main():
     if os.path.isfile(os.path.join(path, "config.json")):
         print("0 bytes downloaded: %s is complete" % path)
     else:
-        os.makedirs(path, exist_ok=True)
-        arch = "Qwen3ForCausalLM" if "qwen3" in a.prefix else "LlamaForCausalLM"
+        if os.path.isdir(MODEL):
+            shutil.copytree(MODEL, path, dirs_exist_ok=True)
+            config = os.path.join(path, "config.json")
+            with open(config) as fh:
+                data = json.load(fh)
+        else:
+            os.makedirs(path, exist_ok=True)
+            data = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "max_position_embeddings": 4096}
+            with open(os.path.join(path, "model.safetensors"), "wb") as fh:
+                fh.write(b"\0" * 4096)
         if "unsupported-arch" in a.prefix:
-            arch = "SiteInHouseForCausalLM"
+            data["architectures"] = ["SiteInHouseForCausalLM"]
         with open(os.path.join(path, "config.json"), "w") as fh:
-            json.dump({"architectures": [arch], "model_type": "llama", "max_position_embeddings": 4096}, fh)
-        with open(os.path.join(path, "model.safetensors"), "wb") as fh:
-            fh.write(b"\0" * 4096)
-        print("4096 bytes downloaded")
+            json.dump(data, fh)
+        size = sum(os.path.getsize(os.path.join(r, f)) for r, _d, fs in os.walk(path) for f in fs)
+        print("%d bytes downloaded" % size)
     print("MODEL_PATH=%s" % path)
     return 0
 

@@ -189,7 +189,6 @@ def test_drain_hands_vllm_a_shutdown_timeout_inside_the_grace_period(tmp_path):
     assert pod["terminationGracePeriodSeconds"] == 3 + 20 + 10
     env = dict((e["name"], e) for e in engine["env"])
     assert env["VLLM_HOST_IP"] == {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    assert "STANDIN_DRAIN_SECONDS" not in env
 
 
 def test_ci_values_render_each_profile(tmp_path):
@@ -272,4 +271,36 @@ def test_two_models_with_one_name_render_nothing(tmp_path):
     p = render(tmp_path, vals)
     assert p.returncode != 0
     assert "models[m]: 2 models have this name; each needs its own" in p.stderr, p.stderr
+    assert p.stdout == ""
+
+
+def test_warmup_is_the_startup_probe_for_the_model_and_each_adapter(tmp_path):
+    pod = deployment(tmp_path, values(gpus=0, servedName="chat", loraModules={"b-adapter": "lora/b", "a-adapter": "lora/a"}))
+    probe = pod["containers"][0]["startupProbe"]
+    cmd = probe["exec"]["command"]
+    # python3 -c SCRIPT PORT REQUESTS MAX_TOKENS PROMPT MODEL LORA...: the served name, then each adapter by name.
+    assert cmd[:2] == ["python3", "-c"] and "/v1/completions" in cmd[2] and "/health" in cmd[2]
+    assert cmd[3:] == ["8000", "2", "8", "The site is ready.", "chat", "a-adapter", "b-adapter"]
+    assert probe["timeoutSeconds"] == 60 and "httpGet" not in probe
+    # Compiles as the kubelet will run it (python3 -c).
+    compile(cmd[2], "warmup", "exec")
+
+
+def test_warmup_off_leaves_the_startup_probe_on_health(tmp_path):
+    vals = values(gpus=0)
+    vals["warmup"] = {"requests": 0}
+    probe = deployment(tmp_path, vals)["containers"][0]["startupProbe"]
+    assert probe["httpGet"] == {"path": "/health", "port": "http"} and "exec" not in probe
+
+
+@pytest.mark.parametrize("warmup, message", [
+    ({"requests": -1}, "at '/warmup/requests': minimum: got -1, want 0"),
+    ({"request": 2}, "at '/warmup': additional properties 'request' not allowed"),
+    ({"prompt": ""}, "at '/warmup/prompt'"),
+])
+def test_the_schema_refuses_bad_warmup_values(tmp_path, warmup, message):
+    vals = values(gpus=0)
+    vals["warmup"] = warmup
+    p = render(tmp_path, vals)
+    assert p.returncode != 0 and message in p.stderr, p.stderr
     assert p.stdout == ""

@@ -63,6 +63,7 @@ def test_waits_out_the_start_and_passes_every_step(engine, run_module):
     assert e["steps"][4]["detail"] == "/ping 200, /invocations answered a completion"
     assert e["steps"][5]["detail"] == "/v1/models without the key: 401"
     assert e["completion"] and e["diagnosis"] is None and e["url"] == engine.url
+    assert e["version"] == real_engine.VERSION  # GET /version, once ready
     assert KEY not in out
 
 

@@ -1,4 +1,4 @@
-"""One full CPU command line rendered by serving/chart, started for real with vLLM (not the stand-in).
+"""One full CPU command line rendered by serving/chart, started for real with vLLM.
 
 The chart is rendered with the real helm for a `device: cpu` model; the engine container's
 arguments and plain environment are run as they stand (``python -m vllm.entrypoints.openai.api_server``,
@@ -64,10 +64,22 @@ def test_rendered_cpu_command_line_serves_with_real_vllm(tmp_path):
 
     env = dict((e["name"], e["value"]) for e in engine["env"] if "value" in e)
     assert env["HF_HUB_OFFLINE"] == "1" and "VLLM_HOST_IP" in [e["name"] for e in engine["env"]]
+    probe = engine["startupProbe"]["exec"]["command"]
+    assert probe[:2] == ["python3", "-c"] and probe[3:] == [str(port), "2", "8", "The site is ready.", "tiny-served"]
     e = real_engine.Engine(python, args, tmp_path, port=port, env=env)
     try:
+        # The warm-up startup probe, as the kubelet runs it in the engine container: while the engine loads it
+        # fails at once (the kubelet retries it); once /health answers it sends its completions and passes.
+        early = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False)
+        assert early.returncode != 0 and "Connection refused" in early.stderr, early
         e.wait_healthy()
         base = "http://127.0.0.1:%d" % port
+        warm = subprocess.run(probe, capture_output=True, text=True, timeout=120, check=False)
+        assert warm.returncode == 0 and "warm-up: 2 completion(s) each from tiny-served" in warm.stdout, warm
+        code, body = http(base + "/metrics")
+        done = sum(float(ln.rsplit(" ", 1)[1]) for ln in body.splitlines()
+                   if ln.startswith("vllm:request_success_total{") and 'model_name="tiny-served"' in ln)
+        assert done == 2, [ln for ln in body.splitlines() if ln.startswith("vllm:request_success")]
         code, body = http(base + "/v1/models")
         assert code == 200 and [m["id"] for m in json.loads(body)["data"]] == ["tiny-served"]
         code, body = http(base + "/v1/completions", {"model": "tiny-served", "prompt": "Hello, how are",
