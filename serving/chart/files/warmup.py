@@ -2,7 +2,12 @@
 #   python3 -c "$(this file)" PORT REQUESTS MAX_TOKENS PROMPT MODEL [LORA...]
 # /health first (a loading engine fails fast, the probe retries), then REQUESTS completions at temperature 0 to
 # each name, with VLLM_API_KEY when set. Exit 0 only when every one came back with a choice.
-import json, os, sys, urllib.request
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
 port, count, max_tokens, prompt, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 base = "http://127.0.0.1:" + port
 urllib.request.urlopen(base + "/health", timeout=5).read()
