@@ -332,31 +332,38 @@ def chart_fields(text, path):
 # ---- archives (bounded) ---------------------------------------------------------------------
 
 class _Capped(object):
-    """A decompressing reader that refuses to produce more than `limit` bytes."""
+    """A decompressing reader that refuses to produce more than `limit` bytes. It asks the
+    decompressor for no more than each read wants, so memory stays at one read's worth."""
 
     def __init__(self, raw, left, decompressor, limit):
-        self.raw, self.left, self.d, self.limit, self.out, self.buf = raw, left, decompressor, limit, 0, b""
-        self.eof = False
+        self.raw, self.left, self.d, self.limit, self.out = raw, left, decompressor, limit, 0
+
+    def _input(self):
+        if isinstance(self.d, lzma.LZMADecompressor):
+            if not self.d.needs_input:
+                return b""
+        elif self.d.unconsumed_tail:
+            return self.d.unconsumed_tail
+        if self.left <= 0:
+            return None
+        chunk = self.raw.read(min(CHUNK // 8, self.left))
+        self.left -= len(chunk)
+        return chunk or None
 
     def read(self, n=-1):
         if n is None or n < 0:
-            n = self.limit
-        while len(self.buf) < n and not self.eof:
-            if self.left <= 0:
-                self.eof = True
+            n = self.limit + 1
+        out = bytearray()
+        while len(out) < n and not self.d.eof:
+            data = self._input()
+            if data is None:
                 break
-            chunk = self.raw.read(min(CHUNK // 8, self.left))
-            if not chunk:
-                self.eof = True
-                break
-            self.left -= len(chunk)
-            more = self.d.decompress(chunk, self.limit - self.out + 1)
+            more = self.d.decompress(data, n - len(out))
+            out += more
             self.out += len(more)
             if self.out > self.limit:
                 raise _ScanLimit()
-            self.buf += more
-        b, self.buf = self.buf[:n], self.buf[n:]
-        return b
+        return bytes(out)
 
 
 class _ScanLimit(Exception):
