@@ -104,7 +104,12 @@ class _Verified(object):
     def _next_part(self):
         if self.cur is not None:
             self.cur.close()
-        self.cur, self.cur_left = next(self.parts)
+            self.cur = None
+        try:
+            self.cur, self.cur_left = next(self.parts)
+        except StopIteration:
+            raise BundleError("%s: the media holds fewer bytes of it than the signed %d. Refusing the bundle"
+                              % (self.path, self.entry["size"]))
 
     def finish(self):
         """Read what is left (hashing it) and compare with the signed sha256."""
@@ -822,13 +827,14 @@ def listing(inv):
     b = inv["bundle"]
     out = ["Bundle %s (%s), created %s, id %s" % (b.get("name") or "(no name)", "segments: %d" % b["segments"] if b["segmented"]
                                                    else "directory", b.get("created"), b["id"]),
-           "Verified: signature, listing and sizes; %d metadata files (%s) hashed; data not hashed (bundle_verify does that)"
+           "Verified: signature, listing and sizes; %d metadata and package files (%s) hashed; image layers and "
+           "checkpoints not hashed (bundle_verify does that)"
            % (inv["verified"]["hashed"]["files"], human(inv["verified"]["hashed"]["bytes"]))]
     if b.get("versions"):
         out.append("Versions: " + ", ".join("%s %s" % kv for kv in sorted(b["versions"].items())))
     sections = (
         ("Images", inv["images"], ("ref", "digest", "size", "platform"),
-         lambda i: (i["ref"], i["digest"][:19], human(i["size"]), ",".join(i["platforms"]))),
+         lambda i: (i["ref"], i["digest"], human(i["size"]), ",".join(i["platforms"]))),
         ("Charts", inv["charts"], ("name", "chart", "version", "app version", "size"),
          lambda c: (c["name"], c.get("chart"), c.get("version"), c.get("app_version"), human(c["size"]))),
         ("OS packages", inv["packages"], ("name", "version", "arch", "size", "licences"),

@@ -171,10 +171,12 @@ def test_a_licence_that_cannot_be_an_expression_stays_a_name():
 def test_listing_tables():
     lines = I.listing(_inventory(problems=["images/blobs/sha256/x is in the signed manifest but belongs to nothing"]))
     assert lines[0] == "Bundle lab (directory), created 2026-12-01T10:00:00Z, id " + "ab" * 32
+    assert lines[1] == ("Verified: signature, listing and sizes; 3 metadata and package files (2.0 KiB) hashed; image layers "
+                        "and checkpoints not hashed (bundle_verify does that)")
     assert "Versions: vllm 0.34.0" in lines
     at = lines.index("Images (1)")
     assert lines[at + 1].split() == ["ref", "digest", "size", "platform"]
-    assert lines[at + 2].split() == ["docker.io/library/busybox:1.36", "sha256:cccccccccccc", "2.0", "MiB", "linux/amd64"]
+    assert lines[at + 2].split() == ["docker.io/library/busybox:1.36", "sha256:" + "c" * 64, "2.0", "MiB", "linux/amd64"]
     assert lines[lines.index("Python wheels (1)") + 2].split() == ["jinja2", "3.1.6", "1000", "B", "BSD-3-Clause"]
     assert "Charts" not in " ".join(lines)  # empty categories print nothing
     assert lines[-2:] == ["Problems (1)", "- images/blobs/sha256/x is in the signed manifest but belongs to nothing"]
