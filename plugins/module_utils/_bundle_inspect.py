@@ -459,7 +459,7 @@ def _zip_member(data, pattern, what):
 
 def _tgz_chart_yaml(data, path):
     """Chart.yaml of a packaged chart (in memory), bounded; None when it has none."""
-    stream = _Capped(io.BytesIO(data), len(data), zlib.decompressobj(16 + zlib.MAX_WBITS), 16 * ARCHIVE_LIMIT)
+    stream = _Capped(io.BytesIO(data), len(data), zlib.decompressobj(16 + zlib.MAX_WBITS), 4 * ARCHIVE_LIMIT)
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for ti in tar:
@@ -587,7 +587,7 @@ def _image_blobs(r, files, digest, media_type, problems, ref, depth=0):
         else:
             problems.append("image %s: blob %s is not in the bundle" % (ref, d.get("digest") if isinstance(d, dict) else d))
     cfg = _blob((doc.get("config") or {}).get("digest", ""))
-    if cfg in files and files[cfg]["size"] <= METADATA_LIMIT:
+    if cfg in files:
         c = _json(r.read_all(cfg, METADATA_LIMIT, "an image config"), cfg)
         if c.get("os") or c.get("architecture"):
             plat = "%s/%s" % (c.get("os", "?"), c.get("architecture", "?"))
@@ -825,8 +825,8 @@ def table(rows, headers):
 def listing(inv):
     """The lines a person reads: a table per category, then the totals per destination."""
     b = inv["bundle"]
-    out = ["Bundle %s (%s), created %s, id %s" % (b.get("name") or "(no name)", "segments: %d" % b["segments"] if b["segmented"]
-                                                   else "directory", b.get("created"), b["id"]),
+    form = "segments: %d" % b["segments"] if b["segmented"] else "directory"
+    out = ["Bundle %s (%s), created %s, id %s" % (b.get("name") or "(no name)", form, b.get("created"), b["id"]),
            "Verified: signature, listing and sizes; %d metadata and package files (%s) hashed; image layers and "
            "checkpoints not hashed (bundle_verify does that)"
            % (inv["verified"]["hashed"]["files"], human(inv["verified"]["hashed"]["bytes"]))]

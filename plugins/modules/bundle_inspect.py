@@ -20,8 +20,9 @@ description:
     manifest and config, the apt C(Packages) index, C(Chart.yaml) (in a chart folder or a packaged C(.tgz)), each
     wheel's C(METADATA) and, with O(package_licenses), each C(.deb)'s C(/usr/share/doc/<package>/copyright). Each is
     bounded by its signed size and by a limit (16 MiB for a metadata file, 64 MiB for a packaged chart or a wheel,
-    1 MiB for a member of an archive, 64 MiB of a C(.deb)'s decompressed C(data.tar)); a larger metadata file refuses
-    the bundle. Files are opened without following links, and what is read is used only once the file's bytes match
+    1 MiB for a member of an archive, 64 MiB of a C(.deb)'s decompressed C(data.tar)). A larger metadata file or
+    packaged chart refuses the bundle; a larger wheel, C(METADATA) or copyright file is listed without its licence, with
+    the reason. Files are opened without following links, and what is read is used only once the file's bytes match
     the signed sha256.
   - Fast by design - image layers and checkpoint files are not hashed (their sizes are checked against the signed
     manifest). C(verified.hashed) says how many files and bytes were hashed. For a check of every byte use

@@ -106,8 +106,8 @@ def test_sbom_validates_and_holds_purls_hashes_and_licences(lab, tmp_path):
     deb = comps["deb:debian-12:packages/debian-12/pool/lab-tool_1%3a2.0-1_amd64.deb"]
     assert deb["hashes"][0]["content"] == files["packages/debian-12/pool/lab-tool_1%3a2.0-1_amd64.deb"]["sha256"]
     # the library keeps licences in a sorted set: compare as sets
-    assert sorted(map(json.dumps, deb["licenses"])) == sorted(map(json.dumps, [{"license": {"name": "GPL-2+"}},
-                                                                              {"license": {"id": "BSD-3-Clause"}}]))
+    want = [{"license": {"name": "GPL-2+"}}, {"license": {"id": "BSD-3-Clause"}}]
+    assert sorted(map(json.dumps, deb["licenses"])) == sorted(map(json.dumps, want))
     free = comps["deb:debian-12:packages/debian-12/pool/lab-free_0.5-2_amd64.deb"]
     assert "licenses" not in free and {"name": "llmops:license-source",
                                        "value": "usr/share/doc/lab-free/copyright is not machine-readable (DEP-5)"} in free["properties"]
@@ -181,8 +181,9 @@ def test_an_oversized_metadata_file_is_refused_before_it_is_read(lab, tmp_path):
     index = (src / "images" / "index.json").read_bytes()
     (src / "images" / "index.json").write_bytes(index + b" " * (I.METADATA_LIMIT + 1 - len(index)))
     bundle_seal.run(dict(path=str(src), private_key=lab["priv"], spec={"name": "lab"}, versions={}, images=lab["images"]), False)
-    refused(src, lab["pub"], tmp_path / "out", "images/index.json is %d bytes in the signed manifest; inspect reads an OCI index of "
-                                                "at most %d bytes" % (I.METADATA_LIMIT + 1, I.METADATA_LIMIT))
+    refused(src, lab["pub"], tmp_path / "out",
+            "images/index.json is %d bytes in the signed manifest; inspect reads an OCI index of at most %d bytes"
+            % (I.METADATA_LIMIT + 1, I.METADATA_LIMIT))
 
 
 def test_playbook_check_mode_writes_nothing_then_writes_then_changes_nothing(lab, tmp_path):
