@@ -1,0 +1,129 @@
+"""A small lab bundle with one of everything a site bundle holds, built with the collection's own
+modules and the real formats: an OCI layout (tests/integration/mirror/mirror_layouts.py, two images
+sharing a layer), two real .deb packages (dpkg-deb) indexed by the collection's own apt-ftparchive
+step (_debrepo.packages_index), two wheels (zip archives with dist-info METADATA), the serving chart
+as a folder and a chart packaged as .tgz, a collection artifact, a binary, a model checkpoint, and
+the root tooling; sealed and signed by bundle_seal, and packed into segments by bundle_pack."""
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ansible_collections.llmops.onprem.plugins.module_utils import _debrepo
+from ansible_collections.llmops.onprem.plugins.modules import bundle_pack, bundle_seal
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.join(REPO, "tests", "integration", "mirror"))
+import mirror_layouts  # noqa: E402
+
+DEP5 = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: lab-tool
+
+Files: *
+Copyright: 2026 Lab
+License: GPL-2+
+
+Files: contrib/*
+Copyright: 2026 Someone
+License: BSD-3-clause
+
+License: GPL-2+
+ This program is free software.
+"""
+IMAGES = ("registry.example.org/llmops/serving:1.0", "docker.io/library/busybox:1.36")
+
+
+def keypair(d):
+    d.mkdir(parents=True, exist_ok=True)
+    k = ed25519.Ed25519PrivateKey.generate()
+    priv, pub = d / "site.pem", d / "site.pub.pem"
+    priv.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pub.write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return str(priv), str(pub)
+
+
+def deb(tmp, pool, name, version, copyright_text, payload=4096):
+    """A real .deb built by dpkg-deb (xz data.tar), with /usr/share/doc/<name>/copyright."""
+    root = tmp / ("deb-" + name)
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text("Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: Lab <lab@example.org>\n"
+                                             "Description: lab package %s\n" % (name, version, name))
+    (root / "usr" / "lib" / name).mkdir(parents=True)
+    (root / "usr" / "lib" / name / "data.bin").write_bytes(os.urandom(payload))
+    (root / "usr" / "share" / "doc" / name).mkdir(parents=True)
+    (root / "usr" / "share" / "doc" / name / "copyright").write_text(copyright_text)
+    out = pool / ("%s_%s_amd64.deb" % (name, version.replace(":", "%3a")))
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(out)], check=True, capture_output=True)
+    return out
+
+
+def wheel(path, name, version, headers):
+    meta = "Metadata-Version: 2.4\nName: %s\nVersion: %s\n%s\n" % (name, version, headers)
+    with zipfile.ZipFile(str(path), "w") as z:
+        z.writestr("%s/__init__.py" % name.replace("-", "_"), "")
+        z.writestr("%s-%s.dist-info/METADATA" % (name.replace("-", "_"), version), meta)
+        z.writestr("%s-%s.dist-info/WHEEL" % (name.replace("-", "_"), version), "Wheel-Version: 1.0\n")
+
+
+def packaged_chart(path, name, version):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for rel, text in (("Chart.yaml", "apiVersion: v2\nname: %s\nversion: %s\nappVersion: \"2.1\"\n" % (name, version)),
+                          ("values.yaml", "replicas: 1\n")):
+            data = text.encode()
+            ti = tarfile.TarInfo("%s/%s" % (name, rel))
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+
+
+def _run(argv, cwd=None):
+    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    return p.returncode, p.stdout, p.stderr
+
+
+def build(tmp, segment_size="256KiB"):
+    """The lab bundle in tmp/bundle and its segments in tmp/media; returns a dict of paths and facts."""
+    priv, pub = keypair(tmp / "keys")
+    root = tmp / "bundle"
+    layout = str(root / "images")
+    base = mirror_layouts.layer(layout, 300 * 1024, seed=1)
+    images = []
+    for i, ref in enumerate(IMAGES):
+        desc = mirror_layouts.image(layout, ref, [base, mirror_layouts.layer(layout, 20 * 1024 + i, seed=10 + i)])
+        images.append({"ref": ref, "digest": desc["digest"]})
+    repo = root / "packages" / "debian-12"
+    (repo / "pool").mkdir(parents=True)
+    deb(tmp, repo / "pool", "lab-tool", "1:2.0-1", DEP5)
+    deb(tmp, repo / "pool", "lab-free", "0.5-2", "This is free software, see the GNU GPL.\n")
+    (repo / "Packages").write_bytes(_debrepo.packages_index(_run, str(repo)))
+    (repo / "packages.lock").write_text("lab-free=0.5-2\nlab-tool=1:2.0-1\n")
+    py = root / "python"
+    py.mkdir()
+    wheel(py / "demo_lib-1.2.0-py3-none-any.whl", "demo-lib", "1.2.0", "License-Expression: MIT OR Apache-2.0")
+    wheel(py / "other_pkg-0.3-py3-none-any.whl", "other-pkg", "0.3", "Classifier: License :: OSI Approved :: MIT License")
+    (py / "requirements.lock").write_text("demo-lib==1.2.0\nother-pkg==0.3\n")
+    shutil.copytree(os.path.join(REPO, "serving", "chart"), str(root / "charts" / "llmops-serving"))
+    packaged_chart(root / "charts" / "model-engine.tgz", "model-engine", "0.9.1")
+    (root / "collections").mkdir()
+    (root / "collections" / "llmops-onprem-0.1.0.tar.gz").write_bytes(os.urandom(2048))
+    (root / "binaries").mkdir()
+    (root / "binaries" / "minio").write_bytes(os.urandom(5000))
+    model = root / "models" / "tiny"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (model / "tokenizer.json").write_text('{"model": {}}')
+    (model / "model.safetensors").write_bytes(os.urandom(600 * 1024))  # split across segments
+    shutil.copy(os.path.join(REPO, "bundle", "llmops-verify.sh"), str(root / "llmops-verify.sh"))
+    shutil.copy(os.path.join(REPO, "bundle", "bootstrap.sh"), str(root / "bootstrap.sh"))
+    bundle_seal.run(dict(path=str(root), private_key=priv, spec={"name": "lab"}, versions={"vllm": "0.34.0"}, images=images), False)
+    media = tmp / "media"
+    bundle_pack.run(dict(src=str(root), dest=str(media), private_key=priv, segment_size=segment_size, read_back=True,
+                         progress_file=None), False)
+    return dict(root=root, media=media, priv=priv, pub=pub, images=images, tmp=tmp)
