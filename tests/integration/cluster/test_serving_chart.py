@@ -14,7 +14,8 @@ import pytest
 import serving_helpers as sh
 
 RELEASE = "srv"
-DRAIN_SECONDS = 150
+DRAIN_SECONDS = 60
+LONG_TOKENS = 600
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +73,8 @@ def test_chart_lints_renders_and_validates(kube):
 def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, capsys):
     ns = namespace
     sh.secrets(kube, ns)
-    # drain.seconds well above the long streamed answer's time at the end (about 10 s on a quiet 2-core node,
-    # over 20 s on a busy one): vLLM leaves as soon as its in-flight requests are done, so this is a bound.
+    # drain.seconds well above the long streamed answer's time at the end (LONG_TOKENS: about 3 s on a quiet 2-core
+    # node, over 20 s at load 10): vLLM leaves as soon as its in-flight requests are done, so this is a bound.
     vals = sh.values(cache.path, [sh.model("tiny", loraModules={"tiny-lora": "lora/tiny-lora"},
                                            args=dict(sh.ENGINE_ARGS, **{"max-lora-rank": 8}))],
                      drain=dict(preStopSeconds=3, seconds=DRAIN_SECONDS))
@@ -100,7 +101,7 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     assert pod.spec.termination_grace_period_seconds == 3 + DRAIN_SECONDS + 10
     # The warm-up (seed 003) is the startup probe: Ready means its completions to the model and to the adapter
     # came back from the real engine inside the pod.
-    assert engine.startup_probe._exec.command[3:] == ["8000", "2", "8", "The site is ready.", "tiny-served", "tiny-lora"]
+    assert engine.startup_probe._exec.command[3:] == ["8000", "1", "8", "The site is ready.", "tiny-served", "tiny-lora"]
     assert (cache.path / "tiny" / sh.DIGEST_A / "config.json").is_file()
 
     # Restart: the new pod finds the checkpoint in the node cache and downloads nothing.
@@ -151,9 +152,9 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     [pod] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
     pod_url = "http://%s:8000/v1/completions" % pod.status.pod_ip
     result = {}
-    # 2000 tokens (ignore_eos: exactly that many) take the tiny model about 10 s on a quiet test node's CPU; the
-    # first run on the real engine, on a machine at load 7, was cut at 1765 by a 20 s drain: the deadline worked.
-    long_body = {"model": "tiny-served", "prompt": "long", "max_tokens": 2000, "temperature": 0, "ignore_eos": True,
+    # LONG_TOKENS (ignore_eos: exactly that many) outlast the 3 s preStop wait; the first run on the real engine
+    # asked 2000 with a 20 s drain on a machine at load 7 and was cut at 1765: the deadline worked, the bound was short.
+    long_body = {"model": "tiny-served", "prompt": "long", "max_tokens": LONG_TOKENS, "temperature": 0, "ignore_eos": True,
                  "stream": True, "stream_options": {"include_usage": True}}
     t = threading.Thread(target=lambda: result.update(r=stream(pod_url, long_body)))
     t.start()
@@ -162,6 +163,6 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     kube.core.delete_namespaced_pod(pod.metadata.name, ns)
     t.join(DRAIN_SECONDS + 30)
     chunks, usage, done = result["r"]
-    assert done and usage["completion_tokens"] == 2000 and chunks > 1, (chunks, usage, done)
+    assert done and usage["completion_tokens"] == LONG_TOKENS and chunks > 1, (chunks, usage, done)
     assert time.monotonic() - t0 >= 3  # it ran past the preStop wait, into the drain
     kube.run([kube.HELM, "--kubeconfig", kube.kubeconfig, "-n", ns, "uninstall", RELEASE])
