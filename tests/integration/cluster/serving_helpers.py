@@ -85,8 +85,6 @@ def values(cache_dir, models, **extra):
         startup=dict(baseSeconds=START_SECONDS, periodSeconds=2),
         readiness=dict(periodSeconds=1, failureThreshold=1),
         drain=dict(preStopSeconds=3, seconds=20),
-        # One warm-up completion per name, and a bound for a busy 2-core node (two engines at once during a roll).
-        warmup=dict(requests=1, timeoutSeconds=300),
         models=models,
     )
     for k, val in extra.items():

@@ -275,7 +275,9 @@ def test_two_models_with_one_name_render_nothing(tmp_path):
 
 
 def test_warmup_is_the_startup_probe_for_the_model_and_each_adapter(tmp_path):
-    pod = deployment(tmp_path, values(gpus=0, servedName="chat", loraModules={"b-adapter": "lora/b", "a-adapter": "lora/a"}))
+    vals = values(gpus=0, servedName="chat", loraModules={"b-adapter": "lora/b", "a-adapter": "lora/a"})
+    vals["warmup"] = {"requests": 2}
+    pod = deployment(tmp_path, vals)
     probe = pod["containers"][0]["startupProbe"]
     cmd = probe["exec"]["command"]
     # python3 -c SCRIPT PORT REQUESTS MAX_TOKENS PROMPT MODEL LORA...: the served name, then each adapter by name.
@@ -287,8 +289,7 @@ def test_warmup_is_the_startup_probe_for_the_model_and_each_adapter(tmp_path):
 
 
 def test_warmup_off_leaves_the_startup_probe_on_health(tmp_path):
-    vals = values(gpus=0)
-    vals["warmup"] = {"requests": 0}
+    vals = values(gpus=0)  # the default: requests 0
     probe = deployment(tmp_path, vals)["containers"][0]["startupProbe"]
     assert probe["httpGet"] == {"path": "/health", "port": "http"} and "exec" not in probe
 

@@ -38,7 +38,7 @@ def rendered_cpu_engine(tmp_path, port):
     vals = dict(engine=dict(image="registry.site.internal:5000/localhost/llmops/vllm-cpu:%s" % VERSION, port=port),
                 downloader=dict(image="registry.site.internal:5000/localhost/llmops/model-pull:0.1.0"),
                 objectStore=dict(endpoint="https://s3.site.internal:9000", bucket="checkpoints"),
-                cache=dict(mountPath=str(tmp_path / "cache")), device="cpu",
+                cache=dict(mountPath=str(tmp_path / "cache")), device="cpu", warmup=dict(requests=2),
                 models=[dict(name="tiny", servedName="tiny-served", preset="chat_small", gpus=0,
                              checkpoint=dict(prefix="models/tiny", digest=DIGEST, bytes=300000),
                              args={"kv-cache-memory-bytes": "64M", "enforce-eager": True, "dtype": "float32"})])
