@@ -300,13 +300,14 @@ def _tensor_nbytes(dtype, shape):
     return None
 
 
-def safetensors_header(path):
+def safetensors_header(path, name=None):
     """Parse and check a safetensors file's structure without reading its tensor data.
 
     Returns (tensor names, header length). Raises CheckpointError naming the file and the fault:
     short length prefix, header not JSON, a tensor whose offsets do not match its dtype and shape,
-    offsets past the end of the file, a truncated file, or trailing bytes."""
-    name = os.path.basename(path)
+    offsets past the end of the file, a truncated file, or trailing bytes. ``name`` is how the
+    messages name the file (default its base name)."""
+    name = name or os.path.basename(path)
     size = os.stat(path).st_size
     with open(path, "rb") as fh:
         prefix = fh.read(8)
@@ -414,13 +415,20 @@ def check_layout(root, require_tokenizer=True):
                 problems.append("config.json is not a JSON object")
         except ValueError as e:
             problems.append("config.json does not parse: %s" % e)
-    shards = sorted(p for p in files if p.endswith(".safetensors"))
+    # vLLM and transformers load the *.safetensors at the top of the directory; a file deeper down is
+    # not a shard of the model: a LoRA adapter's weights (a directory with adapter_config.json, as the
+    # serving chart's loraModules name them) or an extra copy. Every header is still checked.
+    shards = sorted(p for p in files if p.endswith(".safetensors") and "/" not in p)
     tensors = {}
-    for shard in shards:
+    for shard in sorted(p for p in files if p.endswith(".safetensors")):
         try:
-            tensors[shard] = set(safetensors_header(os.path.join(root, shard))[0])
+            names = set(safetensors_header(os.path.join(root, shard), name=shard)[0])
         except CheckpointError as e:
             problems.append(str(e))
+            continue
+        if shard in shards:
+            tensors[shard] = names
+    problems.extend(_adapter_problems(files))
     if not shards:
         problems.append("no *.safetensors weights in %s (pickled *.bin weights are not loaded; convert them to safetensors)"
                         % root)
@@ -432,6 +440,16 @@ def check_layout(root, require_tokenizer=True):
     if require_tokenizer and not any(all(f in files for f in group) for group in TOKENIZER_SETS):
         problems.append("no tokenizer in %s: expected tokenizer.json, tokenizer.model, vocab.json + merges.txt, "
                         "or tiktoken.model" % root)
+    return problems
+
+
+def _adapter_problems(files):
+    """A LoRA adapter directory (it holds adapter_config.json) needs its weights beside it."""
+    problems = []
+    for config in sorted(p for p in files if p.rsplit("/", 1)[-1] == "adapter_config.json" and "/" in p):
+        d = config.rsplit("/", 1)[0]
+        if not any(p.startswith(d + "/adapter_model.") and p.endswith((".safetensors", ".bin")) for p in files):
+            problems.append("LoRA adapter %s has adapter_config.json but no adapter_model.safetensors" % d)
     return problems
 
 

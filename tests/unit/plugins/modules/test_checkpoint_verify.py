@@ -259,3 +259,42 @@ def test_sizes_only_against_the_manifest(ckpt, tmp_path, run_module):
     result = verify(run_module, ckpt, manifest=str(tmp_path / "m.json"), hash_contents=False)
     assert not result.get("failed") and result["hashed"] == 0
     assert verify(run_module, ckpt, manifest=str(tmp_path / "m.json"))["failed"]
+
+
+def _adapter(ckpt, rel, weights=True):
+    d = os.path.join(ckpt, rel)
+    os.makedirs(d)
+    with open(os.path.join(d, "adapter_config.json"), "w") as fh:
+        json.dump({"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]}, fh)
+    if weights:
+        write_safetensors(os.path.join(d, "adapter_model.safetensors"), {"q.lora_A": ("float32", [8, 8], bytes(256))})
+    return d
+
+
+def test_a_lora_adapter_beside_a_single_file_model_is_not_a_shard(tmp_path, run_module):
+    """The demo's model: one model.safetensors and its LoRA adapter under lora/ (the serving chart's
+    loraModules path). The adapter's weights are not a second shard of the model."""
+    ckpt = make_checkpoint(str(tmp_path / "m"), shards=1)
+    os.remove(os.path.join(ckpt, "model.safetensors.index.json"))
+    os.rename(os.path.join(ckpt, "model-00001-of-00001.safetensors"), os.path.join(ckpt, "model.safetensors"))
+    _adapter(ckpt, "lora/tiny-lora")
+    result = verify(run_module, ckpt)
+    assert not result.get("failed"), result.get("msg")
+
+
+def test_an_adapter_without_weights_or_with_a_broken_header_is_refused(ckpt, run_module):
+    _adapter(ckpt, "lora/empty", weights=False)
+    d = _adapter(ckpt, "lora/broken")
+    with open(os.path.join(d, "adapter_model.safetensors"), "r+b") as fh:
+        fh.truncate(20)
+    result = verify(run_module, ckpt)
+    assert result["failed"]
+    assert "LoRA adapter lora/empty has adapter_config.json but no adapter_model.safetensors" in result["msg"]
+    assert "lora/broken/adapter_model.safetensors" in result["msg"]
+
+
+def test_top_level_shards_still_need_their_index_with_an_adapter_present(ckpt, run_module):
+    _adapter(ckpt, "lora/a")
+    os.remove(os.path.join(ckpt, "model.safetensors.index.json"))
+    result = verify(run_module, ckpt)
+    assert result["failed"] and "2 safetensors shards but no model.safetensors.index.json" in result["msg"]
