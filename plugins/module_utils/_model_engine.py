@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import re
 
+from ansible_collections.llmops.onprem.plugins.module_utils._egress import bad_tag, host_of, mask, public_host, urls_in
 from ansible_collections.llmops.onprem.plugins.module_utils._gpu import model_engine_gpu_type
 from ansible_collections.llmops.onprem.plugins.module_utils._oci import (
     OnpremError, format_reference, normalize_reference, parse_reference, site_reference)
@@ -96,7 +97,6 @@ DATABASE_KEY = "database_url"  # serviceEnvBase: secretKeyRef key database_url, 
 ISTIO_GROUPS = ("istio.io",)
 _PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
 _IMAGE_LINE = re.compile(r"^\s*-?\s*image:\s*[\"']?([^\"'\s]+)", re.M)
-_URL = re.compile(r"\b(?:https?|rediss?|s3|postgresql)://[^\s\"']+")
 
 
 def merge(base, over):
@@ -403,20 +403,6 @@ def _is_site(ref, registry):
     return bool(registry) and ref.split("/", 1)[0] == registry.split("/", 1)[0]
 
 
-def _bad_tag(ref):
-    try:
-        p = parse_reference(ref)
-    except OnpremError:
-        return "unparsable"
-    if p["digest"]:
-        return None
-    if not p["tag"]:
-        return "untagged"
-    if p["tag"] == "latest":
-        return "latest"
-    return None
-
-
 def check_values(v, s):
     """The problems of the final values (after the inventory's overrides), each naming the value and the fix."""
     reg = s.get("site_registry") or ""
@@ -462,7 +448,7 @@ def check_values(v, s):
     if get(v, "redis.enableAuth"):
         add("redis.enableAuth is true: the chart then renders a KEDA TriggerAuthentication that reads the password "
             "from AWS Secrets Manager (templates/trigger_authentication.yaml). Set redis.enableAuth: false")
-    for where, url in _urls_in(v):
+    for where, url in urls_in(v):
         low = url.lower()
         if low.startswith("redis://"):
             add("%s is %s: plain-text Redis. The site's Redis speaks TLS; use rediss:// with "
@@ -471,11 +457,11 @@ def check_values(v, s):
                                             or "ssl_cert_reqs=required" not in low):
             add("%s is %s: the certificate is not verified (seed 002 used ssl_cert_reqs=none). Use "
                 "ssl_cert_reqs=required&ssl_ca_certs=%s/ca.crt (remove the override to get the role's URL)"
-                % (where, _mask(url), CA_MOUNT))
+                % (where, mask(url), CA_MOUNT))
         m = re.match(r"^[a-z]+s?://([^/@]*)@", url, re.I)
         if m and ":" in m.group(1) and m.group(1).split(":", 1)[1] not in ("$(REDIS_AUTH_TOKEN)", ""):
             add("%s carries a password in the URL (%s): it would be a plain value in the pod spec or ConfigMap. "
-                "Use the Secret reference $(REDIS_AUTH_TOKEN) (remove the override)" % (where, _mask(url)))
+                "Use the Secret reference $(REDIS_AUTH_TOKEN) (remove the override)" % (where, mask(url)))
     if v.get("celeryBrokerUrl") or v.get("celeryResultBackend"):
         add("celeryBrokerUrl/celeryResultBackend are set: the chart puts them in the pod spec before "
             "REDIS_AUTH_TOKEN, so a URL there either holds the password or has none. Remove them; the role sets "
@@ -501,7 +487,7 @@ def check_values(v, s):
         if not _is_site(ref, reg):
             add("%s is %s, outside the site registry %s: nodes cannot reach it. Remove the override; the role maps "
                 "model_engine_images through site_image" % (where, ref, reg or "(none: run the registry stage)"))
-        bad = _bad_tag(ref)
+        bad = bad_tag(ref)
         if bad:
             add("%s is %s (%s): pin a version in model_engine_images" % (where, ref, bad))
     for k in ("vllm_repository", "tensorrt_llm_repository", "batch_inference_vllm_repository", "tgi_repository",
@@ -597,27 +583,6 @@ def check_values(v, s):
     return p
 
 
-def _mask(url):
-    return re.sub(r"(://[^/@:]*:)[^@/]+@", r"\1***@", url)
-
-
-def _urls_in(v, path=""):
-    out = []
-    if isinstance(v, dict):
-        for k, x in v.items():
-            out += _urls_in(x, "%s.%s" % (path, k) if path else str(k))
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            name = x.get("name") if isinstance(x, dict) and "name" in x else i
-            out += _urls_in(x, "%s[%s]" % (path, name))
-    elif isinstance(v, str):
-        # A comment in an embedded template (a link to an upstream issue) is not a place anything connects to.
-        text = "\n".join(re.sub(r"(^|\s)#.*$", "", ln) for ln in v.splitlines())
-        for m in _URL.finditer(text):
-            out.append((path, m.group(0)))
-    return out
-
-
 def compute(s):
     """Values, problems, the images and the node labels for settings ``s``."""
     problems = []
@@ -635,16 +600,11 @@ def compute(s):
     return dict(values=values, problems=problems, images=images, node_labels=labels, site_hosts=site_hosts(s))
 
 
-def _host_of(url):
-    return re.sub(r"^[a-z0-9+.-]+://", "", str(url or ""), flags=re.I).split("/", 1)[0].split("@")[-1] \
-        .rsplit(":", 1)[0].strip("[]").lower()
-
-
 def site_hosts(s):
     """The site's own host names (its services, its registry, its DNS domain): not public, whatever their suffix."""
-    hosts = [_host_of(get(s, "object_store.s3_endpoint_url")), str(get(s, "redis.host") or "").lower(),
-             str(get(s, "postgres.host") or "").lower(), _host_of(s.get("site_registry")),
-             _host_of(s.get("prometheus_address")), str(s.get("dns_host_domain") or "").lower()]
+    hosts = [host_of(get(s, "object_store.s3_endpoint_url")), str(get(s, "redis.host") or "").lower(),
+             str(get(s, "postgres.host") or "").lower(), host_of(s.get("site_registry")),
+             host_of(s.get("prometheus_address")), str(s.get("dns_host_domain") or "").lower()]
     return sorted(set(h for h in hosts if h))
 
 
@@ -710,30 +670,10 @@ def objects_report(docs, tag, registry, namespaces=(), hosts=()):
                     images.append(dict(image=ref, where="%s data %s" % (who, key)))
                 if "imagePullPolicy: Always" in text:
                     always.append("%s data %s" % (who, key))
-        for where, url in _urls_in(d):
-            host = re.sub(r"^[a-z]+://", "", url).split("/", 1)[0].split("@")[-1].split(":")[0]
-            if _public_host(host, namespaces, hosts):
-                urls.append("%s: %s (%s)" % (who, url, where))
+        for where, url in urls_in(d):
+            if public_host(host_of(url), namespaces, hosts):
+                urls.append("%s: %s (%s)" % (who, mask(url), where))
     return dict(images=images, pull_always=always, secrets=secrets, public_urls=urls, istio=istio)
-
-
-def _public_host(host, namespaces=(), hosts=()):
-    """Whether ``host`` would be resolved outside the site: not a cluster name (<service>.<namespace>,
-    *.svc, *.cluster.local), not a private address, not a site-internal suffix, not one of the
-    site's own ``hosts`` (or a name under one of them)."""
-    host = host.lower().strip("[]")
-    if not host or "$" in host or "{" in host:
-        return False
-    if any(host == h or host.endswith("." + h) for h in hosts):
-        return False
-    if "." not in host or host.split(".", 1)[1] in namespaces:
-        return False
-    if host in ("localhost",) or host.endswith((".svc", ".local", ".internal", ".cluster.local", ".lan", ".home.arpa")):
-        return False
-    if re.match(r"^\d+\.\d+\.\d+\.\d+$", host):
-        a, b = [int(x) for x in host.split(".")[:2]]
-        return not (a in (10, 127) or (a == 172 and 16 <= b <= 31) or (a == 192 and b == 168) or (a == 169 and b == 254))
-    return "." in host
 
 
 def render_problems(report, wanted, registry):
@@ -753,7 +693,7 @@ def render_problems(report, wanted, registry):
                      % (where, ref, registry))
         elif ref not in allowed:
             p.append("%s names %s, which is not among the images the role maps (model_engine_images)" % (where, ref))
-        bad = _bad_tag(ref)
+        bad = bad_tag(ref)
         if bad:
             p.append("%s names %s (%s): pin a version" % (where, ref, bad))
     for w in report["pull_always"]:

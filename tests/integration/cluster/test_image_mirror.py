@@ -106,6 +106,9 @@ def test_pod_naming_the_upstream_registry_runs_through_the_mirror(kube, site):
     done = kube.wait_pod_done(site["ns"], "upstream-named", timeout=120)
     assert done.status.phase == "Succeeded", done.status
     assert kube.pod_log(site["ns"], "upstream-named").strip() == "served-by-mirror"
+    # The egress audit's two declared exceptions are said, with their reasons.
+    assert "image_mirror: egress audit exception (pull-always)" in out and "declared: the check must make each node" in out
+    assert "image_mirror: egress audit exception (outside-registry)" in out and "on purpose" in out
     # Second run of the node configuration changes nothing.
     out = play(kube, site, image_mirror_test_check=False)
     assert re.search(r"localhost\s*:\s*ok=\d+\s+changed=0\s", out), out[-3000:]
@@ -139,3 +142,17 @@ def test_pull_check_names_refused_credentials(kube, site):
         assert "Likely fix: the site registry refused the node's credentials" in out
     finally:
         play(kube, site, image_mirror_test_check=False)
+
+
+def test_pull_check_egress_audit_refuses_before_any_pod(kube, site):
+    """An unpinned check image, and one the bundle does not carry: refused by the egress audit, no pod started."""
+    play(kube, site, image_mirror_test_check=False)
+    latest = "docker.io/llmops-test/hub:latest"
+    out = " ".join(play(kube, site, expect_rc=2, image_mirror_test_configure=False, image_mirror_check_image=latest).split())
+    assert "the egress audit of the pull check pods found 1 problem(s), no pod was started" in out, out[-4000:]
+    assert "spec.containers[pull].image names %s (latest): pin a version tag or a digest" % latest in out
+    out = " ".join(play(kube, site, expect_rc=2, image_mirror_test_configure=False,
+                        image_mirror_check_bundle_images=["docker.io/llmops-test/other:1"]).split())
+    assert "names %s, which the bundle does not carry" % site["images"]["hub"] in out, out[-4000:]
+    pods = kube.core.list_namespaced_pod(site["ns"], label_selector="app.kubernetes.io/name=llmops-pull-check").items
+    assert pods == []

@@ -110,3 +110,34 @@ def test_driver_present_mode_refuses_a_host_that_needs_a_reboot(tmp_path):
     proc, out = run(tmp_path, needed(mode="operator", driver_os=["ubuntu22.04"]), gpu_driver_hosts=hosts,
                     gpu_mode="operator", gpu_os=["ubuntu22.04"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _all_carried():
+    return needed()
+
+
+@pytest.mark.parametrize("values, text", [
+    ({"driver": {"env": [{"name": "MIRROR", "value": "https://download.nvidia.com/x"}]}},
+     "ClusterPolicy cluster-policy spec.driver.env[MIRROR].value names https://download.nvidia.com/x, a host outside the site"),
+    ({"dcgmExporter": {"imagePullPolicy": "Always"}},
+     "ClusterPolicy cluster-policy spec.dcgmExporter.imagePullPolicy is imagePullPolicy: Always"),
+    ({"node-feature-discovery": {"master": {"extraArgs": ["--x=https://example.com"]}}},
+     "Deployment gpu-operator/gpu-operator-node-feature-discovery-master spec.template.spec.containers[master].args[1] "
+     "names https://example.com"),
+])
+def test_the_egress_audit_refuses_one_bad_value_naming_object_and_field(tmp_path, values, text):
+    proc, out = run(tmp_path, _all_carried(), gpu_values=values)
+    assert proc.returncode != 0 and out is None
+    flat = " ".join(proc.stdout.split())
+    assert "the egress audit of the rendered chart found 1 problem(s), nothing was applied: " + text in flat
+    assert "Refuse a chart that would reach outside the site" in flat
+
+
+def test_a_declared_exception_is_printed_and_the_stage_goes_on(tmp_path):
+    exc = [{"rule": "pull-always", "object": "ClusterPolicy cluster-policy", "field": "spec.dcgmExporter.imagePullPolicy",
+            "reason": "the exporter is rebuilt nightly on site"}]
+    proc, out = run(tmp_path, _all_carried(), gpu_values={"dcgmExporter": {"imagePullPolicy": "Always"}}, gpu_exceptions=exc)
+    flat = " ".join(proc.stdout.split())
+    assert proc.returncode == 0, flat
+    assert "gpu_operator: egress audit exception (pull-always): ClusterPolicy cluster-policy spec.dcgmExporter.imagePullPolicy" in flat
+    assert "declared: the exporter is rebuilt nightly on site" in flat
