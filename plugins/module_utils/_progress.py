@@ -151,11 +151,14 @@ class ProgressWriter(object):
         now = self.clock() if now is None else now
         if self.state != "running":
             return self.bytes_done / max(now - self.t0, 1e-6)
+        t_old, b_old = self.samples[0]
+        return (self.bytes_done - b_old) / (now - t_old) if now - t_old > 1e-6 else 0.0
+
+    def _sample(self, now):
+        """Keeps (time, bytes) points back to about RATE_WINDOW seconds ago, one per write."""
         self.samples.append((now, self.bytes_done))
         while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW:
             self.samples.popleft()
-        t_old, b_old = self.samples[0]
-        return (self.bytes_done - b_old) / (now - t_old) if now - t_old > 1e-6 else 0.0
 
     def document(self):
         with self.lock:
@@ -179,6 +182,7 @@ class ProgressWriter(object):
     def write(self):
         with self.lock:
             self.last_write = self.clock()
+            self._sample(self.last_write)
             if not self.path:
                 return
             try:
@@ -258,7 +262,7 @@ def human_duration(s):
 def render(doc):
     """One line for a person: 'stage phase: 1.2 GiB / 4.0 GiB (30.0%), 3/10 files, 110.0 MiB/s, ETA 0:25'."""
     head = doc.get("stage") or "transfer"
-    if doc.get("phase"):
+    if doc.get("phase") and doc["phase"] != doc.get("state"):
         head += " " + str(doc["phase"])
     parts = ["%s / %s (%.1f%%)" % (human_bytes(doc["bytes_done"]), human_bytes(doc["bytes_total"]),
                                    percent(doc["bytes_done"], doc["bytes_total"], doc["state"]))]
