@@ -185,7 +185,6 @@ seconds:
   sample: 41.7
 """
 
-import json
 import os
 import pwd
 import signal
@@ -198,6 +197,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.llmops.onprem.plugins.module_utils._oci import (
     Layout, OnpremError, Registry, UploadState, check_site_registry, format_reference, normalize_reference,
     parse_reference, site_repository, upload_blob)
+from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter
 
 
 def argument_spec():
