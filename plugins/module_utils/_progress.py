@@ -17,6 +17,7 @@ import collections
 import errno
 import json
 import os
+import re
 import threading
 import time
 
@@ -276,3 +277,74 @@ def render(doc):
     else:
         parts.append("FAILED: %s" % (doc.get("error") or "see the task result"))
     return "%s: %s" % (head, ", ".join(parts))
+
+
+# ---- relaying a progress line (model-pull's log, read by endpoint_ready) --------------------------
+
+_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+_SIZE = r"[0-9.]+ (?:B|KiB|MiB|GiB|TiB)"
+_LINE = re.compile(r"(?P<stage>[A-Za-z0-9._-]+)(?: (?P<phase>[a-z_]+))?: (?P<done>%s) / (?P<total>%s) \((?P<pct>[0-9.]+)%%\)"
+                   r"(?:, (?P<fd>[0-9]+)/(?P<ft>[0-9]+) files)?, (?P<rate>%s)/s, "
+                   r"(?:ETA (?P<eta>[0-9:]+|\?)|done in (?P<took>[0-9:]+)|FAILED: (?P<error>.*))$" % (_SIZE, _SIZE, _SIZE))
+
+
+def _size(text):
+    n, unit = text.split()
+    return int(float(n) * _UNITS[unit])
+
+
+def _seconds(text):
+    s = 0
+    for part in text.split(":"):
+        s = s * 60 + int(part)
+    return float(s)
+
+
+def parse_line(line):
+    """The progress document a ``render`` line stands for (sizes as precise as the line prints them), or None."""
+    m = _LINE.search(line.strip())
+    if not m:
+        return None
+    state = "failed" if m.group("error") is not None else "done" if m.group("took") else "running"
+    doc = dict(format=FORMAT, stage=m.group("stage"), what="", phase=m.group("phase") or state, state=state,
+               bytes_done=_size(m.group("done")), bytes_total=_size(m.group("total")),
+               files_done=int(m.group("fd") or 0), files_total=int(m.group("ft") or 0), percent=float(m.group("pct")),
+               rate_bytes_per_s=_size(m.group("rate")), error=m.group("error"),
+               eta_s=0.0 if state == "done" else (None if m.group("eta") in (None, "?") else _seconds(m.group("eta"))),
+               elapsed_s=_seconds(m.group("took")) if m.group("took") else None)
+    return doc
+
+
+def last_progress(text, marker="progress "):
+    """The document of the last progress line (one holding ``marker`` followed by a ``render`` line) in a log."""
+    for line in reversed(text.splitlines()):
+        i = line.find(marker)
+        if i >= 0:
+            doc = parse_line(line[i + len(marker):])
+            if doc is not None:
+                return doc
+    return None
+
+
+def combine(docs, stage, what=""):
+    """One document for several transfers at once (for example the model pulls of every serving pod)."""
+    done, total = sum(d["bytes_done"] for d in docs), sum(d["bytes_total"] for d in docs)
+    rate = sum(d.get("rate_bytes_per_s") or 0 for d in docs)
+    states = set(d["state"] for d in docs)
+    state = "failed" if "failed" in states else "running" if "running" in states else "done"
+    etas = [d.get("eta_s") for d in docs if d["state"] == "running"]
+    return dict(format=FORMAT, stage=stage, what=what, phase=state if state != "running" else "download", state=state,
+                bytes_done=done, bytes_total=total, files_done=sum(d.get("files_done") or 0 for d in docs),
+                files_total=sum(d.get("files_total") or 0 for d in docs), percent=percent(done, total, state),
+                rate_bytes_per_s=int(rate), eta_s=0.0 if state == "done" else (None if None in etas else max(etas or [0.0])),
+                elapsed_s=None, started=None, updated=utc_now(), pid=os.getpid(),
+                error="; ".join(d["error"] for d in docs if d.get("error")) or None)
+
+
+def write_document(path, doc):
+    """Write a document made elsewhere (``combine``, ``parse_line``); False when the file could not be written."""
+    try:
+        write_atomic(path, json.dumps(doc, sort_keys=True).encode() + b"\n")
+    except OSError:
+        return False
+    return True

@@ -183,3 +183,24 @@ def test_render_lines():
     doc.update(state="done", phase="done", bytes_done=12 << 30, files_done=10, eta_s=0, elapsed_s=3725)
     assert P.render(doc) == "image_mirror: 12.0 GiB / 12.0 GiB (100.0%), 10/10 files, 110.0 MiB/s, done in 1:02:05"
     assert P.render(dict(stage="s", state="done", bytes_done=0, bytes_total=0)).startswith("s: 0 B / 0 B (100.0%), 0 B/s")
+
+
+@pytest.mark.parametrize("state", ["running", "done", "failed"])
+def test_a_rendered_line_parses_back(state):
+    doc = dict(stage="qwen2.5-0.5b", phase="download", state=state, bytes_done=3 << 30, bytes_total=12 << 30, files_done=3,
+               files_total=10, rate_bytes_per_s=110 << 20, eta_s=83.8, elapsed_s=28, error="disk full" if state == "failed" else None)
+    if state == "done":
+        doc.update(bytes_done=12 << 30, files_done=10)
+    back = P.parse_line(P.render(doc))
+    assert P.render(back) == P.render(doc)
+    assert (back["stage"], back["state"], back["bytes_done"], back["bytes_total"], back["files_done"]) == (
+        doc["stage"], state, doc["bytes_done"], doc["bytes_total"], doc["files_done"])
+    assert back["eta_s"] == {"running": 84.0, "done": 0.0, "failed": None}[state]
+    assert back["error"] == doc["error"]
+
+
+def test_last_progress_takes_the_last_readable_line():
+    one = P.render(dict(stage="m", state="running", bytes_done=1 << 20, bytes_total=2 << 20, rate_bytes_per_s=0, eta_s=None))
+    two = P.render(dict(stage="m", state="running", bytes_done=3 << 19, bytes_total=2 << 20, rate_bytes_per_s=1, eta_s=1))
+    log = "x: progress %s\nx: progress %s\nx: progress not a line\nx: done\n" % (one, two)
+    assert P.last_progress(log)["bytes_done"] == 3 << 19 and P.last_progress("nothing") is None
