@@ -96,3 +96,35 @@ def test_with_the_callback_not_enabled_no_progress_line(tmp_path, media):
     doc = json.loads((tmp_path / "dest.progress").read_text())
     assert (doc["format"], doc["state"], doc["bytes_done"], doc["bytes_total"]) == ("llmops.onprem.progress/v1", "done",
                                                                                     TOTAL, TOTAL)
+
+
+LOOP_PLAY = """
+- name: Verify the media twice, each run with its own progress file (as the checkpoints role's loop does)
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+    work: %(work)s
+    runs: [{name: first}, {name: second}]
+  tasks:
+    - name: Verify the media
+      llmops.onprem.bundle_verify:
+        src: %(media)s
+        public_key: %(pub)s
+        progress_file: "{{ work }}/{{ run.name }}.progress.json"
+      loop: "{{ runs }}"
+      loop_control:
+        loop_var: run
+        label: "{{ run.name }}"
+"""
+
+
+def test_a_loop_shows_each_items_transfer_from_its_templated_path(tmp_path, media):
+    play = tmp_path / "loop.yml"
+    play.write_text(LOOP_PLAY % dict(work=tmp_path, media=media["media"], pub=media["pub"]))
+    rc, out = run_in_pipe(str(play), env(tmp_path, True))
+    assert rc == 0, out
+    finals = [ln for ln in out.splitlines() if ln.startswith("progress: bundle_verify: 192.0 MiB / 192.0 MiB (100.0%)")]
+    assert len(finals) == 2, out  # one per item: the path was templated with each item's loop variable
+    assert sorted(os.listdir(str(tmp_path))) == ["first.progress.json", "loop.yml", "second.progress.json"]
