@@ -29,7 +29,7 @@ options:
   poll_interval:
     description: Seconds between two reads of the progress file.
     type: float
-    default: 0.5
+    default: 0.25
     env:
       - name: LLMOPS_PROGRESS_POLL_INTERVAL
     ini:
@@ -127,7 +127,7 @@ class Screen(object):
 class Watcher(object):
     """Polls a task's progress files on a daemon thread and shows what they say."""
 
-    def __init__(self, paths, screen, poll=0.5, plain_every=30.0, plain_step=10.0, clock=time.monotonic):
+    def __init__(self, paths, screen, poll=0.25, plain_every=30.0, plain_step=10.0, clock=time.monotonic):
         self.paths = list(paths)
         self.screen, self.poll, self.plain_every, self.plain_step, self.clock = screen, poll, plain_every, plain_step, clock
         # A file that is there before the task starts is an earlier run's: shown only once replaced.
@@ -256,7 +256,7 @@ class CallbackModule(CallbackBase):
     def _start(self, key, paths):
         with self._lock:
             self._stop(key)
-            self._watchers[key] = Watcher(paths, self.screen(), poll=float(self._get("poll_interval", 0.5)),
+            self._watchers[key] = Watcher(paths, self.screen(), poll=float(self._get("poll_interval", 0.25)),
                                           plain_every=float(self._get("plain_every", 30)),
                                           plain_step=float(self._get("plain_step", 10))).start()
 

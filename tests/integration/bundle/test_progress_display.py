@@ -3,7 +3,9 @@
 
 - through a pseudo-terminal the progress line is rewritten in place, its byte counts increase, the last says 100%;
 - through a pipe (a CI log) the same shows as plain lines, without terminal control characters;
-- with the callback not enabled the output has no progress line at all.
+- with the callback not enabled the output has no progress line at all;
+- a looped task (bundle_verify twice, a custom loop_var, as the checkpoints role's sync loops) shows each item's
+  transfer from the progress file its templated path names.
 
 The modules write at most every LLMOPS_PROGRESS_INTERVAL seconds and the callback reads every
 LLMOPS_PROGRESS_POLL_INTERVAL seconds; both are set small here so that a transfer of a second or so gives

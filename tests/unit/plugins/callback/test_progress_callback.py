@@ -231,4 +231,4 @@ def test_options_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("LLMOPS_PROGRESS_MODE", "plain")
     monkeypatch.setenv("LLMOPS_PROGRESS_PLAIN_EVERY", "5")
     cb = load(Stream(True))
-    assert cb.screen().tty is False and cb.get_option("plain_every") == 5.0 and cb.get_option("poll_interval") == 0.5
+    assert cb.screen().tty is False and cb.get_option("plain_every") == 5.0 and cb.get_option("poll_interval") == 0.25
