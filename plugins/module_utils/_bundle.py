@@ -24,6 +24,7 @@ import tarfile
 import time
 
 from ansible_collections.llmops.onprem.plugins.module_utils._paths import paths_problem
+from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
@@ -407,33 +408,6 @@ def write_segment(path, src_root, members, progress=None):
 
 # ---- verification and import ---------------------------------------------------------------
 
-class Progress(object):
-    """Counts bytes; writes 'done total rate' as JSON to a file the role (or a person with
-    `watch cat`) can follow, at most twice a second."""
-
-    def __init__(self, total, path=None):
-        self.total, self.done, self.path, self.t0, self.last = total, 0, path, time.monotonic(), 0.0
-
-    def __call__(self, n):
-        self.done += n
-        now = time.monotonic()
-        if self.path and now - self.last >= 0.5:
-            self.last = now
-            self.write()
-
-    def write(self, phase="copy"):
-        if not self.path:
-            return
-        el = max(time.monotonic() - self.t0, 1e-6)
-        rec = {"phase": phase, "bytes_done": self.done, "bytes_total": self.total,
-               "percent": round(100.0 * self.done / self.total, 1) if self.total else 100.0,
-               "rate_bytes_per_s": int(self.done / el), "elapsed_s": round(el, 1)}
-        try:
-            write_atomic(self.path, json.dumps(rec).encode() + b"\n")
-        except OSError:
-            pass
-
-
 def _stat_key(st):
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
@@ -719,6 +693,7 @@ class Importer(object):
     def __init__(self, src, public_key, dest=None, progress_file=None, check_mode=False, allow_downgrade=False, reverify=False):
         self.src, self.public_key, self.dest = src, public_key, dest
         self.progress_file, self.check_mode = progress_file, check_mode
+        self._prog = None
         self.allow_downgrade, self.reverify = allow_downgrade, reverify
         self.copied, self.skipped, self.removed, self.bytes_copied = [], [], [], 0
         self.imported, self.previous = False, None
@@ -948,11 +923,15 @@ class Importer(object):
     def run(self):
         self.load()
         if not self.dest:
+            self._prog = ProgressWriter(self.progress_file, "bundle_verify", self.src, phase="verify",
+                                        bytes_total=self.manifest["totals"]["bytes"], files_total=len(self.files))
             try:
-                if self.segmented:
-                    self._run_segments({}, Progress(self.manifest["totals"]["bytes"], self.progress_file))
-                else:
-                    self._run_dir({}, Progress(self.manifest["totals"]["bytes"], self.progress_file))
+                with self._prog:
+                    if self.segmented:
+                        self._run_segments({}, self._prog)
+                    else:
+                        self._run_dir({}, self._prog)
+                    self._prog.done()
             finally:
                 self._close_journal()
             return self.result(changed=False)
@@ -990,14 +969,16 @@ class Importer(object):
         self.d.close()
         self.d = DestDir(self.dest, create=True)
         self.d.dir(IMPORT_DIR, create=True)
-        prog = Progress(todo_bytes, self.progress_file)
+        prog = self._prog = ProgressWriter(self.progress_file, "bundle_import", "%s -> %s" % (self.src, self.dest),
+                                           bytes_total=todo_bytes, files_total=len(todo))
         done = dict(in_place)
-        if self.segmented:
-            self._run_segments(done, prog)
-        else:
-            self._run_dir(done, prog)
-        self._close_journal()
-        prog.write("done")
+        with prog:
+            if self.segmented:
+                self._run_segments(done, prog)
+            else:
+                self._run_dir(done, prog)
+            self._close_journal()
+            prog.done()
         self._save_state(done)
         for name, (m, digest) in self.checkpoints.items():
             self.d.write_atomic("%s/checkpoints/%s.json" % (IMPORT_DIR, name), json.dumps(m, sort_keys=True, separators=(",", ":")).encode())
@@ -1045,6 +1026,8 @@ class Importer(object):
         elif self.dest:
             self.copied.append(path)
             self.bytes_copied += e["size"]
+        if self._prog is not None:
+            self._prog.file_done()
 
     def _writing(self):
         return bool(self.dest) and not self.check_mode

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import os
-import threading
 import time
 
 try:
@@ -30,6 +28,7 @@ except ImportError as e:  # pragma: no cover - reported by the module
     HAS_BOTO3 = False
     BOTO3_IMPORT_ERROR = e
 
+from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter
 from ansible_collections.llmops.onprem.plugins.module_utils._s3_endpoint import OnpremError
 
 META_SHA = "sha256"
@@ -232,51 +231,22 @@ class Store(object):
         return [f["path"] for f, sha in zip(files, got) if sha != f["sha256"]]
 
 
-class Progress(object):
-    """Bytes done / total, per-file log, and an optional JSON progress file rewritten every second."""
+class Progress(ProgressWriter):
+    """The collection's one progress writer (module_utils/_progress.py) plus the per-file log the module returns."""
 
-    def __init__(self, total_bytes, total_files, path=None, clock=time.monotonic):
-        self.total_bytes, self.total_files = total_bytes, total_files
-        self.done_bytes, self.done_files = 0, 0
-        self.path = path
-        self.clock = clock
-        self.start = clock()
-        self.last_write = 0.0
+    def __init__(self, total_bytes, total_files, path=None, what="", clock=time.monotonic):
+        super(Progress, self).__init__(path, "checkpoint_sync", what, bytes_total=total_bytes, files_total=total_files,
+                                       phase="upload", clock=clock)
         self.log = []
-        self.lock = threading.Lock()
-        self.phase = "upload"
 
-    def add(self, n):
-        with self.lock:
-            self.done_bytes += n
-            self._maybe_write()
+    @property
+    def done_bytes(self):
+        return self.bytes_done
 
-    def file_done(self, entry):
+    def file_done(self, entry):  # pylint: disable=arguments-renamed
         with self.lock:
-            self.done_files += 1
             self.log.append(dict(path=entry["path"], bytes=entry["size"], action="uploaded",
-                                 seconds=round(self.clock() - self.start, 3)))
-            self._maybe_write(force=self.done_files == self.total_files)
-
-    def state(self):
-        secs = max(self.clock() - self.start, 1e-6)
-        return dict(phase=self.phase, bytes_done=self.done_bytes, bytes_total=self.total_bytes,
-                    files_done=self.done_files, files_total=self.total_files, seconds=round(secs, 3),
-                    bytes_per_second=int(self.done_bytes / secs))
-
-    def _maybe_write(self, force=False):
-        if not self.path:
-            return
-        now = self.clock()
-        if not force and now - self.last_write < 1.0:
-            return
-        self.last_write = now
-        self.write()
-
-    def write(self):
-        if not self.path:
-            return
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(self.state(), fh, sort_keys=True)
-        os.replace(tmp, self.path)
+                                 seconds=round(self.clock() - self.t0, 3)))
+            self.add(0, 1)
+            if self.files_done == self.files_total:
+                self.write()

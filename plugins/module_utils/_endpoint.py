@@ -24,6 +24,8 @@ import urllib.error
 
 from ansible.module_utils.urls import SSLValidationError, open_url
 
+from ansible_collections.llmops.onprem.plugins.module_utils import _progress
+
 STEPS = ("pods_scheduled", "init_done", "health", "models", "completion", "chat", "sagemaker", "api_key")
 HTTP_STEPS = ("health", "models", "completion", "chat", "sagemaker", "api_key")
 
@@ -637,6 +639,7 @@ class Probe(object):
         self.diagnosis = None
         self.unread_rounds = 0
         self.version = ""
+        self.pulls = []  # the model pulls running in the endpoint's pods (progress documents), from the last snapshot
         tls = tls_options(ep.get("ca_file"), ep.get("validate_certs", True))
         via = ep.get("via") or "direct"
         if via == "portforward":
@@ -691,6 +694,7 @@ class Probe(object):
                 return
         self.error = None
         self.diagnosis = None
+        self.pulls = []
         if not self.version:
             self.version = engine_version(self.ep, self.ctx)
 
@@ -704,6 +708,7 @@ class Probe(object):
                 return
         else:
             pods, events, logs, going = [], {}, {}, []
+        self.pulls = pull_progress(self.ep, pods, logs)
         d = diagnose(self.ep, pods, events, logs, self.error, going)
         if d["fatal"] and d.get("container") and not d["evidence"].get("log_tail") and \
                 self.unread_rounds < UNREAD_LOG_ROUNDS:
@@ -724,22 +729,80 @@ class Probe(object):
         return out
 
 
+def pull_progress(ep, pods, logs):
+    """The model pulls running in an endpoint's pods, as progress documents: the last progress line of each running
+    init container's log (model-pull prints one about every 2 s, in the words of _progress.render)."""
+    out = []
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        for c in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            if not (c.get("state") or {}).get("running"):
+                continue
+            doc = _progress.last_progress(logs.get((name, c.get("name"))) or "", "model-pull: progress ")
+            if doc is not None:
+                doc["what"] = "%s (pod %s)" % (ep["name"], name)
+                out.append(doc)
+    return out
+
+
+class PullRelay(object):
+    """Keeps a progress file (docs/progress.md) holding the model pulls the probes saw, all endpoints together,
+    for the llmops.onprem.progress callback: running while any pull runs, done when the pulls it saw are over
+    (their init containers finished), failed when the wait ends with one still running."""
+
+    def __init__(self, path, clock=time.monotonic):
+        self.path, self.clock = path, clock
+        self.started = None
+        self.last = None  # the last document written
+
+    def update(self, probes, final=False):
+        if not self.path:
+            return
+        pulls = [d for p in probes for d in p.pulls]
+        if pulls:
+            doc = _progress.combine(pulls, "model_pull", ", ".join(d["what"] for d in pulls))
+            if final and doc["state"] == "running":
+                doc.update(state="failed", phase="failed", eta_s=None,
+                           error="the wait ended while the model pull was still running")
+        elif self.last is not None and self.last["state"] == "running":
+            # Every pull the probes saw is over: their init containers finished (a failed one is a diagnosis).
+            doc = dict(self.last, state="done", phase="done", bytes_done=self.last["bytes_total"],
+                       files_done=self.last["files_total"], percent=100.0, eta_s=0.0, updated=_progress.utc_now())
+        else:
+            return
+        now = self.clock()
+        self.started = now if self.started is None else self.started
+        doc["elapsed_s"] = round(now - self.started, 1)
+        if self.last is None or self._news(doc, self.last):
+            _progress.write_document(self.path, doc)
+            self.last = doc
+
+    @staticmethod
+    def _news(doc, last):
+        """Whether doc says more than last (the same pull line again, a round later, is not rewritten)."""
+        return any(doc.get(k) != last.get(k) for k in doc if k not in ("updated", "elapsed_s"))
+
+
 def wait(endpoints, cluster_factory=None, timeout=900, interval=2.0, clock=time.monotonic, sleep=time.sleep,
-         prompt="Say hello.", max_tokens=4):
-    """Probe every endpoint until all are ready, one fails for good, or timeout; return their results."""
+         prompt="Say hello.", max_tokens=4, progress_file=None):
+    """Probe every endpoint until all are ready, one fails for good, or timeout; return their results. With
+    progress_file, the model pulls seen while waiting are kept there (PullRelay)."""
     cluster = None
     if any(ep.get("namespace") for ep in endpoints):
         cluster = cluster_factory()
     probes = [Probe(ep, cluster, clock, prompt, max_tokens) for ep in endpoints]
+    relay = PullRelay(progress_file, clock)
     deadline = clock() + timeout
     while True:
         for p in probes:
             if not p.done:
                 p.poll()
+        relay.update(probes)
         if all(p.done for p in probes) or clock() >= deadline:
             break
         sleep(interval)
     for p in probes:
         if not p.done and p.diagnosis is None:
             p.diagnose()
+    relay.update(probes, final=True)
     return [p.result() for p in probes]

@@ -54,7 +54,11 @@ options:
     type: bool
     default: true
   progress_file:
-    description: A file to write progress to (JSON with bytes done and total, rate), updated twice a second.
+    description:
+      - A file that holds the transfer's progress while it runs, in the collection's one progress format (JSON with
+        stage, bytes and files done and total, rate, ETA and state; see C(docs/progress.md)), replaced atomically at
+        most twice a second and once at the end.
+      - The P(llmops.onprem.progress#callback) callback shows it live in C(ansible-playbook)'s output.
     type: path
 author:
   - llmops.onprem maintainers (@llmops-onprem)
@@ -92,8 +96,9 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmops.onprem.plugins.module_utils._bundle import (
-    MANIFEST, MEDIA_FILES, SEGMENTS, SEGMENTS_SCHEMA, SEGMENTS_SIG, SIGNATURE, BundleError, Progress, canonical,
+    MANIFEST, MEDIA_FILES, SEGMENTS, SEGMENTS_SCHEMA, SEGMENTS_SIG, SIGNATURE, BundleError, canonical,
     parse_size, plan_segments, read_json, segment_name, sha256_file, sign, walk_files, write_atomic, write_segment)
+from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter
 
 
 def _current(dest, manifest_sha256, segment_size, read_back):
@@ -129,12 +134,14 @@ def run(p, check_mode):
     changed = table is None
     if changed and not check_mode:
         os.makedirs(dest, exist_ok=True)
-        prog = Progress(manifest["totals"]["bytes"], p["progress_file"])
         segs = []
-        for name, members in zip(names, plan):
-            size, digest = write_segment(os.path.join(dest, name), src, members, prog)
-            segs.append(dict(name=name, size=size, sha256=digest, members=members))
-        prog.write("done")
+        with ProgressWriter(p["progress_file"], "bundle_pack", "%s -> %s" % (src, dest), phase="write",
+                            bytes_total=manifest["totals"]["bytes"], files_total=len(names)) as prog:
+            for name, members in zip(names, plan):
+                size, digest = write_segment(os.path.join(dest, name), src, members, prog)
+                segs.append(dict(name=name, size=size, sha256=digest, members=members))
+                prog.file_done()
+            prog.done()
         if p["read_back"]:
             for s in segs:
                 got = sha256_file(os.path.join(dest, s["name"]))

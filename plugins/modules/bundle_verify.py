@@ -58,7 +58,11 @@ options:
     description: Import into this directory. Without it the bundle is only verified.
     type: path
   progress_file:
-    description: A file to write progress to (JSON with bytes done and total, rate), updated twice a second.
+    description:
+      - A file that holds the transfer's progress while it runs, in the collection's one progress format (JSON with
+        stage, bytes and files done and total, rate, ETA and state; see C(docs/progress.md)), replaced atomically at
+        most twice a second and once at the end.
+      - The P(llmops.onprem.progress#callback) callback shows it live in C(ansible-playbook)'s output.
     type: path
   allow_downgrade:
     description:

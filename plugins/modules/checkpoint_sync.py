@@ -95,8 +95,10 @@ options:
     default: 64
   progress_file:
     description:
-      - A file rewritten about every second with the transfer's progress as JSON (phase, bytes_done, bytes_total,
-        files_done, files_total, seconds, bytes_per_second), for a role or an operator to tail during long runs.
+      - A file that holds the transfer's progress while it runs, in the collection's one progress format (JSON with
+        stage, bytes and files done and total, rate, ETA and state; see C(docs/progress.md)), replaced atomically at
+        most twice a second and once at the end.
+      - The P(llmops.onprem.progress#callback) callback shows it live in C(ansible-playbook)'s output.
     type: path
 requirements:
   - boto3 (with s3transfer) on the host that runs the module.
@@ -350,29 +352,28 @@ def run(p, check_mode, store_factory=Store):
         todo = reupload(todo, manifest, corrupt)
     to_upload_bytes = sum(f["size"] for f in todo["upload"])
     changed = bool(todo["upload"] or todo["manifest"] or todo["delete"] or todo["abort"])
-    progress = Progress(to_upload_bytes, len(todo["upload"]), p["progress_file"])
+    progress = Progress(to_upload_bytes, len(todo["upload"]), None if check_mode else p["progress_file"],
+                        what="%s -> s3://%s/%s" % (p["src"], p["bucket"], p["prefix"].strip("/")))
     verified = False
     if not check_mode:
-        if todo["abort"]:
-            store.abort_uploads(todo["abort"])
-        if todo["upload"]:
-            progress.write()
-            store.upload(p["src"], todo["upload"], progress)
-        if todo["manifest"]:
-            store.put_bytes(MANIFEST_KEY, canonical_bytes(manifest))
-        if todo["delete"]:
-            store.delete(todo["delete"])
-        if p["verify"]:
-            progress.phase = "verify"
-            progress.write()
-            bad = store.read_back(todo["upload"])
-            if bad:
-                raise CheckpointError("read-back verification failed: s3://%s/%s returned other bytes than the manifest "
-                                      "for %s right after uploading them again; the object store does not keep what it "
-                                      "is sent (check its disks and logs)" % (p["bucket"], p["prefix"], ", ".join(bad)), bad)
-            verified = True
-        progress.phase = "done"
-        progress.write()
+        with progress:
+            if todo["abort"]:
+                store.abort_uploads(todo["abort"])
+            if todo["upload"]:
+                store.upload(p["src"], todo["upload"], progress)
+            if todo["manifest"]:
+                store.put_bytes(MANIFEST_KEY, canonical_bytes(manifest))
+            if todo["delete"]:
+                store.delete(todo["delete"])
+            if p["verify"]:
+                progress.set_phase("verify")
+                bad = store.read_back(todo["upload"])
+                if bad:
+                    raise CheckpointError("read-back verification failed: s3://%s/%s returned other bytes than the manifest "
+                                          "for %s right after uploading them again; the object store does not keep what it "
+                                          "is sent (check its disks and logs)" % (p["bucket"], p["prefix"], ", ".join(bad)), bad)
+                verified = True
+            progress.done()
     return dict(
         changed=changed,
         bucket=p["bucket"],

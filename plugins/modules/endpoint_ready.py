@@ -103,6 +103,15 @@ options:
     description: Seconds between rounds of checks.
     type: float
     default: 2.0
+  progress_file:
+    description:
+      - While an endpoint waits for its init containers, the model pulls running in its pods (read from the
+        C(model-pull) init container's progress lines in its log, each round) are kept in this file, all endpoints
+        together, in the collection's one progress format (C(docs/progress.md)); the P(llmops.onprem.progress#callback)
+        callback shows it live. Its sizes are as precise as the log line prints them (0.1 of the unit).
+      - Nothing is written when no pull was seen (a node cache that already held the checkpoint, a pull shorter than
+        a round, endpoints without O(endpoints[].namespace)).
+    type: path
   prompt:
     description: Prompt of the test completion.
     type: str
@@ -246,6 +255,7 @@ def argument_spec():
         kubeconfig=dict(type="path"),
         context=dict(type="str"),
         fail_on_not_ready=dict(type="bool", default=True),
+        progress_file=dict(type="path"),
     )
 
 
@@ -270,7 +280,7 @@ def run(p, cluster_factory):
     if problems:
         raise EndpointError("; ".join(problems))
     results = wait(p["endpoints"], cluster_factory, timeout=p["timeout"], interval=p["interval"],
-                   prompt=p["prompt"], max_tokens=p["max_tokens"])
+                   prompt=p["prompt"], max_tokens=p["max_tokens"], progress_file=p.get("progress_file"))
     return dict(changed=False, ready=all(r["ready"] for r in results), endpoints=results)
 
 

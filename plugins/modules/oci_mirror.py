@@ -89,9 +89,10 @@ options:
     type: path
   progress_file:
     description:
-      - File rewritten about once a second with the push's progress as JSON
-        (C(phase), C(bytes_done), C(bytes_total), C(blobs_done), C(blobs_total), C(rate_bytes_per_s), C(eta_s)).
-      - Tail it while the module runs with C(async).
+      - A file that holds the transfer's progress while it runs, in the collection's one progress format (JSON with
+        stage, bytes and files done and total, rate, ETA and state; see C(docs/progress.md)), replaced atomically at
+        most twice a second and once at the end.
+      - The P(llmops.onprem.progress#callback) callback shows it live in C(ansible-playbook)'s output.
     type: path
   timeout:
     description: Seconds to wait for the registry on one request.
@@ -184,7 +185,6 @@ seconds:
   sample: 41.7
 """
 
-import json
 import os
 import pwd
 import signal
@@ -197,6 +197,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.llmops.onprem.plugins.module_utils._oci import (
     Layout, OnpremError, Registry, UploadState, check_site_registry, format_reference, normalize_reference,
     parse_reference, site_repository, upload_blob)
+from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter
 
 
 def argument_spec():
@@ -284,40 +285,6 @@ def plan(images, current, present):
                 bytes_total=sum(u["size"] for u in uploads.values()))
 
 
-class Progress(object):
-    def __init__(self, path, total, blobs):
-        self.path, self.total, self.blobs = path, total, blobs
-        self.done = self.blobs_done = 0
-        self.t0 = self.last = time.time()
-        self.lock = threading.Lock()
-        self.phase = "upload"
-
-    def add(self, n):
-        with self.lock:
-            self.done += n
-            if self.path and time.time() - self.last >= 1.0:
-                self.write()
-
-    def blob(self):
-        with self.lock:
-            self.blobs_done += 1
-
-    def write(self, phase=None):
-        if not self.path:
-            return
-        self.phase = phase or self.phase
-        self.last = time.time()
-        dt = max(self.last - self.t0, 1e-6)
-        rate = self.done / dt
-        doc = dict(phase=self.phase, bytes_done=self.done, bytes_total=self.total, blobs_done=self.blobs_done,
-                   blobs_total=self.blobs, rate_bytes_per_s=int(rate), elapsed_s=round(dt, 1),
-                   eta_s=round((self.total - self.done) / rate, 1) if rate > 0 and self.total > self.done else 0)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, self.path)
-
-
 def _pool_map(parallel, fn, items, stop=None):
     """fn over items, at most ``parallel`` at once. On the first failure ``stop`` is set (uploads end at their
     next chunk boundary) and the first error that is not a consequence of stopping is raised."""
@@ -385,8 +352,17 @@ def run(p, check_mode, stop=None):
     _pool_map(p["parallel"], lambda u: layout.verify_blob(u["digest"], by_digest[u["digest"]]), pl["uploads"])
 
     state = UploadState(p["state_dir"] or os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".cache", "llmops-onprem", "oci_mirror"))
-    progress = Progress(p["progress_file"], pl["bytes_total"], len(pl["uploads"]))
-    progress.write("upload")
+    progress = ProgressWriter(p["progress_file"], "image_mirror", "%s -> %s" % (p["layout"], reg.host), phase="upload",
+                              bytes_total=pl["bytes_total"], files_total=len(pl["uploads"]))
+    with progress:
+        _push_and_put(p, pl, images, layout, reg, state, stop, progress, result, head_manifest)
+    reg.close()
+    result["seconds"] = round(time.time() - t0, 2)
+    return result
+
+
+def _push_and_put(p, pl, images, layout, reg, state, stop, progress, result, head_manifest):
+    """The apply half of run: upload, mount, manifests, read-back; the progress file follows it."""
     lock = threading.Lock()
 
     def push(u):
@@ -406,10 +382,10 @@ def run(p, check_mode, stop=None):
                 result["resumed"].append(dict(digest=u["digest"], repository=u["repository"], offset=resumed))
             elif rec is not None:
                 result["restarted"].append(u["digest"])
-        progress.blob()
+        progress.file_done()
 
     _pool_map(p["parallel"], push, pl["uploads"], stop)
-    progress.write("mount")
+    progress.set_phase("mount")
 
     def mount(m):
         if not reg.mount(m["repository"], m["digest"], m["source"]):
@@ -420,7 +396,7 @@ def run(p, check_mode, stop=None):
                 result["bytes_moved"] += sent
     _pool_map(p["parallel"], mount, pl["mounts"], stop)
 
-    progress.write("manifests")
+    progress.set_phase("manifests")
     for img in pl["todo"]:
         for m in img["manifests"][:-1]:
             reg.put_manifest(img["repository"], m["digest"], m["media_type"], m["data"])
@@ -431,10 +407,7 @@ def run(p, check_mode, stop=None):
         if got != img["digest"]:
             raise OnpremError("read-back of %s gave digest %s, expected %s: something else pushed to that tag, or the "
                               "registry rewrote the manifest" % (img["target"], got, img["digest"]), kind="protocol")
-    progress.write("done")
-    reg.close()
-    result["seconds"] = round(time.time() - t0, 2)
-    return result
+    progress.done()
 
 
 def main():

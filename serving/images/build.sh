@@ -188,7 +188,8 @@ if [ -z "$output" ] && [ -z "$layout" ]; then
   stamp=$( { printf '%s\n' "${tags[@]}"; cat "$0" "$MKIMAGE" "$PACKAGES" "$VLLM_LOCK" "$VLLM_PACKAGES";
              case $image in
                model-pull) cat "$REPO/serving/model-pull/model_pull.py" "$REPO"/plugins/module_utils/_sigv4.py \
-                               "$REPO"/plugins/module_utils/_checkpoint.py "$REPO"/plugins/module_utils/_paths.py ;;
+                               "$REPO"/plugins/module_utils/_checkpoint.py "$REPO"/plugins/module_utils/_paths.py \
+                               "$REPO"/plugins/module_utils/_progress.py ;;
              esac; } | sha256sum | cut -c1-64)
   if [ -f "$output" ] && [ "$(cat "$output.inputs" 2>/dev/null)" = "$stamp" ]; then
     echo "archive: $output (cached: same inputs)" >&2
@@ -219,6 +220,8 @@ case $image in
     # The checkpoint manifest rules (schema, the one path rule) are the collection's own too.
     install -m 0644 "$REPO/plugins/module_utils/_checkpoint.py" "$stage/_checkpoint.py"
     install -m 0644 "$REPO/plugins/module_utils/_paths.py" "$stage/_paths.py"
+    # The one progress writer of every long transfer (docs/progress.md).
+    install -m 0644 "$REPO/plugins/module_utils/_progress.py" "$stage/_progress.py"
     args+=(--add "$stage:/opt/llmops/model-pull:0755"
            --symlink /opt/llmops/model-pull/model_pull.py:/usr/local/bin/model-pull
            --entrypoint '["/usr/local/bin/model-pull"]' --user 65534:65534

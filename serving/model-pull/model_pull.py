@@ -14,9 +14,9 @@ DIR/<model>/.lock keeps concurrent pulls on one node from downloading twice; a p
 for it at most --lock-timeout seconds (exit 8 after that), naming the holder. The last line
 printed is MODEL_PATH=DIR/<model>/<digest>. Exit codes: see README.md next to this file.
 
-Standard library only; SigV4 signing and the checkpoint manifest rules (schema, the one path rule)
-are the collection's _sigv4.py and _checkpoint.py, copied next to this file in the image (and found
-in plugins/module_utils when run from a checkout).
+Standard library only; SigV4 signing, the checkpoint manifest rules (schema, the one path rule) and
+the progress writer are the collection's _sigv4.py, _checkpoint.py and _progress.py, copied next to
+this file in the image (and found in plugins/module_utils when run from a checkout).
 
 What the store answers is bounded by the manifest: a body longer or shorter than the manifest's
 size is a corrupt object (exit 5), never read past that size. Nothing in the node cache is
@@ -50,6 +50,7 @@ for _cand in (_HERE, os.path.join(_HERE, "..", "..", "plugins", "module_utils"))
         break
 import _sigv4  # noqa: E402  pylint: disable=wrong-import-position
 import _checkpoint  # noqa: E402  pylint: disable=wrong-import-position
+import _progress  # noqa: E402  pylint: disable=wrong-import-position
 
 EXIT_OK, EXIT_USAGE, EXIT_CREDENTIAL, EXIT_NOT_FOUND, EXIT_VERIFY, EXIT_DISK, EXIT_UNREACHABLE = 0, 2, 3, 4, 5, 6, 7
 EXIT_LOCKED = 8                   # another pull on this node held the cache lock past --lock-timeout
@@ -358,25 +359,30 @@ def write_marker(dest, manifest_digest, stamps):
     os.replace(tmp, os.path.join(dest, MARKER))
 
 
-class Progress(object):
-    def __init__(self, total, files):
-        self.total, self.files, self.done, self.files_done = total, files, 0, 0
-        self.start = self.last = time.monotonic()
-        self.lock = threading.Lock()
+class Progress(_progress.ProgressWriter):
+    """The collection's one progress writer (_progress.py, shipped beside this file): the progress file with
+    --progress-file, and a progress line on stdout about every LOG_EVERY seconds."""
 
-    def add(self, n):
+    LOG_EVERY = 2.0
+
+    def __init__(self, total, files, path=None, model=""):
+        super(Progress, self).__init__(path, "model_pull", model, bytes_total=total, files_total=files, phase="download")
+        self.model, self.last_log = model, self.t0
+
+    def add(self, nbytes=0, files=0):
         with self.lock:
-            self.done += n
-            now = time.monotonic()
-            if now - self.last >= 2:
-                self.last = now
+            super(Progress, self).add(nbytes, files)
+            now = self.clock()
+            if now - self.last_log >= self.LOG_EVERY:
+                self.last_log = now
                 self.report()
 
+    __call__ = add
+
     def report(self):
-        secs = max(time.monotonic() - self.start, 1e-6)
-        log("progress %d/%d MiB (%.0f%%), %d/%d files, %.0f MiB/s" % (
-            self.done >> 20, self.total >> 20, 100.0 * self.done / max(self.total, 1), self.files_done, self.files,
-            self.done / secs / 1048576))
+        doc = self.document()
+        doc["stage"] = self.model or doc["stage"]
+        log("progress %s" % _progress.render(doc))
 
 
 class FileJob(object):
@@ -622,7 +628,7 @@ def download(s3, bucket, prefix, dest, entries, parallel, progress):
                                     "checkpoints_read_back: true)" % (job.entry["path"], got, job.entry["sha256"]))
                 job.close()
                 os.replace(job.part, job.final)
-                progress.files_done += 1
+                progress.file_done()
     except BaseException:
         stop.set()
         raise
@@ -736,9 +742,10 @@ def pull(a, env):
             if free < need_bytes + DISK_MARGIN:
                 raise PullError(EXIT_DISK, "not enough disk space in %s: %d bytes free, the pull needs %d (+%d margin)"
                                 % (dest, free, need_bytes, DISK_MARGIN))
-            progress = Progress(need_bytes, len(need))
-            download(s3, a.bucket, prefix, dest, need, a.parallel, progress)
-            progress.report()
+            with Progress(need_bytes, len(need), a.progress_file, a.model) as progress:
+                download(s3, a.bucket, prefix, dest, need, a.parallel, progress)
+                progress.done()
+                progress.report()
             for f in need:
                 stamps[f["path"]] = stamp(os.path.join(dest, f["path"])) + [f["sha256"]]
         wanted = set(f["path"] for f in manifest["files"])
@@ -776,6 +783,9 @@ def parse_args(argv):
     ap.add_argument("--lock-timeout", type=float, default=LOCK_TIMEOUT, metavar="SECONDS",
                     help="wait at most this long for another pull of the model on this node (default %d; 0: do not "
                          "wait); exit %d after that" % (LOCK_TIMEOUT, EXIT_LOCKED))
+    ap.add_argument("--progress-file", metavar="FILE",
+                    help="keep FILE holding the download's progress (the collection's progress format, "
+                         "docs/progress.md)")
     a = ap.parse_args(argv)
     if a.parallel < 1:
         ap.error("--parallel must be at least 1")
