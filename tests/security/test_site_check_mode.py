@@ -24,7 +24,7 @@ def test_check_mode_names_the_reason_the_bundle_stages_are_skipped(tmp_path):
                         "-e", "llmops_bundle=%s" % media, "-e", "bundle_import_public_key=%s" % case.pub],
                        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    part = r.stdout.split("TASK [Print the site summary]", 1)[1]
+    part = r.stdout.split("site_summary : Print the site summary]", 1)[1]
     lines = json.loads(re.search(r"ok: \[localhost\] => (\{.*?\n\})", part, re.S).group(1))["msg"]
     skipped = [line for line in lines if "skipped" in line]
     assert skipped[:2] == ["packages_repo: skipped: no imported bundle (check mode imports nothing)",
