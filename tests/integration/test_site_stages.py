@@ -311,3 +311,12 @@ def test_a_record_that_holds_a_secret_is_refused_and_nothing_is_written(tmp_path
             "secrets; a record names the file a secret is in, never the secret (keys found: password, secret_key).") in out
     assert "not-printed" not in r.stdout + r.stderr
     assert snapshot(str(tmp_path / "site")) == before
+
+
+def test_a_record_in_check_mode_sets_the_fact_and_writes_nothing(tmp_path):
+    inv = site(tmp_path, "llmops_bundle_sizes: {}\n")
+    before = snapshot(str(tmp_path / "site"))
+    r = ansible("ansible-playbook", inv, record_play(tmp_path, REDIS_RECORD), "--check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"SITE {\\"redis\\": {' in r.stdout
+    assert snapshot(str(tmp_path / "site")) == before
