@@ -45,7 +45,7 @@ def test_a_misspelled_key_is_refused_naming_it(tmp_path):
     r = validate(tmp_path, models)
     assert r.returncode == 2, r.stdout
     out = re.sub(r"\s+", " ", r.stdout)
-    assert "Unsupported parameters" in out and "vllm_serving_models.tensor_parallel. Supported parameters include: args, chat," in out, out
+    assert "Validation of arguments failed: vllm_serving_models.tensor_parallel. Supported parameters include: args, chat," in out, out
 
 
 def test_a_missing_or_mistyped_key_is_refused_naming_it(tmp_path):
