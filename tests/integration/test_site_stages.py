@@ -320,3 +320,15 @@ def test_a_record_in_check_mode_sets_the_fact_and_writes_nothing(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert '"SITE {\\"redis\\": {' in r.stdout
     assert snapshot(str(tmp_path / "site")) == before
+
+
+def test_an_inventory_that_is_not_a_path_keeps_the_records_as_facts_only(tmp_path):
+    """`-i localhost,` (the role tests): no inventory directory, so no state file is written anywhere."""
+    play = record_play(tmp_path, REDIS_RECORD)
+    before = snapshot(str(tmp_path))
+    r = ansible("ansible-playbook", "localhost,", play, "-c", "local")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"SITE {\\"redis\\": {' in r.stdout
+    assert re.search(r"localhost\s+: ok=\d+\s+changed=0\s", r.stdout), r.stdout
+    assert not os.path.exists(os.path.join(os.sep, ".private"))
+    assert snapshot(str(tmp_path)) == before
