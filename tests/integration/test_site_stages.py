@@ -332,3 +332,23 @@ def test_an_inventory_that_is_not_a_path_keeps_the_records_as_facts_only(tmp_pat
     assert re.search(r"localhost\s+: ok=\d+\s+changed=0\s", r.stdout), r.stdout
     assert not os.path.exists(os.path.join(os.sep, ".private"))
     assert snapshot(str(tmp_path)) == before
+
+
+def test_a_role_run_on_its_own_adds_its_record_to_the_state_file(tmp_path):
+    """A playbook of its own (no site.yml first play to load the file) joins the records already there: two such
+    runs, one per stage, leave both records, and running either again changes nothing (the molecule scenarios)."""
+    inv = site(tmp_path, "llmops_bundle_sizes: {}\n")
+    r = ansible("ansible-playbook", inv, record_play(tmp_path, REDIS_RECORD))
+    assert r.returncode == 0, r.stdout + r.stderr
+    pki = tmp_path / "pki.yml"
+    pki.write_text(open(record_play(tmp_path, REDIS_RECORD), encoding="utf-8").read()
+                   .replace("site_state_stage: redis", "site_state_stage: pki")
+                   .replace("site_state_record: %s" % json.dumps(REDIS_RECORD), "site_state_record: {ca_file: /site/ca.crt}"),
+                   encoding="utf-8")
+    r = ansible("ansible-playbook", inv, str(pki))
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(os.path.join(inv, STATE), encoding="utf-8") as f:
+        assert json.load(f) == {"redis": REDIS_RECORD, "pki": {"ca_file": "/site/ca.crt"}}
+    for play in (record_play(tmp_path, REDIS_RECORD), str(pki)):
+        r = ansible("ansible-playbook", inv, play)
+        assert r.returncode == 0 and re.search(r"localhost\s+: ok=\d+\s+changed=0\s", r.stdout), r.stdout + r.stderr
