@@ -24,7 +24,7 @@ def test_check_mode_names_the_reason_the_bundle_stages_are_skipped(tmp_path):
                         "-e", "llmops_bundle=%s" % media, "-e", "bundle_import_public_key=%s" % case.pub],
                        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    part = r.stdout.split("TASK [Print the site summary]", 1)[1]
+    part = r.stdout.split("site_summary : Print the site summary]", 1)[1]
     lines = json.loads(re.search(r"ok: \[localhost\] => (\{.*?\n\})", part, re.S).group(1))["msg"]
     skipped = [line for line in lines if "skipped" in line]
     assert skipped[:2] == ["packages_repo: skipped: no imported bundle (check mode imports nothing)",
@@ -32,3 +32,51 @@ def test_check_mode_names_the_reason_the_bundle_stages_are_skipped(tmp_path):
     assert "checkpoints: skipped: no imported bundle (check mode imports nothing)" in skipped
     assert not [line for line in lines if line.startswith("bundle_import: skipped")]
     assert snapshot(str(tmp_path)) == before
+
+
+def _site_yml(site, media, case, *args):
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+               ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", str(site), "playbooks/site.yml",
+                           "-e", "llmops_bundle=%s" % media, "-e", "bundle_import_public_key=%s" % case.pub] + list(args),
+                          cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300)
+
+
+def test_the_import_is_recorded_in_a_0600_state_file_without_a_secret_and_read_by_a_later_run(tmp_path):
+    """Issue 13 item 2 with issue 20 item 2: a real run records llmops_site.bundle_import in
+    <inventory>/.private/site-state.json (0600 in a 0700 directory, no key material); a second run changes nothing;
+    a run of the summary alone, without llmops_bundle, reads the recorded bundle."""
+    case = Case(tmp_path)
+    case.seal()
+    media = case.pack()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "hosts.yml").write_text("---\nall:\n  hosts: {}\n", encoding="utf-8")
+    r = _site_yml(site, media, case)
+    assert r.returncode == 0, r.stdout + r.stderr
+    state = site / ".private" / "site-state.json"
+    assert oct(os.stat(str(state)).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(str(site / ".private")).st_mode & 0o777) == "0o700"
+    text = state.read_text(encoding="utf-8")
+    record = json.loads(text)
+    assert list(record) == ["bundle_import"]
+    assert record["bundle_import"]["dir"] == str(site / ".bundle")
+    assert record["bundle_import"]["src"] == str(media)
+    assert re.fullmatch(r"[0-9a-f]{64}", record["bundle_import"]["manifest_sha256"])
+    with open(case.priv, encoding="utf-8") as f:
+        key = f.read()
+    assert "PRIVATE KEY" not in text and key.strip().splitlines()[1] not in text
+    # Again: the import is in place, the record the same, nothing changed.
+    r = _site_yml(site, media, case)
+    assert r.returncode == 0 and re.search(r"localhost\s+: ok=\d+\s+changed=0\s", r.stdout), r.stdout + r.stderr
+    assert state.read_text(encoding="utf-8") == text
+    # The summary alone, without llmops_bundle: the bundle comes from the record.
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+               ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    r = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", str(site), "playbooks/site.yml",
+                        "--tags", "summary"], cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    part = r.stdout.split("site_summary : Print the site summary]", 1)[1]
+    lines = [re.sub(r"\s+", " ", line) for line in json.loads(re.search(r"ok: \[localhost\] => (\{.*?\n\})", part, re.S).group(1))["msg"]]
+    assert [line for line in lines if line.startswith("Bundle %s: imported into %s by an earlier run (" % (media, site / ".bundle"))], lines
+    assert "packages_repo: skipped: no host in the groups redis, registry, postgres, minio, packages_repo" in lines
