@@ -38,7 +38,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: One sentence per problem, such as C(cluster: node gpu-2 is not Ready (KubeletNotReady ...)).
+  description: "One sentence per problem, such as C(cluster: node gpu-2 is not Ready (KubeletNotReady ...))."
   type: list
   elements: str
 """

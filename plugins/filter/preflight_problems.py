@@ -54,7 +54,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: One sentence per problem, such as C(clock: infra-2 reads 2026-12-04T17:00:02Z, 3600 s ahead of the controller ...).
+  description: "One sentence per problem, such as C(clock: infra-2 reads 2026-12-04T17:00:02Z, 3600 s ahead of the controller ...)."
   type: list
   elements: str
 """
