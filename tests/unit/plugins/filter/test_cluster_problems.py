@@ -25,9 +25,8 @@ MODELS = [{"name": "llama-70b", "gpus": 4, "replicas": 2}, {"name": "small", "gp
 
 
 def test_a_ready_cluster_with_room_is_fine():
-    assert cluster_problems({"nodes": [node("gpu-1", 8), node("gpu-2", 8)], "models": MODELS, "namespace": "llmops",
-                             "quotas": [quota("q", {"requests.nvidia.com/gpu": "16", "pods": "20"}, {"requests.nvidia.com/gpu": "0",
-                                                                                                     "pods": "2"})],
+    roomy = quota("q", {"requests.nvidia.com/gpu": "16", "pods": "20"}, {"requests.nvidia.com/gpu": "0", "pods": "2"})
+    assert cluster_problems({"nodes": [node("gpu-1", 8), node("gpu-2", 8)], "models": MODELS, "namespace": "llmops", "quotas": [roomy],
                              "crds": ["scaledobjects.keda.sh"], "wanted_crds": [{"name": "scaledobjects.keda.sh", "why": "x"}]}) == []
 
 

@@ -70,8 +70,8 @@ def test_ports_held_by_another_program_and_not_by_our_own_service():
 
 
 def test_a_gpu_node_without_a_gpu():
-    out = gpu_problems([{"host": "gpu-1", "state": "present"}, {"host": "gpu-2", "state": "no_gpu",
-                                                                 "reason": "no NVIDIA device (vendor 10de) on the PCI bus"}])
+    gpu2 = {"host": "gpu-2", "state": "no_gpu", "reason": "no NVIDIA device (vendor 10de) on the PCI bus"}
+    out = gpu_problems([{"host": "gpu-1", "state": "present"}, gpu2])
     assert out == ["gpus: gpu-2 is in the group gpu_nodes but has no NVIDIA GPU (no NVIDIA device (vendor 10de) on the PCI bus). "
                    "Fix: check that the GPUs are seated and visible (lspci -nn -d 10de:), or take gpu-2 out of gpu_nodes, "
                    "then run again."]
