@@ -31,9 +31,8 @@ def test_a_ready_cluster_with_room_is_fine():
 
 
 def test_a_node_not_ready_and_its_gpus_not_counted():
-    out = cluster_problems({"nodes": [node("gpu-1", 8), node("gpu-2", 8, ready="Unknown", reason="NodeStatusUnknown",
-                                                                message="Kubelet stopped posting node status.")],
-                            "models": MODELS, "namespace": "llmops"})
+    lost = node("gpu-2", 8, ready="Unknown", reason="NodeStatusUnknown", message="Kubelet stopped posting node status.")
+    out = cluster_problems({"nodes": [node("gpu-1", 8), lost], "models": MODELS, "namespace": "llmops"})
     assert out[0] == ("cluster: node gpu-2 is not Ready (NodeStatusUnknown: Kubelet stopped posting node status.); pods scheduled "
                       "there will not start. Fix: repair the node (kubectl describe node gpu-2) or drain and remove it, then run again.")
     assert out[1] == ("cluster: the models ask for 9 GPUs (llama-70b 8, small 1) and the Ready nodes have 8 allocatable (gpu-1 8). "
