@@ -6,6 +6,7 @@ tests/images/debian12-systemd) and the lab bundle (tests/integration/bundle/lab_
   the test inventory only: the machine's clock is never touched), a program on Redis's port, and a
   service name that resolves nowhere - are all reported in one failed run, each with its host, what
   was expected, what was found and the fix; nothing was copied;
+- site.yml stops at its preflight stage with the same problems: no later play starts on any host;
 - check mode reports the same problems;
 - with the faults removed the same inventory passes with changed=0 everywhere.
 """
@@ -123,12 +124,12 @@ def inventory(tmp_path, faults):
     return inv
 
 
-def playbook(lab, inv, *args):
+def playbook(lab, inv, *args, book="playbooks/preflight.yml"):
     env = dict(lab["env"], ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_PIPELINING="True")
     exe = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
     b = lab["bundle"]
-    return subprocess.run([exe, "-i", str(inv), "playbooks/preflight.yml", "-e", "llmops_bundle=%s" % b["media"],
+    return subprocess.run([exe, "-i", str(inv), book, "-e", "llmops_bundle=%s" % b["media"],
                            "-e", "bundle_import_public_key=%s" % b["pub"]] + list(args),
                           cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
 
@@ -205,6 +206,17 @@ def test_every_fault_in_one_run_then_check_mode_the_same_then_clean(lab, tmp_pat
     assert exec_(lab, "pf-a", "test", "-e", "/var/lib/llmops/apt", check=False).returncode == 1
     assert not (inv / ".bundle").exists()
     assert re.search(r"pf-a\s+: ok=\d+\s+changed=0\s", r.stdout) and re.search(r"pf-b\s+: ok=\d+\s+changed=0\s", r.stdout), r.stdout
+
+    # site.yml stops at its preflight stage: no later play starts on any host, nothing is imported or copied.
+    site = playbook(lab, inv, book="playbooks/site.yml")
+    sout = site.stdout + site.stderr
+    assert site.returncode == 2, sout
+    assert "PLAY [Stage preflight" in site.stdout and "PLAY [Stage bundle_import" not in site.stdout, site.stdout
+    assert re.findall(r"^PLAY \[(.*?) - ", site.stdout, re.M) == ["Check the inventory", "Stage preflight"], site.stdout
+    scount, sfound = problems(sout)
+    assert scount == 4 and digits_out(sfound) == digits_out(found), "\n".join(sfound)
+    assert exec_(lab, "pf-a", "test", "-e", "/var/lib/llmops/apt", check=False).returncode == 1
+    assert not (inv / ".bundle").exists() and not (inv / ".private").exists()
 
     c = playbook(lab, inv, "--check")
     cout = c.stdout + c.stderr
