@@ -20,8 +20,8 @@ description:
   - C(clock) - a host whose clock differs from the controller's by more than O(max_skew) seconds (TLS certificates
     and tokens fail past a few minutes). The controller's time is read just before and just after the host's; the
     uncertainty between the two is given to the host.
-  - C(names) - a service name that does not resolve on a host, or resolves to different addresses on different
-    hosts.
+  - C(names) - a service name that does not resolve on a host, resolves to different addresses on different
+    hosts, or resolves to another address than the one its services bind to (C(addresses)).
   - C(ports) - a port a service will listen on that another program holds (the lines of
     P(llmops.onprem.port_conflicts#filter)).
   - C(gpus) - a host of the group C(gpu_nodes) without an NVIDIA GPU on its PCI bus.
@@ -33,7 +33,8 @@ options:
     description:
       - A dict with any of - C(clock) (list of C(host), C(epoch) - the host's time - and C(before), C(after) - the
         controller's time around it, all in seconds since the epoch); C(names) (dict host -> dict name -> list of
-        addresses C(getent hosts) printed, empty when the name did not resolve); C(ports) (list of C(host),
+        addresses C(getent hosts) printed, empty when the name did not resolve); C(addresses) (dict name -> the
+        address its services bind to, C(llmops_service_address) of that host, where the inventory sets it); C(ports) (list of C(host),
         C(service), C(port), C(variable) - the variable that sets the port - and C(conflicts) - lines of
         P(llmops.onprem.port_conflicts#filter)); C(gpus) (list of C(host), C(state) and C(reason) of
         M(llmops.onprem.nvidia_driver_info)); C(kernel) (C(headers) - the kernel header packages the bundle carries -
@@ -87,9 +88,10 @@ def clock_problems(samples, max_skew=120):
     return out
 
 
-def name_problems(lookups):
-    """lookups: {from_host: {name: [addresses]}} -> problems."""
+def name_problems(lookups, expected=None):
+    """lookups: {from_host: {name: [addresses]}}, expected: {name: address the service binds to} -> problems."""
     out = []
+    expected = expected or {}
     names = sorted(set(n for per in (lookups or {}).values() for n in (per or {})))
     for name in names:
         seen = {}
@@ -107,16 +109,29 @@ def name_problems(lookups):
                        "(or to /etc/hosts on every host), then run again."
                        % (name, name, ", ".join(missing), name))
             continue
+        want = expected.get(name)
+        if want:
+            wrong = [(a, h) for a, h in sorted(seen.items(), key=lambda kv: kv[1]) if want not in a]
+            if wrong:
+                out.append("names: %s resolves to %s, but its services bind to %s (llmops_service_address of %s), the address "
+                           "its certificates and clients expect. Fix: make the site's DNS or /etc/hosts give %s the address %s, "
+                           "or set llmops_service_address of %s to the address it resolves to, then run again."
+                           % (name, "; ".join("%s on %s" % (", ".join(a), ", ".join(h)) for a, h in wrong), want, name, name,
+                              want, name))
+                seen = {}  # one sentence per name: the address is wrong, whether or not the hosts agree
         if len(seen) > 1:
             ways = "; ".join("%s on %s" % (", ".join(a), ", ".join(h)) for a, h in sorted(seen.items(), key=lambda kv: kv[1]))
             out.append("names: %s resolves to different addresses: %s. Every host must reach the same service. Fix: make "
                        "the site's DNS and /etc/hosts agree on one address for %s, then run again." % (name, ways, name))
         if missing:
-            best = max(seen.items(), key=lambda kv: len(kv[1]))
-            out.append("names: %s does not resolve on %s (getent hosts %s found nothing); expected %s as on %s. Fix: add %s "
+            if want:
+                exp = "%s (llmops_service_address of %s)" % (want, name)
+            else:
+                best = max(seen.items(), key=lambda kv: len(kv[1]))
+                exp = "%s as on %s" % (", ".join(best[0]), ", ".join(best[1]))
+            out.append("names: %s does not resolve on %s (getent hosts %s found nothing); expected %s. Fix: add %s "
                        "to the DNS %s (or to /etc/hosts there), then run again."
-                       % (name, ", ".join(missing), name, ", ".join(best[0]), ", ".join(best[1]), name,
-                          "these hosts use" if len(missing) > 1 else "that host uses"))
+                       % (name, ", ".join(missing), name, exp, name, "these hosts use" if len(missing) > 1 else "that host uses"))
     return out
 
 
@@ -161,7 +176,8 @@ def preflight_problems(data, max_skew=120):
         max_skew = int(max_skew)
     except (TypeError, ValueError):
         raise AnsibleFilterError("preflight_problems: max_skew must be a number of seconds, got %r" % (max_skew,)) from None
-    return (clock_problems(data.get("clock"), max_skew) + name_problems(data.get("names")) + port_problems(data.get("ports"))
+    return (clock_problems(data.get("clock"), max_skew) + name_problems(data.get("names"), data.get("addresses"))
+            + port_problems(data.get("ports"))
             + gpu_problems(data.get("gpus")) + kernel_problems(data.get("kernel")))
 
 

@@ -55,6 +55,20 @@ def test_a_name_resolving_differently():
                    "same service. Fix: make the site's DNS and /etc/hosts agree on one address for db, then run again."]
 
 
+def test_a_name_resolving_elsewhere_than_its_service_address():
+    lookups = {"a": {"db": ["10.0.0.7"]}, "b": {"db": ["10.0.0.7"]}, "c": {"db": []}}
+    out = name_problems(lookups, {"db": "10.0.0.8"})
+    assert out == [
+        "names: db resolves to 10.0.0.7 on a, b, but its services bind to 10.0.0.8 (llmops_service_address of db), the address "
+        "its certificates and clients expect. Fix: make the site's DNS or /etc/hosts give db the address 10.0.0.8, or set "
+        "llmops_service_address of db to the address it resolves to, then run again.",
+        "names: db does not resolve on c (getent hosts db found nothing); expected 10.0.0.8 (llmops_service_address of db). "
+        "Fix: add db to the DNS that host uses (or to /etc/hosts there), then run again."]
+    assert name_problems({"a": {"db": ["10.0.0.8"]}}, {"db": "10.0.0.8"}) == []
+    assert preflight_problems({"names": {"a": {"db": ["10.0.0.7"]}}, "addresses": {"db": "10.0.0.8"}})[0].startswith(
+        "names: db resolves to 10.0.0.7 on a, but its services bind to 10.0.0.8")
+
+
 SS = ('LISTEN 0 5 0.0.0.0:6379 0.0.0.0:* users:(("python3",pid=47,fd=3)) ino:1 sk:1 <->\n'
       'LISTEN 0 5 10.0.0.5:5432 0.0.0.0:* users:(("postgres",pid=90,fd=3)) ino:2 sk:2 <->\n')
 
