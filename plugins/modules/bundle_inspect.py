@@ -66,6 +66,13 @@ options:
         decompresses at most 64 MiB of each; turn it off for the fastest listing (packages then carry no licence).
     type: bool
     default: true
+  sbom:
+    description:
+      - Build and validate the CycloneDX SBOM (and write it with O(dest)). Off, nothing needs the CycloneDX library and
+        RV(sbom) is null - what the preflight stage uses, which wants only the totals per destination.
+    type: bool
+    default: true
+    version_added: 1.0.0
 requirements:
   - cyclonedx-python-lib with its JSON validation (in C(bundle/requirements-controller.lock))
 author:
@@ -161,7 +168,7 @@ problems:
   elements: str
 sbom:
   description: The SBOM - C(format) (CycloneDX), C(spec_version), C(components) (top-level), C(valid) (always true on success),
-    C(path) (with O(dest)).
+    C(path) (with O(dest)); null with O(sbom=false).
   returned: success
   type: dict
 written:
@@ -201,8 +208,11 @@ def _current(path, limit):
 
 def run(p, check_mode):
     inv = inspect(p["src"], p["public_key"], package_licenses=p["package_licenses"])
-    sbom = sbom_document(inv)  # validated; raises before anything is written
-    outputs = {SBOM_FILE: sbom.encode("utf-8"), INVENTORY_FILE: (json.dumps(inv, sort_keys=True, indent=1) + "\n").encode("utf-8")}
+    outputs = {INVENTORY_FILE: (json.dumps(inv, sort_keys=True, indent=1) + "\n").encode("utf-8")}
+    sbom = None
+    if p.get("sbom", True):
+        sbom = sbom_document(inv)  # validated; raises before anything is written
+        outputs[SBOM_FILE] = sbom.encode("utf-8")
     written = []
     if p["dest"]:
         for name, data in sorted(outputs.items()):
@@ -213,10 +223,12 @@ def run(p, check_mode):
             os.makedirs(p["dest"], mode=0o755, exist_ok=True)
             for path in written:
                 write_atomic(path, outputs[os.path.basename(path)])
-    doc = json.loads(sbom)
-    result = dict(inv, changed=bool(written), written=written, listing=listing(inv),
-                  sbom={"format": doc["bomFormat"], "spec_version": doc["specVersion"], "components": len(doc.get("components", [])),
-                        "valid": True, "path": os.path.join(p["dest"], SBOM_FILE) if p["dest"] else None})
+    summary = None
+    if sbom is not None:
+        doc = json.loads(sbom)
+        summary = {"format": doc["bomFormat"], "spec_version": doc["specVersion"], "components": len(doc.get("components", [])),
+                   "valid": True, "path": os.path.join(p["dest"], SBOM_FILE) if p["dest"] else None}
+    result = dict(inv, changed=bool(written), written=written, listing=listing(inv), sbom=summary)
     return result
 
 
@@ -227,6 +239,7 @@ def main():
             public_key=dict(type="path", required=True),
             dest=dict(type="path"),
             package_licenses=dict(type="bool", default=True),
+            sbom=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )

@@ -82,6 +82,9 @@ def test_every_skipped_stage_is_in_the_summary_with_its_reason(tmp_path):
     r = ansible("ansible-playbook", inv, "playbooks/site.yml")
     assert r.returncode == 0, r.stdout + r.stderr
     assert summary(r.stdout) == SKIPPED_WITHOUT_ANYTHING
+    # preflight runs first, even with nothing to check: nothing to plan, no problem
+    assert "Capacity plan: nothing to plan (no bundle: llmops_bundle is not set)" in r.stdout
+    assert "preflight: no problem on 0 host(s)" in r.stdout
     assert re.search(r"localhost\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", r.stdout), r.stdout
     assert snapshot(str(tmp_path)) == before
 
@@ -165,7 +168,7 @@ def test_the_exclusive_default_is_off_for_nodes_and_on_for_service_hosts(tmp_pat
 
 
 # Issue 13 item 2 with issue 20 item 2: every stage is one tag, its hand-offs are records in the state file.
-STAGES = ["bundle_import", "packages_repo", "pki", "redis", "registry", "image_mirror", "nvidia_driver", "postgres",
+STAGES = ["preflight", "bundle_import", "packages_repo", "pki", "redis", "registry", "image_mirror", "nvidia_driver", "postgres",
           "minio", "checkpoints", "cluster_secrets", "gpu_operator", "model_engine", "vllm_serving", "summary"]
 STATE = os.path.join(".private", "site-state.json")
 

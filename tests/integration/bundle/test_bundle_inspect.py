@@ -217,3 +217,14 @@ def test_metadata_changed_inside_a_segment_is_refused(lab, tmp_path):
     at = data.index(b"Package: lab-tool")
     (media / seg).write_bytes(data[:at] + b"Package: lab-toox" + data[at + len(b"Package: lab-tool"):])
     refused(media, lab["pub"], tmp_path / "out", "sha256 mismatch for packages/debian-12/Packages: the signed manifest says")
+
+
+def test_without_the_sbom_only_the_inventory_is_written_and_the_totals_are_the_same(lab, tmp_path):
+    """What the preflight stage asks for: the totals per destination, no SBOM built or written."""
+    full = inspect(lab["media"], lab["pub"], tmp_path / "full")
+    out = tmp_path / "out"
+    res = bundle_inspect.run(dict(src=str(lab["media"]), public_key=lab["pub"], dest=str(out), package_licenses=False, sbom=False),
+                             False)
+    assert res["sbom"] is None and res["written"] == [str(out / "inventory.json")]
+    assert sorted(os.listdir(str(out))) == ["inventory.json"]
+    assert res["destinations"] == full["destinations"] and res["models"] == full["models"]
