@@ -43,8 +43,9 @@ def post(url, body, key=sh.API_KEY, timeout=60):
         return e.code, e.read().decode()
 
 
-def stream(url, body, key=sh.API_KEY):
-    """A streamed completion read to its end: (chunks, usage of the last chunk, [DONE] seen)."""
+def stream(url, body, key=sh.API_KEY, started=None):
+    """A streamed completion read to its end: (chunks, usage of the last chunk, [DONE] seen). ``started`` (an
+    Event) is set once the first chunk arrived: the answer is running in the engine."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
     chunks, usage, done = 0, None, False
@@ -58,14 +59,10 @@ def stream(url, body, key=sh.API_KEY):
                 break
             chunk = json.loads(line[6:])
             chunks += 1
+            if started is not None:
+                started.set()
             usage = chunk.get("usage") or usage
     return chunks, usage, done
-
-
-def running_requests(ip):
-    with urllib.request.urlopen("http://%s:8000/metrics" % ip, timeout=5) as r:  # noqa: S310 - the test's own pod
-        text = r.read().decode()
-    return int(float([ln for ln in text.splitlines() if ln.startswith("vllm:num_requests_running")][0].split()[-1]))
 
 
 def test_chart_lints_renders_and_validates(kube):
@@ -159,20 +156,34 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     result = {}
     # A fixed length does not fit every machine: 2000 tokens were cut at 1765 by the 20 s drain at load 7, and
     # 1000 ended 2.4 s after the deletion, inside the 3 s preStop wait, on a quieter node. Measure first.
-    t_rate = time.monotonic()
-    chunks, usage, done = stream(pod_url, {"model": "tiny-served", "prompt": "rate", "max_tokens": 200, "temperature": 0,
-                                           "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}})
-    rate = usage["completion_tokens"] / max(time.monotonic() - t_rate, 0.01)
+    # The first answers of a freshly started CPU engine are slow (its kernels warm up): the faster of two is the rate.
+    rates = []
+    for _ in range(2):
+        t_rate = time.monotonic()
+        chunks, usage, done = stream(pod_url, {"model": "tiny-served", "prompt": "rate", "max_tokens": 200, "temperature": 0,
+                                               "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}})
+        rates.append(usage["completion_tokens"] / max(time.monotonic() - t_rate, 0.01))
+    rate = max(rates)
     long_tokens = max(200, min(4000, int(rate * LONG_SECONDS)))
     long_body = {"model": "tiny-served", "prompt": "long", "max_tokens": long_tokens, "temperature": 0, "ignore_eos": True,
                  "stream": True, "stream_options": {"include_usage": True}}
-    t = threading.Thread(target=lambda: result.update(r=stream(pod_url, long_body)))
+    running = threading.Event()
+
+    def long_answer():
+        try:
+            result["r"] = stream(pod_url, long_body, started=running)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below, not lost in the thread
+            result["error"] = "%s: %s" % (type(e).__name__, e)
+            running.set()
+    t = threading.Thread(target=long_answer)
     t.start()
-    kube.wait_for("the long request running in the engine", lambda: running_requests(pod.status.pod_ip) == 1, timeout=60)
+    assert running.wait(60), "the long answer sent no chunk within 60 s"
+    assert "error" not in result, result
     t0 = time.monotonic()
     kube.core.delete_namespaced_pod(pod.metadata.name, ns)
     t.join(DRAIN_SECONDS + 30)
+    assert "r" in result, (result, long_tokens, rates)
     chunks, usage, done = result["r"]
-    assert done and usage["completion_tokens"] == long_tokens and chunks > 1, (chunks, usage, done, rate)
-    assert time.monotonic() - t0 >= 3, (long_tokens, rate)  # it ran past the preStop wait, into the drain
+    assert done and usage["completion_tokens"] == long_tokens and chunks > 1, (chunks, usage, done, rates)
+    assert time.monotonic() - t0 >= 3, (long_tokens, rates)  # it ran past the preStop wait, into the drain
     kube.run([kube.HELM, "--kubeconfig", kube.kubeconfig, "-n", ns, "uninstall", RELEASE])
