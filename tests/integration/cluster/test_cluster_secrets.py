@@ -84,14 +84,15 @@ def secret_value(kube, ns, name="llmops-redis-auth", key="auth-token"):
 def test_check_mode_then_create_then_no_change(kube, site):
     ns = site["namespace"]
     out, changed = play(kube, site, "--check", "--diff", "-vvv")
-    assert changed == 2, out[-3000:]  # the namespace, and (one task) the three Secrets it would get
+    # the namespace, (one task) the three Secrets it would get, and the site's state file the stage's record goes to
+    assert changed == 3, out[-3000:]
     assert out.count("would create Secret ") >= 3, out[-3000:]
     with pytest.raises(ApiException) as e:
         kube.core.read_namespace(ns)
     assert e.value.status == 404, "check mode created the namespace"
 
     out, changed = play(kube, site, "--diff", "-vvv")
-    assert changed == 2, out[-3000:]  # the namespace, and the Secrets task
+    assert changed == 3, out[-3000:]  # the namespace, the Secrets task, the state file (llmops_site.cluster_secrets)
     assert secret_value(kube, ns) == ("Opaque", site["password"])
     assert secret_value(kube, ns, "llmops-registry-pull", ".dockerconfigjson") == (
         "kubernetes.io/dockerconfigjson", site["pull"])
