@@ -129,7 +129,9 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
             codes.append(code)
             if code != 200:
                 failures.append((code, body))
-            stop.wait(0.05)  # pacing of the request loop, not a synchronisation
+            # Pacing, not a synchronisation: about 2 requests a second. 20 a second kept the old engine so busy that
+            # the new pod's engine, starting on the same 2 cores, did not get ready within 600 s.
+            stop.wait(0.5)
 
     t = threading.Thread(target=loop)
     t.start()
