@@ -25,6 +25,7 @@ import time
 
 from ansible_collections.llmops.onprem.plugins.module_utils._paths import paths_problem
 from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter
+from ansible_collections.llmops.onprem.plugins.module_utils._progress import human_bytes as human
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
@@ -55,15 +56,6 @@ MEDIA_FILES = MEDIA_CONTROL + (VERIFY_SCRIPT,)
 
 class BundleError(Exception):
     """A refusal: the message names the file and the reason."""
-
-
-def human(n):
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
-        n /= 1024.0
-    return "%d B" % n
 
 
 def parse_size(value):
