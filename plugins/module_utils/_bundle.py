@@ -23,7 +23,7 @@ import stat
 import tarfile
 import time
 
-from ansible_collections.llmops.onprem.plugins.module_utils._paths import paths_problem
+from ansible_collections.llmops.onprem.plugins.module_utils._paths import path_problem, paths_problem
 from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter
 from ansible_collections.llmops.onprem.plugins.module_utils._progress import human_bytes as human
 
@@ -35,17 +35,26 @@ MANIFEST_SCHEMA = "llmops.onprem/bundle-manifest/v1"
 SEGMENTS_SCHEMA = "llmops.onprem/bundle-segments/v1"
 CHECKPOINT_SCHEMA = "llmops.onprem/checkpoint-manifest/v1"
 IMPORT_DIR = ".llmops-import"
+# A delta bundle (docs/lifecycle.md): the full bundle's signed manifest plus only the files the
+# site's receipt says it lacks; delta.json (signed) names what is carried and the base.
+DELTA = "delta.json"
+DELTA_SIG = "delta.json.sig"
+DELTA_SCHEMA = "llmops.onprem/bundle-delta/v1"
 KINDS = ("images", "charts", "packages", "binaries", "python", "collections", "models")
 CHUNK = 8 * 1024 * 1024
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK
 # What the bundle's own root may hold besides the listed files.
-ROOT_CONTROL = (MANIFEST, SIGNATURE, IMPORT_DIR)
-MEDIA_CONTROL = (MANIFEST, SIGNATURE, SEGMENTS, SEGMENTS_SIG)
+ROOT_CONTROL = (MANIFEST, SIGNATURE, IMPORT_DIR, DELTA, DELTA_SIG)
+MEDIA_CONTROL = (MANIFEST, SIGNATURE, SEGMENTS, SEGMENTS_SIG, DELTA, DELTA_SIG)
 # The largest PAX extended header the import reads (bundle_pack writes a few hundred bytes at most):
 # a segment is parsed before its members' sha256 can be checked, so every read is bounded.
 PAX_HEADER_LIMIT = 64 * 1024
 IMPORTED = "imported.json"
+# The largest done marker (a previous import's manifest) the import and the receipt read.
+MANIFEST_LIMIT = 64 * 1024 * 1024
+# How many missing or changed files a refusal names before "and N more".
+LIST_LIMIT = 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # The site's first step, written next to the segments as well as listed in the manifest (the site
@@ -238,6 +247,34 @@ def read_json(path, what):
         return data, json.loads(data.decode("utf-8"))
     except ValueError as e:
         raise BundleError("%s is not valid JSON: %s" % (what, e))
+
+
+def read_bounded(path, limit, what):
+    """The bytes of a regular file (opened without following a link), refused above limit bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise BundleError("%s is missing (%s)" % (what, path))
+        if e.errno == errno.ELOOP:
+            raise BundleError("%s (%s) is a symbolic link: it is never followed" % (what, path))
+        raise BundleError("cannot read %s (%s): %s" % (what, path, e))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError("%s (%s) is not a regular file" % (what, path))
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BundleError("%s (%s) is larger than %s, the most that is read" % (what, path, human(limit)))
+    return data
+
+
+def short_list(entries, fmt):
+    """At most LIST_LIMIT entries formatted, then 'and N more'."""
+    out = ", ".join(fmt(e) for e in entries[:LIST_LIMIT])
+    if len(entries) > LIST_LIMIT:
+        out += " and %d more" % (len(entries) - LIST_LIMIT)
+    return out
 
 
 def write_atomic(path, data, mode=0o644):
@@ -631,6 +668,11 @@ class DestDir(object):
             _unlink_at(dfd, tmp)
         return f, commit, discard
 
+    def commit_partial(self, rel):
+        """Rename rel.partial (written by create) to rel."""
+        dfd, name = self._split(rel, create=True)
+        os.replace(name + ".partial", name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
     def write_atomic(self, rel, data):
         dfd, name = self._split(rel, create=True)
         _write_atomic_at(dfd, name, data)
@@ -691,6 +733,8 @@ class Importer(object):
         self.imported, self.previous = False, None
         self._journal_fh = None
         self.d = None
+        self.delta, self.delta_sha256 = None, None
+        self.held_in_place, self.moved = [], []
 
     # -- step 1: signatures and listing (nothing read beyond the control files)
     def load(self):
@@ -708,6 +752,8 @@ class Importer(object):
         self._check_paths()
         self.checkpoints = checkpoint_manifests(self.manifest)
         self.files = manifest_files(self.manifest)
+        self.media_files = self.files  # what the source must hold: every file, or a delta's carried files
+        self._load_delta()
         self.segmented = os.path.exists(os.path.join(self.src, SEGMENTS))
         if self.segmented:
             sdata, self.table = read_json(os.path.join(self.src, SEGMENTS), SEGMENTS)
@@ -715,10 +761,40 @@ class Importer(object):
             if self.table.get("manifest_sha256") != self.manifest_sha256:
                 raise BundleError("segments.json belongs to another manifest (manifest sha256 %s, segments.json names %s): "
                                   "the media mixes two bundles" % (self.manifest_sha256, self.table.get("manifest_sha256")))
+            if self.table.get("delta_sha256") != self.delta_sha256:
+                raise BundleError("segments.json was packed for %s, but the media holds %s: the media mixes a full bundle and a "
+                                  "delta. Refusing the bundle; nothing was installed"
+                                  % ("a delta" if self.table.get("delta_sha256") else "the full bundle",
+                                     "a delta (delta.json)" if self.delta else "no delta.json"))
             self._check_media_listing()
         else:
             self._check_dir_listing()
         return self
+
+    def _load_delta(self):
+        """A delta (delta.json next to the manifest): its signature, its binding to this manifest, and
+        the carried paths (each a file of the manifest, listed once). Only those are on the source."""
+        path = os.path.join(self.src, DELTA)
+        if not os.path.lexists(path):
+            return
+        data = read_bounded(path, 2 * len(self.manifest_bytes) + 64 * 1024, DELTA)
+        verify_signature(data, os.path.join(self.src, DELTA_SIG), self.public_key, DELTA)
+        try:
+            d = json.loads(data.decode("utf-8"))
+        except ValueError as e:
+            raise BundleError("delta.json is not valid JSON: %s" % e)
+        if not isinstance(d, dict) or d.get("schema") != DELTA_SCHEMA:
+            raise BundleError("delta.json has schema %r, this collection reads %r"
+                              % (d.get("schema") if isinstance(d, dict) else None, DELTA_SCHEMA))
+        if d.get("manifest_sha256") != self.manifest_sha256:
+            raise BundleError("delta.json belongs to another manifest (manifest sha256 %s, delta.json names %s): the media mixes "
+                              "two bundles. Refusing the bundle; nothing was installed" % (self.manifest_sha256, d.get("manifest_sha256")))
+        carried = d.get("carried")
+        if not isinstance(carried, list) or len(set(map(str, carried))) != len(carried) or not all(p in self.files for p in carried):
+            raise BundleError("the signed delta.json is unusable: its 'carried' must list files of the signed manifest, each once. "
+                              "Refusing the bundle; nothing was installed")
+        self.delta, self.delta_sha256 = d, hashlib.sha256(data).hexdigest()
+        self.media_files = {p: self.files[p] for p in carried}
 
     def _check_key_location(self):
         key = os.path.realpath(self.public_key)
@@ -752,15 +828,15 @@ class Importer(object):
 
     def _check_dir_listing(self):
         present = walk_files(self.src, skip_root=ROOT_CONTROL)
-        unlisted = [p for p in present if p not in self.files]
+        unlisted = [p for p in present if p not in self.media_files]
         if unlisted:
-            raise BundleError("unlisted file %s: it is not in the signed manifest. Refusing the bundle; nothing was installed"
-                              % unlisted[0])
-        missing = sorted(set(self.files) - set(present))
+            raise BundleError("unlisted file %s: it is not in the signed %s. Refusing the bundle; nothing was installed"
+                              % (unlisted[0], "delta.json's carried files" if self.delta else "manifest"))
+        missing = sorted(set(self.media_files) - set(present))
         if missing:
-            raise BundleError("missing file %s (listed in the signed manifest, %s). Refusing the bundle; nothing was installed"
-                              % (missing[0], human(self.files[missing[0]]["size"])))
-        for path in sorted(self.files):
+            raise BundleError("missing file %s (listed in the signed %s, %s). Refusing the bundle; nothing was installed"
+                              % (missing[0], "delta.json" if self.delta else "manifest", human(self.files[missing[0]]["size"])))
+        for path in sorted(self.media_files):
             self._check_size(path, os.lstat(os.path.join(self.src, path)).st_size, self.files[path]["size"], "the signed manifest")
 
     def _check_size(self, name, got, want, where):
@@ -790,11 +866,11 @@ class Importer(object):
         for s in segs:
             for m in s["members"]:
                 members.setdefault(m["path"], []).append(m)
-        for path, e in self.files.items():
+        for path, e in self.media_files.items():
             got = sum(m["size"] for m in members.get(path, []))
             if got != e["size"]:
                 raise BundleError("missing file %s: the segments hold %d of its %d bytes" % (path, got, e["size"]))
-        extra = sorted(set(members) - set(self.files))
+        extra = sorted(set(members) - set(self.media_files))
         if extra:
             raise BundleError("unlisted file %s inside the segments: it is not in the signed manifest" % extra[0])
 
@@ -916,7 +992,7 @@ class Importer(object):
         self.load()
         if not self.dest:
             self._prog = ProgressWriter(self.progress_file, "bundle_verify", self.src, phase="verify",
-                                        bytes_total=self.manifest["totals"]["bytes"], files_total=len(self.files))
+                                        bytes_total=sum(e["size"] for e in self.media_files.values()), files_total=len(self.media_files))
             try:
                 with self._prog:
                     if self.segmented:
@@ -944,27 +1020,45 @@ class Importer(object):
             self.skipped = sorted(in_place)
             self.imported = True
             return self.result(changed=False)
-        todo = [p for p in self.files if p not in in_place]
+        held, sources = {}, {}
+        if self.delta is not None:
+            # A delta: the files it does not carry come from what the destination holds, each hashed
+            # against the new signed manifest before the import counts as done (not trusted by record).
+            held = {p: e for p, e in self.files.items() if p not in self.media_files}
+            in_place = {p: r for p, r in in_place.items() if p not in held}
+            sources = self._held_sources(held)
+        todo = [p for p in self.media_files if p not in in_place]
         todo_bytes = sum(self.files[p]["size"] for p in todo)
+        move_bytes = sum(held[p]["size"] for p, cands in sources.items() if cands[0] != p)
         free = free_bytes(self.dest)
-        if todo_bytes > free:
+        if todo_bytes + move_bytes > free:
             raise BundleError("not enough space in %s: the import needs %s (%d bytes), the file system has %s free. "
                               "Free space or choose another destination; nothing was installed"
-                              % (self.dest, human(todo_bytes), todo_bytes, human(free)))
+                              % (self.dest, human(todo_bytes + move_bytes), todo_bytes + move_bytes, human(free)))
         self.skipped = sorted(in_place)
         if self.check_mode:
             # A plan only: signatures, listing and sizes are checked; no byte is read or written.
             self.copied = sorted(todo)
             self.bytes_copied = todo_bytes
+            self.moved = sorted(p for p, cands in sources.items() if cands[0] != p)
+            self.held_in_place = sorted(p for p, cands in sources.items() if cands[0] == p)
             self.removed = [p for p in present if self._stale(p)]
             return self.result(changed=True)
-        self.d.close()
-        self.d = DestDir(self.dest, create=True)
-        self.d.dir(IMPORT_DIR, create=True)
+        held_bytes = sum(e["size"] for e in held.values())
         prog = self._prog = ProgressWriter(self.progress_file, "bundle_import", "%s -> %s" % (self.src, self.dest),
-                                           bytes_total=todo_bytes, files_total=len(todo))
+                                           bytes_total=todo_bytes + held_bytes + move_bytes, files_total=len(todo) + len(held))
         done = dict(in_place)
         with prog:
+            moves = {}
+            if held:
+                prog.set_phase("verify-held")
+                verified, moves = self._verify_held(held, sources, prog)  # refuses before anything is written
+                done.update(verified)
+                prog.set_phase("copy")
+            self.d.close()
+            self.d = DestDir(self.dest, create=True)
+            self.d.dir(IMPORT_DIR, create=True)
+            self._run_moves(moves, done, prog)
             if self.segmented:
                 self._run_segments(done, prog)
             else:
@@ -981,7 +1075,131 @@ class Importer(object):
                                                     sort_keys=True).encode() + b"\n")
         self.d.write_atomic(self.DONE, self.manifest_bytes)
         self.imported = True
-        return self.result(changed=bool(self.copied) or bool(self.removed) or not was_imported)
+        return self.result(changed=bool(self.copied) or bool(self.moved) or bool(self.removed) or not was_imported)
+
+    def _held_hints(self):
+        """{sha256: [paths]} of what the destination says it holds: the last finished import's manifest
+        and the resume records. Only hints: every file is hashed before it is used."""
+        hints = {}
+        try:
+            prev = json.loads((self.d.read(self.DONE, MANIFEST_LIMIT) or b"{}").decode("utf-8"))
+            listed = [(e["path"], e["sha256"]) for e in manifest_files(prev).values()]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            listed = []
+        try:
+            state = json.loads((self.d.read(self.STATE, MANIFEST_LIMIT) or b"{}").decode("utf-8")).get("files", {})
+            listed += [(path, rec["sha256"]) for path, rec in state.items()]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+        for path, digest in listed:
+            if isinstance(path, str) and isinstance(digest, str) and path_problem(path) is None \
+                    and path.split("/", 1)[0] not in ROOT_CONTROL:
+                hints.setdefault(digest, [])
+                if path not in hints[digest]:
+                    hints[digest].append(path)
+        return hints
+
+    def _base_names(self):
+        bundles = (self.delta.get("base") or {}).get("bundles") if isinstance(self.delta.get("base"), dict) else None
+        names = ["bundle %s (%s, created %s)" % (str(b.get("id"))[:16], b.get("name") or "unnamed", b.get("created") or "?")
+                 for b in (bundles or []) if isinstance(b, dict)]
+        return ", ".join(names) or "(none named)"
+
+    def _held_sources(self, held):
+        """For each file the delta does not carry, the destination files of its signed size that may hold
+        it (its own path first). Refuses, before anything is read or written, when some have none."""
+        hints = self._held_hints()
+        sources, missing = {}, []
+        for p, e in sorted(held.items()):
+            cands = []
+            for q in [p] + hints.get(e["sha256"], []):
+                st = self.d.lstat(q) if q not in cands else None
+                if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == e["size"]:
+                    cands.append(q)
+            if cands:
+                sources[p] = cands
+            else:
+                missing.append(p)
+        if missing:
+            last = (self.previous or {}).get("manifest_sha256")
+            raise BundleError(
+                "delta refused: this delta carries %d of the bundle's %d files and takes the other %d from what the site holds; "
+                "its base is %s. %s (last import: %s) lacks %d of them: %s. Import the full bundle, or write this site's receipt "
+                "(playbooks/receipt.yml) and build a delta from it. Nothing was written"
+                % (len(self.media_files), len(self.files), len(held), self._base_names(), self.dest,
+                   ("bundle " + last[:16]) if last else "none finished", len(missing),
+                   short_list(missing, lambda p: "%s (sha256 %s, %s)" % (p, held[p]["sha256"], human(held[p]["size"])))))
+        return sources
+
+    def _verify_held(self, held, sources, prog):
+        """Hash each held file (bounded by its signed size, never through a link) against the new signed
+        manifest: ({path: record} verified in place, {path: source path} to copy inside the destination).
+        Refuses, with every file that differs, before anything is written."""
+        verified, moves, bad = {}, {}, []
+        for p in sorted(sources):
+            e, found, got = held[p], None, None
+            for q in sources[p]:
+                f = self.d.open_read(q)
+                if f is None:
+                    continue
+                with f:
+                    st = os.fstat(f.fileno())
+                    if st.st_size != e["size"]:
+                        continue
+                    try:
+                        got = _hash_exactly(f, e["size"], None, prog, q)
+                    except BundleError:
+                        continue
+                if got == e["sha256"]:
+                    found = (q, st)
+                    break
+            if found is None:
+                bad.append((p, got))
+            elif found[0] == p:
+                verified[p] = {"sha256": e["sha256"], "stat": _stat_key(found[1])}
+                self.held_in_place.append(p)
+            else:
+                moves[p] = found[0]
+            prog.file_done()
+        if bad:
+            raise BundleError(
+                "delta refused: %d file(s) the delta does not carry differ in %s from the signed manifest: %s. The site's copy "
+                "was changed or damaged after it was imported, and the delta cannot replace it: import the full bundle. "
+                "Nothing was written"
+                % (len(bad), self.dest, short_list(bad, lambda b: "%s (the manifest says sha256 %s, the site holds %s)"
+                                                   % (b[0], held[b[0]]["sha256"], b[1] or "a file that could not be read"))))
+        return verified, moves
+
+    def _run_moves(self, moves, done, prog):
+        """Copy held content from another path of the destination, hashing on the way: every copy is
+        written as a .partial first and renamed only when all verified (two paths may swap contents)."""
+        written = []
+        for p, q in sorted(moves.items()):
+            e = self.files[p]
+            f = self.d.open_read(q)
+            if f is None:
+                raise BundleError("%s vanished from %s during the import. Nothing was installed" % (q, self.dest))
+            out = self.d.create(p)
+            try:
+                with f:
+                    got = _hash_exactly(f, e["size"], out[0], prog, q)
+                if got != e["sha256"]:
+                    raise BundleError("sha256 mismatch for %s (taken from %s in %s): it changed during the import. Nothing was "
+                                      "installed" % (p, q, self.dest))
+                out[0].flush()
+                os.fsync(out[0].fileno())
+                st = os.fstat(out[0].fileno())
+            except BaseException:
+                out[0].close()
+                out[2]()
+                raise
+            out[0].close()
+            written.append((p, st))
+        for p, st in written:
+            self.d.commit_partial(p)
+            done[p] = {"sha256": self.files[p]["sha256"], "stat": _stat_key(st)}
+            self.moved.append(p)
+            self._journal(p, done[p])
 
     def _stale(self, rel):
         return rel not in self.files and rel not in (MANIFEST, SIGNATURE) and rel.split("/", 1)[0] != IMPORT_DIR
@@ -1025,7 +1243,7 @@ class Importer(object):
         return bool(self.dest) and not self.check_mode
 
     def _run_dir(self, done, prog):
-        for path in sorted(self.files):
+        for path in sorted(self.media_files):
             if path in done:
                 continue
             size = self.files[path]["size"]
@@ -1125,6 +1343,11 @@ class Importer(object):
             "files_removed": self.removed,
             "bytes_copied": self.bytes_copied,
             "segmented": self.segmented,
+            "delta": None if self.delta is None else {
+                "base": self.delta.get("base"), "carried": len(self.media_files),
+                "carried_bytes": sum(e["size"] for e in self.media_files.values()),
+                "held": len(self.files) - len(self.media_files), "held_in_place": len(self.held_in_place),
+                "moved": sorted(self.moved)},
             "checkpoints": {n: {"digest": d, "manifest": os.path.join(self.dest, IMPORT_DIR, "checkpoints", n + ".json") if self.dest else None}
                             for n, (m, d) in self.checkpoints.items()},
         }

@@ -484,6 +484,11 @@ def inspect(src, public_key, package_licenses=True, deb_scan_limit=DEB_SCAN_LIMI
         raise BundleError("the bundle source %s is not a directory (mount the media, or point at the unpacked bundle)" % src)
     check_manifest_file(src)
     imp = Importer(src, public_key).load()
+    if imp.delta is not None:
+        raise BundleError("%s is a delta bundle: it carries %d of the bundle's %d files and takes the rest from the site's last "
+                          "import, so it cannot be listed alone. Inspect the full bundle it was built from (the bundle id is "
+                          "%s), or import the delta and inspect the import directory" % (src, len(imp.media_files), len(imp.files),
+                                                                                       imp.manifest_sha256))
     r = BundleReader(imp)
     files = imp.files
     claimed = set()

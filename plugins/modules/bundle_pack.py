@@ -24,6 +24,9 @@ description:
     O(read_back), hashes), nothing is written.
   - Files in O(dest) that are not part of this pack are refused rather than deleted (the media is never
     cleaned up behind your back).
+  - A delta directory (C(delta.json) beside the manifest, written by M(llmops.onprem.bundle_delta)) is packed
+    the same way with only its carried files; C(delta.json) and its signature go next to the segments and
+    C(segments.json) names the delta's sha256, so the site cannot mix a delta's segments with a full bundle's.
 extends_documentation_fragment:
   - llmops.onprem.attributes
   - ansible.builtin.action_common_attributes
@@ -91,23 +94,27 @@ split_files:
 """
 
 import hashlib
+import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmops.onprem.plugins.module_utils._bundle import (
-    MANIFEST, MEDIA_FILES, SEGMENTS, SEGMENTS_SCHEMA, SEGMENTS_SIG, SIGNATURE, BundleError, canonical,
-    parse_size, plan_segments, read_json, segment_name, sha256_file, sign, walk_files, write_atomic, write_segment)
+    DELTA, DELTA_SIG, MANIFEST, MEDIA_FILES, SEGMENTS, SEGMENTS_SCHEMA, SEGMENTS_SIG, SIGNATURE, BundleError, canonical,
+    parse_size, plan_segments, read_bounded, read_json, segment_name, sha256_file, sign, walk_files, write_atomic, write_segment)
 from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter
 
 
-def _current(dest, manifest_sha256, segment_size, read_back):
-    """The existing pack in dest when it is complete for this manifest, else None."""
+def _current(dest, manifest_sha256, segment_size, read_back, delta_sha256=None):
+    """The existing pack in dest when it is complete for this manifest (and delta), else None."""
     try:
         dummy, table = read_json(os.path.join(dest, SEGMENTS), SEGMENTS)
     except BundleError:
         return None
-    if table.get("manifest_sha256") != manifest_sha256 or table.get("segment_size") != segment_size:
+    if table.get("manifest_sha256") != manifest_sha256 or table.get("segment_size") != segment_size \
+            or table.get("delta_sha256") != delta_sha256:
+        return None
+    if delta_sha256 and not os.path.isfile(os.path.join(dest, DELTA)):
         return None
     for s in table.get("segments", []):
         p = os.path.join(dest, s["name"])
@@ -118,10 +125,32 @@ def _current(dest, manifest_sha256, segment_size, read_back):
     return table
 
 
+def _delta(src, manifest, manifest_sha256):
+    """A delta directory (delta.json beside the manifest): (its bytes, its sha256, the manifest reduced
+    to the carried files); (None, None, manifest) for a full bundle."""
+    if not os.path.lexists(os.path.join(src, DELTA)):
+        return None, None, manifest
+    ddata = read_bounded(os.path.join(src, DELTA), 256 * 1024 * 1024, DELTA)
+    try:
+        delta = json.loads(ddata.decode("utf-8"))
+    except ValueError as e:
+        raise BundleError("%s/delta.json is not valid JSON: %s" % (src, e))
+    if delta.get("manifest_sha256") != manifest_sha256:
+        raise BundleError("%s/delta.json belongs to another manifest: build the delta again (playbooks/bundle.yml with "
+                          "bundle_receipt)" % src)
+    carried = set(delta.get("carried") or [])
+    files = {k: [e for e in v if e["path"] in carried] for k, v in manifest["files"].items()}
+    files = {k: v for k, v in files.items() if v}
+    reduced = dict(manifest, files=files, totals={"files": sum(len(v) for v in files.values()),
+                                                  "bytes": sum(e["size"] for v in files.values() for e in v)})
+    return ddata, hashlib.sha256(ddata).hexdigest(), reduced
+
+
 def run(p, check_mode):
     src, dest = p["src"], p["dest"]
     data, manifest = read_json(os.path.join(src, MANIFEST), MANIFEST)
     manifest_sha256 = hashlib.sha256(data).hexdigest()
+    dummy, delta_sha256, manifest = _delta(src, manifest, manifest_sha256)
     segment_size = parse_size(p["segment_size"])
     plan = plan_segments(manifest, segment_size)
     names = [segment_name(i) for i in range(len(plan))]
@@ -130,9 +159,13 @@ def run(p, check_mode):
         if foreign:
             raise BundleError("%s already holds %s, which is not part of this pack: empty the medium or choose another "
                               "destination (bundle_pack never deletes files on the media)" % (dest, foreign[0]))
-    table = _current(dest, manifest_sha256, segment_size, p["read_back"]) if os.path.isdir(dest) else None
-    changed = table is None
-    if changed and not check_mode:
+    table = _current(dest, manifest_sha256, segment_size, p["read_back"], delta_sha256) if os.path.isdir(dest) else None
+    stale_delta = [n for n in (DELTA, DELTA_SIG) if delta_sha256 is None and os.path.lexists(os.path.join(dest, n))]
+    changed = table is None or bool(stale_delta)
+    if stale_delta and not check_mode:  # a full pack over an earlier delta's: its delta.json is bundle_pack's own file
+        for n in stale_delta:
+            os.unlink(os.path.join(dest, n))
+    if table is None and not check_mode:
         os.makedirs(dest, exist_ok=True)
         segs = []
         with ProgressWriter(p["progress_file"], "bundle_pack", "%s -> %s" % (src, dest), phase="write",
@@ -149,8 +182,10 @@ def run(p, check_mode):
                     raise BundleError("read-back of %s gives sha256 %s, but %s was written: the medium is failing; "
                                       "use another one" % (s["name"], got, s["sha256"]))
         table = dict(schema=SEGMENTS_SCHEMA, manifest_sha256=manifest_sha256, segment_size=segment_size, segments=segs)
+        if delta_sha256:
+            table["delta_sha256"] = delta_sha256
         tdata = canonical(table)
-        for name in (MANIFEST, SIGNATURE):
+        for name in (MANIFEST, SIGNATURE) + ((DELTA, DELTA_SIG) if delta_sha256 else ()):
             with open(os.path.join(src, name), "rb") as f:
                 write_atomic(os.path.join(dest, name), f.read())
         write_atomic(os.path.join(dest, SEGMENTS), tdata)
