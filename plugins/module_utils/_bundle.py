@@ -1079,8 +1079,8 @@ class Importer(object):
 
     def _held_hints(self):
         """{sha256: [paths]} of what the destination says it holds: the last finished import's manifest
-        and the resume records. Only hints: every file is hashed before it is used."""
-        hints = {}
+        and the resume records (later records win for a path). Only hints: every file is hashed before use."""
+        hints, at = {}, {}
         try:
             prev = json.loads((self.d.read(self.DONE, MANIFEST_LIMIT) or b"{}").decode("utf-8"))
             listed = [(e["path"], e["sha256"]) for e in manifest_files(prev).values()]
@@ -1094,9 +1094,9 @@ class Importer(object):
         for path, digest in listed:
             if isinstance(path, str) and isinstance(digest, str) and path_problem(path) is None \
                     and path.split("/", 1)[0] not in ROOT_CONTROL:
-                hints.setdefault(digest, [])
-                if path not in hints[digest]:
-                    hints[digest].append(path)
+                at[path] = digest
+        for path, digest in sorted(at.items()):
+            hints.setdefault(digest, []).append(path)
         return hints
 
     def _base_names(self):
@@ -1112,7 +1112,10 @@ class Importer(object):
         sources, missing = {}, []
         for p, e in sorted(held.items()):
             cands = []
-            for q in [p] + hints.get(e["sha256"], []):
+            # Its own path first when the destination says it holds this content there (check mode's
+            # prediction), else the paths said to hold it, then its own path anyway.
+            said = hints.get(e["sha256"], [])
+            for q in ([p] if p in said else []) + [x for x in said if x != p] + ([] if p in said else [p]):
                 st = self.d.lstat(q) if q not in cands else None
                 if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == e["size"]:
                     cands.append(q)
