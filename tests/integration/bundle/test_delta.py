@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -252,3 +253,64 @@ def test_a_held_file_changed_at_the_site_is_refused(world, tmp_path):
                           "charts/llmops-serving/Chart.yaml (the manifest says sha256 " % site), msg
     assert "the site holds %s)" % hashlib.sha256(bytes(data)).hexdigest() in msg, msg
     assert snapshot(site) == before
+
+
+def playbook(inventory, *extra, check=False):
+    argv = [PLAYBOOK, "-i", str(inventory), os.path.join(REPO, "playbooks", "bundle.yml")] + list(extra) + (["--check"] if check else [])
+    p = subprocess.run(argv, capture_output=True, text=True, env=dict(env(), ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default"),
+                       cwd=REPO, check=False)
+    return p.returncode, p.stdout + p.stderr
+
+
+def recap_changed(out):
+    line = [x for x in out.splitlines() if x.startswith("localhost") and "changed=" in x][-1]
+    return int(line.split("changed=")[1].split()[0])
+
+
+def test_bundle_playbook_with_a_receipt_packs_the_delta(tmp_path):
+    """The wiring: playbooks/bundle.yml -e bundle_receipt=... seals the full bundle, writes the delta
+    beside it and packs the delta into bundle_segments_dir; a re-run changes nothing; the site imports
+    the delta on top of bundle 1 (site.yml's first stage, the bundle_import role) and writes its receipt."""
+    inv = tmp_path / "inv"
+    inv.mkdir()
+    (inv / "hosts.yml").write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+                                   "      ansible_python_interpreter: %s\n" % sys.executable)
+    chart = tmp_path / "chart"
+    shutil.copytree(os.path.join(REPO, "serving", "chart"), str(chart))
+    binary = tmp_path / "tool"
+    binary.write_bytes(os.urandom(200 * 1024))
+
+    def spec(name):
+        return json.dumps({"bundle_spec": {"name": name, "charts": [{"name": "serving", "path": str(chart)}],
+                                           "binaries": [{"name": "tool", "path": str(binary),
+                                                         "sha256": hashlib.sha256(binary.read_bytes()).hexdigest()}]}})
+    rc, out = playbook(inv, "-e", spec("one"), "-e", "bundle_dir=%s" % (tmp_path / "b1"), "-e", "bundle_segments_dir=%s" % (tmp_path / "m1"))
+    assert rc == 0, out
+    pub = inv / ".private" / "bundle" / "signing-key.pub.pem"
+    site = tmp_path / "site" / ".bundle"
+    imp = [PLAYBOOK, "-i", str(inv), os.path.join(REPO, "playbooks", "site.yml"), "--tags", "bundle_import", "-e",
+           "llmops_bundle=%s" % (tmp_path / "m1"), "-e", "bundle_import_public_key=%s" % pub, "-e", "bundle_import_dest=%s" % site]
+    p = subprocess.run(imp, capture_output=True, text=True, env=env(), cwd=REPO, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    receipt = tmp_path / "site" / ".bundle.receipt.json"
+    assert json.loads(receipt.read_text())["totals"]["missing"] == 0, p.stdout
+    # Bundle 2: the binary changes; the delta carries it (and the bootstrap script), not the chart.
+    binary.write_bytes(os.urandom(200 * 1024))
+    args = ["-e", spec("two"), "-e", "bundle_dir=%s" % (tmp_path / "b2"), "-e", "bundle_segments_dir=%s" % (tmp_path / "m2"),
+            "-e", "bundle_receipt=%s" % receipt]
+    rc, out = playbook(inv, *args)
+    assert rc == 0, out
+    assert "delta carries 2 of 16 files" in out, out
+    d = json.loads((tmp_path / "m2" / "delta.json").read_text())
+    assert sorted(d["carried"]) == ["binaries/tool", "llmops-verify.sh"]
+    assert json.loads((tmp_path / "m2" / "segments.json").read_text())["delta_sha256"] == \
+        hashlib.sha256((tmp_path / "m2" / "delta.json").read_bytes()).hexdigest()
+    rc, out = playbook(inv, *args)
+    assert rc == 0 and recap_changed(out) == 0, out
+    imp[imp.index("llmops_bundle=%s" % (tmp_path / "m1"))] = "llmops_bundle=%s" % (tmp_path / "m2")
+    p = subprocess.run(imp, capture_output=True, text=True, env=env(), cwd=REPO, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "A delta: it carried 2 files" in p.stdout, p.stdout
+    assert (site / "binaries" / "tool").read_bytes() == binary.read_bytes()
+    r = json.loads(receipt.read_text())
+    assert r["bundles"][0]["name"] == "two" and r["totals"]["missing"] == 0
