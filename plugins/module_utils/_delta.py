@@ -29,7 +29,7 @@ import time
 from ansible_collections.llmops.onprem.plugins.module_utils._bundle import (
     DELTA, DELTA_SCHEMA, DELTA_SIG, IMPORT_DIR, MANIFEST, MANIFEST_LIMIT, MANIFEST_SCHEMA, SIGNATURE, BundleError, DestDir,
     _hash_exactly, _stat_key, canonical, checkpoint_manifests, human, kind_of, manifest_files, read_bounded, sign,
-    verify_signature, walk_files, write_atomic, _create_at, _CLOEXEC)
+    walk_files, write_atomic, _create_at, _CLOEXEC)
 from ansible_collections.llmops.onprem.plugins.module_utils._paths import paths_problem
 
 RECEIPT_SCHEMA = "llmops.onprem.receipt/v1"

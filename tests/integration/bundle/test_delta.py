@@ -101,6 +101,10 @@ def bundle2(lab, tmp):
     return root, media
 
 
+def unwritten(receipt):
+    return {k: v for k, v in json.loads(receipt.read_text()).items() if k != "written"}
+
+
 def media_bytes(media):
     return sum(os.path.getsize(os.path.join(str(media), n)) for n in os.listdir(str(media)))
 
@@ -196,8 +200,7 @@ def test_delta_from_the_sites_receipt_gives_the_full_import(world, tmp_path):
     r_site, r_full = tmp_path / "a.json", tmp_path / "b.json"
     write_receipt(site, r_site)
     write_receipt(full, r_full)
-    strip = lambda x: {k: v for k, v in json.loads(x.read_text()).items() if k != "written"}  # noqa: E731
-    assert strip(r_site) == strip(r_full)
+    assert unwritten(r_site) == unwritten(r_full)
     # A second delta build with the same receipt changes nothing.
     rc, again, text = module("bundle_delta", {"src": str(world["root2"]), "dest": str(delta_dir), "receipt": str(receipt),
                                               "private_key": world["priv"]})

@@ -311,3 +311,16 @@ def test_the_receipt_lists_what_is_missing_or_changed(tmp_path):
     with pytest.raises(B.BundleError) as e:
         D.write_receipt(str(tmp_path / "nothing"), str(out))
     assert "does not exist: no bundle was imported there" in str(e.value)
+
+
+def test_inspect_says_a_delta_cannot_be_listed_alone(tmp_path):
+    from ansible_collections.llmops.onprem.plugins.module_utils import _bundle_inspect
+    w = World(tmp_path)
+    r1, m1 = w.bundle("one", V1)
+    site = tmp_path / "site"
+    imp(m1, w.pub, site)
+    r2 = w.bundle("two", dict(V1, **{"models/m/a.safetensors": b"Z" * 3000}), pack=False)
+    media, res = w.delta(r2, w.receipt(site), "delta")
+    with pytest.raises(B.BundleError) as e:
+        _bundle_inspect.inspect(str(media), w.pub)
+    assert "is a delta bundle: it carries 2 of the bundle's 4 files and takes the rest from the site's last import" in str(e.value)
