@@ -149,8 +149,8 @@ def main():
               "bundle 2 changes image 0 and shard 1" % (a.images, a.base_mib, a.app_mib, a.shards, a.shard_mib))
         print("  %-52s %12.1f MiB  (%d files)" % ("full bundle 2 (segments.json, manifest and segments)", full / mib, len(files2)))
         print("  %-52s %12.1f MiB  (%d files)" % ("delta bundle 2 against the site's receipt", delta / mib, res["carried"]["files"]))
-        print("  %-52s %12.1f MiB  (%d files: %s)" % ("content bundle 1 did not hold", changed_bytes / mib, len(changed),
-                                                       ", ".join(sorted(p.rsplit("/", 1)[-1][:24] for p in changed))))
+        names = ", ".join(sorted(p.rsplit("/", 1)[-1][:24] for p in changed))
+        print("  %-52s %12.1f MiB  (%d files: %s)" % ("content bundle 1 did not hold", changed_bytes / mib, len(changed), names))
         print("  %-52s %12.1f KiB" % ("delta overhead beyond that content (manifest, tar)", (delta - changed_bytes) / 1024.0))
         print("  ratio delta / full: %.4f (%.2f%%); overhead / full: %.5f%%" % (delta / float(full), 100.0 * delta / full,
                                                                                 100.0 * (delta - changed_bytes) / full))

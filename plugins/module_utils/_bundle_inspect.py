@@ -487,8 +487,8 @@ def inspect(src, public_key, package_licenses=True, deb_scan_limit=DEB_SCAN_LIMI
     if imp.delta is not None:
         raise BundleError("%s is a delta bundle: it carries %d of the bundle's %d files and takes the rest from the site's last "
                           "import, so it cannot be listed alone. Inspect the full bundle it was built from (the bundle id is "
-                          "%s), or import the delta and inspect the import directory" % (src, len(imp.media_files), len(imp.files),
-                                                                                       imp.manifest_sha256))
+                          "%s), or import the delta and inspect the import directory"
+                          % (src, len(imp.media_files), len(imp.files), imp.manifest_sha256))
     r = BundleReader(imp)
     files = imp.files
     claimed = set()

@@ -165,9 +165,8 @@ def test_delta_from_the_sites_receipt_gives_the_full_import(world, tmp_path):
     assert d["base"]["bundles"][0]["id"] == r["bundles"][0]["id"]
     carried = set(d["carried"])
     # Only what changed, plus the controller bootstrap (root files, python/, collections/).
-    changed = {p for p in files2 if p not in {e["path"] for e in B.manifest_files(json.loads((world["root"] / "manifest.json")
-                                                                                              .read_text())).values()
-                                              if files2.get(e["path"], {}).get("sha256") == e["sha256"]}}
+    files1 = B.manifest_files(json.loads((world["root"] / "manifest.json").read_text()))
+    changed = {p for p, e in files2.items() if files1.get(p, {}).get("sha256") != e["sha256"]}
     assert "models/tiny/model.safetensors" in carried and "packages/debian-12/pool/lab-free_0.5-3_amd64.deb" in carried
     assert "images/index.json" in carried
     assert {p for p in carried if B.kind_of(p) not in ("root", "python", "collections")} == \
