@@ -93,6 +93,11 @@ def bundle2(lab, tmp):
     lab_bundle.deb(tmp / "v2", repo / "pool", "lab-free", "0.5-3", "This is free software, see the GNU GPL.\n")
     (repo / "Packages").write_bytes(_debrepo.packages_index(lab_bundle._run, str(repo)))
     (repo / "packages.lock").write_text("lab-free=0.5-3\nlab-tool=1:2.0-1\n")
+    # The wheels pinned by sha256, as bundle_python writes them (llmops-verify.sh requires the pins).
+    py = root / "python"
+    (py / "requirements.lock").write_text("".join(
+        "%s==%s --hash=sha256:%s\n" % (n, v, hashlib.sha256((py / w).read_bytes()).hexdigest())
+        for n, v, w in (("demo-lib", "1.2.0", "demo_lib-1.2.0-py3-none-any.whl"), ("other-pkg", "0.3", "other_pkg-0.3-py3-none-any.whl"))))
     bundle_seal.run(dict(path=str(root), private_key=lab["priv"], spec={"name": "lab-2"}, versions={"vllm": "0.34.1"},
                          images=images), False)
     media = tmp / "media2"
@@ -176,6 +181,17 @@ def test_delta_from_the_sites_receipt_gives_the_full_import(world, tmp_path):
           % (delta_bytes, full_bytes, 100.0 * delta_bytes / full_bytes, len(carried), len(files2)))
     assert delta_bytes < full_bytes
     assert res["carried"]["files"] == len(carried) and res["full"]["files"] == len(files2)
+
+    # The site's verify-first step (docs/airgap.md, step 2) works on the delta as on the full bundle: the
+    # controller bootstrap is always carried, checked against the same signed manifest.
+    extracted = {}
+    for name, m in (("full", world["media2"]), ("delta", delta_media)):
+        out = tmp_path / ("verified-" + name)
+        p = subprocess.run(["sh", os.path.join(REPO, "bundle", "llmops-verify.sh"), "--key", world["pub"], "--bundle", str(m),
+                            "--extract", str(out)], capture_output=True, text=True, check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+        extracted[name] = (out / "SHA256SUMS").read_text()
+    assert extracted["full"] == extracted["delta"] and "python/requirements.lock" in extracted["delta"]
 
     # The delta's directory is the same bundle (the same signed manifest): check mode plans it.
     rc, plan, text = module("bundle_verify", {"src": str(delta_media), "public_key": world["pub"], "dest": str(site)}, check=True)
