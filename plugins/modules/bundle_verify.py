@@ -39,6 +39,13 @@ description:
     signed size; segments are parsed with bounded headers (a PAX header over 64 KiB, a link or a GNU long name is
     refused), so memory stays small whatever the media holds.
   - Refuses a O(public_key) that lies inside O(src) or O(dest); the key must come out of band.
+  - Imports a delta bundle (C(delta.json) beside the manifest, built by M(llmops.onprem.bundle_delta)) - C(delta.json) is
+    checked against its signature and bound to the manifest, and only its carried files must be on O(src). Every file the
+    delta does not carry is taken from O(dest) (the last import) - at its own path, or at a path the last import's records
+    say holds that sha256 - and hashed against the new signed manifest, bounded by its signed size and never through a
+    link, before anything is written. A delta whose base O(dest) does not hold is refused with the missing files listed; a
+    held file that differs is refused by name. Afterwards O(dest) holds what a full import of the same bundle gives.
+    See C(docs/lifecycle.md).
 extends_documentation_fragment:
   - llmops.onprem.attributes
   - ansible.builtin.action_common_attributes
@@ -167,6 +174,13 @@ segmented:
   description: Whether the source held segments.
   returned: success
   type: bool
+delta:
+  description:
+    - For a delta bundle, its C(base) (as C(delta.json) names it), the files and bytes it C(carried), the files C(held) (taken
+      from O(dest)), how many of those were verified in place (C(held_in_place)) and which were copied from another path of
+      O(dest) (C(moved)); null for a full bundle.
+  returned: success
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
