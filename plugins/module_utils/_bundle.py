@@ -790,7 +790,8 @@ class Importer(object):
             raise BundleError("delta.json belongs to another manifest (manifest sha256 %s, delta.json names %s): the media mixes "
                               "two bundles. Refusing the bundle; nothing was installed" % (self.manifest_sha256, d.get("manifest_sha256")))
         carried = d.get("carried")
-        if not isinstance(carried, list) or len(set(map(str, carried))) != len(carried) or not all(p in self.files for p in carried):
+        if not isinstance(carried, list) or not all(isinstance(p, str) and p in self.files for p in carried) \
+                or len(set(carried)) != len(carried):
             raise BundleError("the signed delta.json is unusable: its 'carried' must list files of the signed manifest, each once. "
                               "Refusing the bundle; nothing was installed")
         self.delta, self.delta_sha256 = d, hashlib.sha256(data).hexdigest()

@@ -228,6 +228,12 @@ def test_a_delta_whose_signature_or_binding_is_wrong_is_refused(tmp_path):
     with pytest.raises(B.BundleError) as e:
         imp(ddir, w.pub, site)
     assert "the signed delta.json is unusable: its 'carried' must list files of the signed manifest" in str(e.value)
+    # A carried entry that is not a path at all.
+    (ddir / "delta.json").write_bytes(B.canonical(dict(d, carried=d["carried"] + [["x"]])))
+    (ddir / "delta.json.sig").write_bytes(B.sign((ddir / "delta.json").read_bytes(), w.priv))
+    with pytest.raises(B.BundleError) as e:
+        imp(ddir, w.pub, site)
+    assert "the signed delta.json is unusable" in str(e.value)
     # Put back: a file the delta does not carry, added to the directory, is unlisted.
     (ddir / "delta.json").write_bytes(orig)
     (ddir / "delta.json.sig").write_bytes(B.sign(orig, w.priv))
