@@ -59,7 +59,8 @@ def store(kube, images):
 
 
 def stream_values(store):
-    m = sh.model("tiny", prefix=PREFIX, load="stream")
+    # The prefix as the vllm_serving role hands it over: the checkpoint's content-addressed <model>/<digest>.
+    m = sh.model("tiny", prefix="%s/%s" % (PREFIX, sh.DIGEST_A), load="stream")
     return sh.values("/nonexistent-no-cache-is-used", [m], objectStore=dict(endpoint=store["endpoint"], bucket=BUCKET))
 
 
