@@ -25,6 +25,7 @@ numbers depend on the machine and on what else runs on it.
 """
 import argparse
 import os
+import statistics
 import sys
 import time
 import urllib.request
@@ -180,6 +181,13 @@ def main():
         print("%-58s %9.1f%%   (target <= 10%%)" % ("overhead, warm: (warm - alone) / alone",
                                                     100.0 * (r["warm"] - r["alone"]) / r["alone"]))
         print("%-58s %9.1f%%" % ("overhead, cold: (cold - alone) / alone", 100.0 * (r["cold"] - r["alone"]) / r["alone"]))
+    if len(rows) > 1:
+        med = dict((k, statistics.median(r[k] for r in rows)) for k in ("alone", "warm", "cold"))
+        print("%-58s %10.1f / %.1f / %.1f" % ("medians: alone / warm / cold", med["alone"], med["warm"], med["cold"]))
+        print("%-58s %9.1f%%   (target <= 10%%)" % ("overhead of the medians, warm", 100.0 * (med["warm"] - med["alone"]) / med["alone"]))
+        print("%-58s %9.1f%%" % ("overhead of the medians, cold", 100.0 * (med["cold"] - med["alone"]) / med["alone"]))
+        spread = [100.0 * (r["alone"] - med["alone"]) / med["alone"] for r in rows]
+        print("%-58s %+9.1f%% .. %+.1f%%" % ("spread of the engine's own start (the machine's noise)", min(spread), max(spread)))
     return 0
 
 
