@@ -10,7 +10,7 @@ tiny model (tests/tools/make_model.py), on 127.0.0.1, in one run:
   memory     peak resident memory of the engine's process tree (sampled every 0.2 s)
 
 The pod path (init container + probes in a cluster) against the engine's own start on the same
-node needs the test cluster; it is not measured here (see bench/serving/README.md).
+node needs the test cluster: bench/serving/pod_path.py.
 Nothing here is a test; numbers depend on the machine.
 
     .venv/bin/python bench/serving/bench.py [--prompts 16] [--tokens 128] [--workdir DIR]

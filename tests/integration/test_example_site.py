@@ -73,16 +73,16 @@ def test_site_yml_syntax_checks_against_it():
 
 # The example's declared sizes, summed by hand (GB = 10^9 bytes):
 #   models 141.1 + 16.1 = 157.2; images 9.6 + 0.045 + 0.0022 = 9.6472;
-#   packages 0.35 + python 0.15 + chart 0.0001 + minio 0.105 = 0.6051; bundle 167.4523.
+#   packages 0.35 + python 0.15 + chart 0.0001 + minio 0.105 + helm 0.063 = 0.6681; bundle 167.5153.
 EXPECTED = [
     "place                  needs   with 10% spare  holds",
-    "connected disk      324.7 GB         357.1 GB  the model checkpoints as downloaded plus the bundle directory",
-    "media               167.5 GB         184.2 GB  39 segment(s) of at most 4.3 GB",
-    "controller          167.5 GB         184.2 GB  the verified import (<inventory>/.bundle)",
+    "connected disk      324.7 GB         357.2 GB  the model checkpoints as downloaded plus the bundle directory",
+    "media               167.5 GB         184.3 GB  40 segment(s) of at most 4.3 GB",
+    "controller          167.5 GB         184.3 GB  the verified import (<inventory>/.bundle)",
     "registry              9.6 GB          10.6 GB  3 image(s) in the site registry (shared layers counted per image)",
     "object store        157.2 GB         172.9 GB  2 checkpoint(s) (a new version of the weights adds a prefix)",
     "node cache          157.2 GB         172.9 GB  per GPU node: every model served with load: pull",
-    "a medium of 64.0 GB holds 14 segments: use one medium of at least 184.2 GB (the pack writes every segment to one "
+    "a medium of 64.0 GB holds 14 segments: use one medium of at least 184.3 GB (the pack writes every segment to one "
     "directory; 3 media of this size would hold them)",
 ]
 

@@ -146,11 +146,11 @@ def test_overrides_and_rendering_rules():
 
 
 def test_startup_budget_formula():
-    # ceil((120 + ceil(1e10 / 209715200)) / 10) = ceil((120 + 48) / 10) = 17
+    # ceil((120 + ceil(1e10 / 209715200)) / 2) = ceil((120 + 48) / 2) = 84
     out = render([model("a", "chat")]).stdout
     dep = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"][0]
     engine = dep["spec"]["template"]["spec"]["containers"][0]
-    assert engine["startupProbe"]["failureThreshold"] == 17 and engine["startupProbe"]["periodSeconds"] == 10
+    assert engine["startupProbe"]["failureThreshold"] == 84 and engine["startupProbe"]["periodSeconds"] == 2
     assert engine["resources"]["limits"]["nvidia.com/gpu"] == "2"
     shm = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "dshm"][0]
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "5120Mi"}

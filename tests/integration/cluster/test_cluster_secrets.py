@@ -4,6 +4,7 @@ password, a re-run changes nothing, and no run prints the password, even at -vvv
 import base64
 import json
 import os
+import subprocess
 import secrets
 import urllib.parse
 from pathlib import Path
@@ -116,3 +117,141 @@ def test_missing_kubeconfig_is_named_and_nothing_is_created(kube, site):
     assert "cluster_secrets: no kubeconfig at /nonexistent/admin.kubeconfig; set llmops_kubeconfig" in out
     with pytest.raises(ApiException):
         kube.core.read_namespace(site["namespace"])
+
+
+# --- The database URL works from a pod (issue 19 item 7) --------------------------------------
+
+GATEWAY = "10.244.0.1"   # tests/cluster/lib.sh K8S_POD_GW: pods reach the host here
+PSQL_IMAGE = "localhost/llmops-test/psql:15"
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind((GATEWAY, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def psql_image(kube, tmp_path_factory):
+    """Debian's psql binary and the libraries ldd names, as an image (no registry, no engine)."""
+    out = tmp_path_factory.mktemp("psql") / "psql.tar"
+    psql = PG_BIN + "/psql"
+    adds = ["%s:/usr/bin/psql:0755" % psql]
+    for line in kube.run(["ldd", psql]).stdout.splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
+            adds.append("%s:%s:0755" % (os.path.realpath(parts[2]), parts[0] if parts[0].startswith("/") else
+                                        os.path.join(os.path.dirname(parts[2]), parts[0])))
+        elif parts and parts[0].startswith("/"):   # the dynamic loader
+            adds.append("%s:%s:0755" % (os.path.realpath(parts[0]), parts[0]))
+    cmd = ["python3", kube.CLUSTER / "mkimage.py", "--tag", PSQL_IMAGE, "--output", out,
+           "--env", "HOME=/tmp", "--user", "65534:65534"]
+    for a in adds:
+        cmd += ["--add", a]
+    kube.run(cmd)
+    kube.run([kube.CLUSTER / "load-image.sh", out])
+    return PSQL_IMAGE
+
+
+@pytest.fixture(scope="module")
+def postgres_tls(kube):
+    """A real PostgreSQL 15 on the pod bridge's gateway address, TLS only, its certificate issued by
+    a test CA for that address; a role llm_engine whose password needs URL encoding."""
+    import shutil
+    import tempfile
+    if not os.path.exists(PG_BIN + "/postgres"):
+        pytest.fail("PostgreSQL 15's server is not installed (tests/tools/setup.sh installs postgresql-15)")
+    base = tempfile.mkdtemp(prefix="llmops-pg-")   # not under pytest's 0700 tmp: the postgres user reads it
+    os.chmod(base, 0o755)
+    ca_key, ca = os.path.join(base, "ca.key"), os.path.join(base, "ca.crt")
+    key, csr, crt = os.path.join(base, "server.key"), os.path.join(base, "server.csr"), os.path.join(base, "server.crt")
+    ext = os.path.join(base, "san.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:%s\n" % GATEWAY)
+    kube.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+              "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=llmops test site CA"])
+    kube.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+              "-keyout", key, "-out", csr, "-subj", "/CN=%s" % GATEWAY])
+    kube.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+              "-out", crt, "-days", "2", "-extfile", ext])
+    data, sock = os.path.join(base, "data"), os.path.join(base, "sock")
+    os.mkdir(sock)
+    shutil.chown(key, "postgres")
+    os.chmod(key, 0o600)
+    shutil.chown(sock, "postgres")
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    kube.run(["install", "-d", "-o", "postgres", "-m", "0700", data])
+    kube.run(as_pg + [PG_BIN + "/initdb", "-D", data, "-U", "postgres", "--auth-local=trust", "--auth-host=reject"])
+    with open(os.path.join(data, "pg_hba.conf"), "w") as f:
+        f.write("local all postgres trust\nhostssl llm_engine llm_engine 0.0.0.0/0 scram-sha-256\n")
+    port = _free_port()
+    log = open(os.path.join(base, "postgres.log"), "wb")
+    proc = subprocess.Popen(as_pg + [PG_BIN + "/postgres", "-D", data, "-k", sock, "-h", GATEWAY, "-p", str(port),
+                                     "-c", "ssl=on", "-c", "ssl_cert_file=" + crt, "-c", "ssl_key_file=" + key],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        kube.wait_for("postgres on %s:%d" % (GATEWAY, port), lambda: subprocess.run(
+            [PG_BIN + "/pg_isready", "-h", GATEWAY, "-p", str(port)], capture_output=True, check=False).returncode == 0,
+            timeout=60)
+        password = secrets.token_urlsafe(30) + "@/:%"
+        sql = ("CREATE ROLE llm_engine LOGIN PASSWORD '%s';" % password, "CREATE DATABASE llm_engine OWNER llm_engine;")
+        for s in sql:
+            kube.run(as_pg + ["/usr/bin/env", "PGHOST=" + sock, "PGPORT=%d" % port, PG_BIN + "/psql", "-U", "postgres",
+                              "-v", "ON_ERROR_STOP=1", "-c", s])
+        yield {"port": port, "ca": ca, "password": password}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _psql_pod(kube, name, image, mount_ca):
+    k8s = kube.k8s
+    env = [k8s.V1EnvVar(name="DATABASE_URL", value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(
+        name="llm-engine-postgres-credentials", key="database_url")))]
+    mounts = [k8s.V1VolumeMount(name="site-ca", mount_path="/etc/llmops/site-ca", read_only=True)] if mount_ca else []
+    volumes = [k8s.V1Volume(name="site-ca", secret=k8s.V1SecretVolumeSource(secret_name="llmops-site-ca"))]
+    container = k8s.V1Container(
+        name="main", image=image, image_pull_policy="Never", env=env, volume_mounts=mounts,
+        command=["/usr/bin/psql", "$(DATABASE_URL)", "-tAc",
+                 "select current_user || ' ssl=' || ssl from pg_stat_ssl where pid = pg_backend_pid()"])
+    return k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=name),
+                     spec=k8s.V1PodSpec(containers=[container], volumes=volumes, restart_policy="Never",
+                                        automount_service_account_token=False))
+
+
+def test_the_database_url_connects_from_a_pod_with_verify_full(kube, site, psql_image, postgres_tls):
+    """The URL cluster_secrets writes, read by a pod exactly as model-engine's containers read it (the
+    Secret's key in an env var, the CA Secret mounted at /etc/llmops/site-ca), logs in to a real
+    PostgreSQL over TLS with sslmode=verify-full; the same pod without the CA mounted is refused, which is
+    why the URL has to name the CA's path (libpq's default, ~/.postgresql/root.crt, is in no pod)."""
+    ns = site["namespace"]
+    inventory = json.loads(site["inventory"].read_text())
+    pg = inventory["all"]["hosts"]["postgres-host"]["postgres_connection"]
+    pg["database_url_template"] = "postgresql://llm_engine:{password}@%s:%d/llm_engine?sslmode=verify-full" % (
+        GATEWAY, postgres_tls["port"])
+    Path(pg["password_file"]).write_text(postgres_tls["password"])
+    site["pg_password"] = postgres_tls["password"]
+    inventory["all"]["vars"]["cluster_secrets_ca_file"] = postgres_tls["ca"]
+    site["inventory"].write_text(json.dumps(inventory))
+    play(kube, site)
+    _kind, url = secret_value(kube, ns, "llm-engine-postgres-credentials", "database_url")
+    assert url.endswith("?sslmode=verify-full&sslrootcert=/etc/llmops/site-ca/ca.crt"), url
+    kube.wait_for("the default service account in %s" % ns,
+                  lambda: kube.core.read_namespaced_service_account("default", ns), timeout=60)
+
+    kube.core.create_namespaced_pod(ns, _psql_pod(kube, "psql", psql_image, mount_ca=True))
+    pod = kube.wait_pod_done(ns, "psql", timeout=120)
+    log = kube.pod_log(ns, "psql")
+    assert pod.status.phase == "Succeeded", log
+    assert log.strip() == "llm_engine ssl=true", log
+
+    kube.core.create_namespaced_pod(ns, _psql_pod(kube, "psql-no-ca", psql_image, mount_ca=False))
+    pod = kube.wait_pod_done(ns, "psql-no-ca", timeout=120)
+    log = kube.pod_log(ns, "psql-no-ca")
+    assert pod.status.phase == "Failed", log
+    assert 'root certificate file "/etc/llmops/site-ca/ca.crt" does not exist' in log, log
+    assert postgres_tls["password"] not in log

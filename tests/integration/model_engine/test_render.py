@@ -144,6 +144,26 @@ def test_migration_hook_job_and_onprem_service_config(planned):
         "rediss://10.89.0.5:6379/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/llmops/site-ca/ca.crt")
 
 
+def test_every_container_with_the_database_url_mounts_the_ca_it_names(planned):
+    """cluster_secrets appends sslrootcert=/etc/llmops/site-ca/ca.crt to the database URL (its default):
+    each container that reads the URL (gateway, builder, cacher, the migration hook) must mount the
+    site CA there, or sslmode=verify-full refuses to connect (issue 19 item 7)."""
+    defaults = yaml.safe_load(open(os.path.join(ROOT, "roles", "cluster_secrets", "defaults", "main.yml")))
+    ca_dir = os.path.dirname(defaults["cluster_secrets_postgres_sslrootcert"])
+    readers = []
+    for d in planned["docs"]:
+        for spec in pod_specs(d):
+            volumes = dict((v["name"], v) for v in spec.get("volumes") or [])
+            for c in spec.get("initContainers", []) + spec.get("containers", []):
+                if "ML_INFRA_DATABASE_URL" not in [e["name"] for e in c.get("env") or []]:
+                    continue
+                readers.append("%s/%s" % (d["metadata"]["name"], c["name"]))
+                mounts = dict((m["mountPath"], m["name"]) for m in c.get("volumeMounts") or [])
+                assert ca_dir in mounts, (d["metadata"]["name"], c["name"], sorted(mounts))
+                assert volumes[mounts[ca_dir]]["secret"]["secretName"] == "llmops-site-ca", d["metadata"]["name"]
+    assert len(readers) >= 4, readers
+
+
 def test_redis_password_only_by_secret_reference(planned):
     gw = [d for d in planned["docs"] if d["kind"] == "Deployment" and d["metadata"]["name"] == "model-engine"][0]
     c = pod_specs(gw)[0]["containers"][0]
