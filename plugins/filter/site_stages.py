@@ -56,7 +56,7 @@ options:
   this_run:
     description:
       - States of this run (C(done), C(changed), C(not run)); C(false) (the verification report, read any time) gives
-        C(recorded) or C(no record) instead.
+        C(recorded) for a stage with a record, else C(skipped - <reason>) or C(no record).
     type: bool
     default: true
   table:

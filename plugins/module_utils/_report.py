@@ -93,7 +93,10 @@ p.meta{color:#59636e;margin:0 0 12px}
 .banner{padding:10px 14px;font-weight:bold;color:#fff;border-radius:4px;display:inline-block}
 .banner.ok{background:#1a7f37}
 .banner.fail{background:#cf222e}
-table{border-collapse:collapse;width:100%;margin:0 0 8px}
+table{border-collapse:collapse;width:100%;margin:0 0 8px;table-layout:fixed}
+th.status{width:80px}
+th.check{width:22%}
+th.fix{width:30%}
 th,td{border:1px solid #d1d9e0;padding:5px 8px;text-align:left;vertical-align:top;font-size:14px}
 th{background:#f6f8fa}
 td.status{font-weight:bold;color:#fff;width:70px;text-align:center}
@@ -126,14 +129,14 @@ def render_html(report):
                                                "%s check(s) failed: see the fix on each red line" % _e(report["counts"]["fail"]))]
     for s in report["stages"]:
         out.append('<h2 id="stage-%s">%s</h2>' % (_e(s["stage"]), _e(s["stage"])))
-        out.append("<table><thead><tr><th>status</th><th>check</th><th>detail</th><th>fix</th></tr></thead><tbody>")
+        out.append("<table><thead><tr><th class=\"status\">status</th><th class=\"check\">check</th><th>detail</th><th class=\"fix\">fix</th></tr></thead><tbody>")
         for x in s["lines"]:
             out.append('<tr class="%s"><td class="status">%s</td><td>%s</td><td><code>%s</code></td><td class="fix">%s</td></tr>'
                        % (_e(x["status"]), _e(x["status"]), _e(x["check"]), _e(x["detail"]), _e(x["fix"])))
         out.append("</tbody></table>")
     if report.get("site_stages"):
         out.append("<h2>Stages of the site</h2>")
-        out.append("<table><thead><tr><th>stage</th><th>state</th><th>where</th></tr></thead><tbody>")
+        out.append("<table><thead><tr><th class=\"check\">stage</th><th>state</th><th>where</th></tr></thead><tbody>")
         for r in report["site_stages"]:
             out.append("<tr><td>%s</td><td>%s</td><td><code>%s</code></td></tr>" % (_e(r["stage"]), _e(r["state"]), _e(r["where"])))
         out.append("</tbody></table>")
@@ -193,7 +196,7 @@ def stage_rows(stages, records=None, before=None, skipped=None, selected=None, w
     state with ``this_run``: ``skipped: <reason>``; ``not run (not selected by the tags)``; ``changed`` when the
     stage's record differs from the one the run started with (a first run, or a new value); ``done`` otherwise (the
     record is the same, or the stage ran and records nothing). Without ``this_run`` (a report read any time):
-    ``skipped: <reason>``, ``recorded`` or ``no record``."""
+    ``recorded`` (the stage has a record), else ``skipped: <reason>`` or ``no record``."""
     records, before, skipped, where, states = records or {}, before or {}, skipped or {}, where or {}, states or {}
     rows = []
     for stage in stages:
@@ -202,10 +205,12 @@ def stage_rows(stages, records=None, before=None, skipped=None, selected=None, w
         rec = records.get(key)
         if states.get(stage):
             state = states[stage]
+        elif not this_run and rec is not None:
+            state = "recorded"
         elif skipped.get(stage):
             state = "skipped: %s" % skipped[stage]
         elif not this_run:
-            state = "recorded" if rec is not None else "no record"
+            state = "no record"
         elif selected is not None and stage not in selected:
             state = "not run (not selected by the tags)" + ("; recorded by an earlier run" if rec is not None else "")
         elif rec is not None and before.get(key) != rec:
