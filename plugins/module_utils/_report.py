@@ -115,9 +115,18 @@ def _e(value):
     return html.escape(_text(value), quote=True)
 
 
+_TABLE_HEAD = ('<table><thead><tr><th class="status">status</th><th class="check">check</th><th>detail</th>'
+               '<th class="fix">fix</th></tr></thead><tbody>')
+
+
+def _row(x, check):
+    return ('<tr class="%s"><td class="status">%s</td><td>%s</td><td><code>%s</code></td><td class="fix">%s</td></tr>'
+            % (_e(x["status"]), _e(x["status"]), _e(check), _e(x["detail"]), _e(x["fix"])))
+
+
 def render_html(report):
-    """One self-contained HTML page: a table per stage, a red or green status cell per line, the fix on every red
-    line. Inline CSS only; no script, no link, no image, no URL of its own; every value is escaped."""
+    """One self-contained HTML page: the red lines first (To fix), then a table per stage, a red or green status cell
+    per line, the fix on every red line. Inline CSS only; no script, no link, no image, no URL of its own; every value is escaped."""
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            "<title>llmops.onprem site verification: %s</title>" % _e(report.get("site")),
            "<style>%s</style></head><body>" % _CSS.strip(),
@@ -127,16 +136,20 @@ def render_html(report):
            '<div class="banner %s">%s</div>' % ("ok" if report["ok"] else "fail",
                                                "All checks passed" if report["ok"] else
                                                "%s check(s) failed: see the fix on each red line" % _e(report["counts"]["fail"]))]
+    red = [x for s in report["stages"] for x in s["lines"] if x["status"] == "fail"]
+    if red:
+        out.append("<h2>To fix</h2>")
+        out.append(_TABLE_HEAD.replace("<th class=\"check\">check</th>", "<th class=\"check\">stage / check</th>"))
+        out.extend(_row(x, "%s / %s" % (x["stage"], x["check"])) for x in red)
+        out.append("</tbody></table>")
     for s in report["stages"]:
         out.append('<h2 id="stage-%s">%s</h2>' % (_e(s["stage"]), _e(s["stage"])))
-        out.append("<table><thead><tr><th class=\"status\">status</th><th class=\"check\">check</th><th>detail</th><th class=\"fix\">fix</th></tr></thead><tbody>")
-        for x in s["lines"]:
-            out.append('<tr class="%s"><td class="status">%s</td><td>%s</td><td><code>%s</code></td><td class="fix">%s</td></tr>'
-                       % (_e(x["status"]), _e(x["status"]), _e(x["check"]), _e(x["detail"]), _e(x["fix"])))
+        out.append(_TABLE_HEAD)
+        out.extend(_row(x, x["check"]) for x in s["lines"])
         out.append("</tbody></table>")
     if report.get("site_stages"):
         out.append("<h2>Stages of the site</h2>")
-        out.append("<table><thead><tr><th class=\"check\">stage</th><th>state</th><th>where</th></tr></thead><tbody>")
+        out.append('<table><thead><tr><th class="check">stage</th><th>state</th><th>where</th></tr></thead><tbody>')
         for r in report["site_stages"]:
             out.append("<tr><td>%s</td><td>%s</td><td><code>%s</code></td></tr>" % (_e(r["stage"]), _e(r["state"]), _e(r["where"])))
         out.append("</tbody></table>")
@@ -180,6 +193,8 @@ def _where(stage, rec):
     return ""
 
 
+# A stage whose record is a reading of its run (not a hand-off, never in the state file): never "changed".
+_READINGS = ("preflight",)
 # A stage whose record is kept under another name.
 _RECORD_OF = {"gpu_operator": "gpu"}
 
@@ -213,7 +228,7 @@ def stage_rows(stages, records=None, before=None, skipped=None, selected=None, w
             state = "no record"
         elif selected is not None and stage not in selected:
             state = "not run (not selected by the tags)" + ("; recorded by an earlier run" if rec is not None else "")
-        elif rec is not None and before.get(key) != rec:
+        elif rec is not None and key not in _READINGS and before.get(key) != rec:
             state = "changed"
         else:
             state = "done"

@@ -79,12 +79,14 @@ def test_html_red_and_green_rows_with_the_fix_on_the_red_one():
     page = verify_report([GOOD, BAD, SKIP], "site-a", "2026-12-04T18:00:00Z", format="html")
     p = parse(page)
     rows = [a.get("class") for t, a in p.tags if t == "tr" and a.get("class")]
-    assert rows == ["ok", "fail", "skipped"]
-    assert [t for t, _a in p.tags].count("table") == 3  # a table per stage
+    assert rows == ["fail", "ok", "fail", "skipped"]  # the red line first (To fix), then a table per stage
+    assert [t for t, _a in p.tags].count("table") == 4
+    assert "<h2>To fix</h2>" in page and "<td>checkpoints / qwen object checksums</td>" in page
     assert "tr.fail td.status{background:#cf222e}" in page and "tr.ok td.status{background:#1a7f37}" in page
     text = "".join(p.text)
     assert BAD["fix"] in text and "1 check(s) failed" in text
-    assert verify_report([GOOD], format="html").count("All checks passed") == 1
+    green = verify_report([GOOD], format="html")
+    assert green.count("All checks passed") == 1 and "To fix" not in green
 
 
 def test_html_escapes_a_hostile_object_key_model_name_and_site_name():
