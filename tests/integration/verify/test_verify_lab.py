@@ -9,7 +9,7 @@ small tmpfs, and the site's state file as the stages write it. No network beyond
   store behind the collection's back (same size, same sha256 metadata: only its bytes differ); the service
   certificate 3 days from expiry; the destination's filesystem full;
 - the red report's page opened in headless Chromium: the screenshot is under 1 MiB and shows the red and the green
-  status cells.
+  status cells; the page names no public host (the egress audit's public-url rule).
 """
 import datetime
 import hashlib
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint
+from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint, _egress
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 RED, GREEN = (0xCF, 0x22, 0x2E), (0x1A, 0x7F, 0x37)
@@ -296,3 +296,6 @@ def test_green_then_one_fault_at_a_time_each_red_with_its_fix_and_nothing_change
     w, h, colours = png_pixels(png)
     assert (w, h) == (1280, 900)
     assert RED in colours and GREEN in colours and len(colours) > 10, sorted(colours)[:20]
+    # The page names no public host (the egress audit's public-url rule): it opens on a controller without a network.
+    page = red_page.read_text(encoding="utf-8")
+    assert "<script" not in page and [u for _f, u in _egress.urls_in({"page": page}) if _egress.public_host(_egress.host_of(u))] == []
