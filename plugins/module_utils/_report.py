@@ -133,9 +133,9 @@ def render_html(report):
            "<h1>Site verification: %s</h1>" % _e(report.get("site") or "-"),
            '<p class="meta">%s - %s ok, %s warning(s), %s failed, %s skipped</p>' % (
                _e(report.get("generated")), *(_e(report["counts"][s]) for s in ("ok", "warn", "fail", "skipped"))),
-           '<div class="banner %s">%s</div>' % ("ok" if report["ok"] else "fail",
-                                               "All checks passed" if report["ok"] else
-                                               "%s check(s) failed: see the fix on each red line" % _e(report["counts"]["fail"]))]
+           '<div class="banner %s">%s</div>' % (
+               "ok" if report["ok"] else "fail",
+               "All checks passed" if report["ok"] else "%s check(s) failed: see the fix on each red line" % _e(report["counts"]["fail"]))]
     red = [x for s in report["stages"] for x in s["lines"] if x["status"] == "fail"]
     if red:
         out.append("<h2>To fix</h2>")

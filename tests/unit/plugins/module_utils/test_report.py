@@ -94,8 +94,8 @@ def test_html_escapes_a_hostile_object_key_model_name_and_site_name():
              dict(GOOD, stage=HOSTILE)]
     page = verify_report(lines, HOSTILE, HOSTILE, [{"stage": HOSTILE, "state": HOSTILE, "where": HOSTILE}], format="html")
     p = parse(page)
-    assert sorted(set(t for t, _a in p.tags)) == sorted(["html", "head", "meta", "title", "style", "body", "h1", "p", "div", "h2", "table",
-                                                          "thead", "tr", "th", "tbody", "td", "code"])
+    assert sorted(set(t for t, _a in p.tags)) == sorted(
+        ["html", "head", "meta", "title", "style", "body", "h1", "p", "div", "h2", "table", "thead", "tr", "th", "tbody", "td", "code"])
     assert not [a for _t, attrs in p.tags for a in attrs if a.startswith("on") or a in ("src", "href")]
     assert "<script" not in page and "<img" not in page
     assert page.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;&amp;&quot;&#x27;") >= 6
