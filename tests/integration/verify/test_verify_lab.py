@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -296,6 +297,7 @@ def test_green_then_one_fault_at_a_time_each_red_with_its_fix_and_nothing_change
     w, h, colours = png_pixels(png)
     assert (w, h) == (1280, 900)
     assert RED in colours and GREEN in colours and len(colours) > 10, sorted(colours)[:20]
+    shutil.copyfile(png, os.path.join(REPO, ".cache", "verify-report-red.png"))  # for the closing note
     # The page names no public host (the egress audit's public-url rule): it opens on a controller without a network.
     page = red_page.read_text(encoding="utf-8")
     assert "<script" not in page and [u for _f, u in _egress.urls_in({"page": page}) if _egress.public_host(_egress.host_of(u))] == []
