@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -36,10 +37,32 @@ def site(tmp_path, group_vars):
     return str(inv)
 
 
-def summary(stdout):
+def table(stdout):
+    """The summary's stage table: [(stage, state, where)], its columns cut where the header's names start."""
     part = stdout.split("site_summary : Print the site summary]", 1)[1]
-    body = re.search(r"ok: \[localhost\] => (\{.*?\n\})", part, re.S).group(1)
-    return json.loads(body)["msg"]
+    lines = json.loads(re.search(r"ok: \[localhost\] => (\{.*?\n\})", part, re.S).group(1))["msg"]
+    head = lines[0]
+    assert re.match(r"stage +state +where$", head), head
+    a, b = head.index("state"), head.index("where")
+    return [(x[:a].strip(), x[a:b].strip(), x[b:].strip()) for x in lines[1:]]
+
+
+def summary(stdout):
+    """The rows of the stage table that did not run, as `stage: skipped: reason`."""
+    return ["%s: %s" % (stage, state) for stage, state, _where in table(stdout) if state.startswith("skipped: ")]
+
+
+def details(stdout):
+    """The summary's lines of where things are, in detail (after the table)."""
+    part = stdout.split("site_summary : Print where things are]", 1)[1]
+    return json.loads(re.search(r"ok: \[localhost\] => (\{.*?\n\})", part, re.S).group(1))["msg"]
+
+
+def outside_the_report(snap):
+    """A snapshot without the site verification report, which site.yml's last stage writes under the inventory (and
+    without the directories' times: a new entry in a directory touches it; the entries themselves are compared)."""
+    return dict((p, v[0] if stat.S_ISDIR(v[0]) else v) for p, v in snap.items()
+                if not re.search(r"(^|/)\.private(/verify(/.*)?)?$", p))
 
 
 SKIPPED_WITHOUT_ANYTHING = [
@@ -48,14 +71,15 @@ SKIPPED_WITHOUT_ANYTHING = [
     "pki: skipped: the inventory has no hosts",
     "redis: skipped: no host in the group redis",
     "registry: skipped: no host in the group registry",
-    "image_mirror (push to the site registry): skipped: no imported bundle (llmops_bundle is not set)",
-    "image_mirror (node mirrors): skipped: no host in the group k8s_nodes",
-    "image_mirror (per-node pull check): skipped: llmops_kubeconfig is not set",
+    "image_mirror (push): skipped: no imported bundle (llmops_bundle is not set)",
+    "image_mirror (nodes): skipped: no host in the group k8s_nodes",
+    "image_mirror (pull check): skipped: llmops_kubeconfig is not set",
+    "nvidia_driver: skipped: llmops_gpu_layer is not true",
     "postgres: skipped: no host in the group postgres",
     "minio: skipped: no host in the group minio",
     "checkpoints: skipped: no imported bundle (llmops_bundle is not set)",
     "cluster_secrets: skipped: llmops_kubeconfig is not set",
-    "nvidia_driver, gpu_operator: skipped: llmops_gpu_layer is not true",
+    "gpu_operator: skipped: llmops_gpu_layer is not true",
     "model_engine: skipped: model_engine_enabled is false",
     "vllm_serving: skipped: llmops_kubeconfig is not set",
 ]
@@ -82,11 +106,18 @@ def test_every_skipped_stage_is_in_the_summary_with_its_reason(tmp_path):
     r = ansible("ansible-playbook", inv, "playbooks/site.yml")
     assert r.returncode == 0, r.stdout + r.stderr
     assert summary(r.stdout) == SKIPPED_WITHOUT_ANYTHING
+    rows = table(r.stdout)
+    assert rows[0][:2] == ("preflight", "done") and [x[0] for x in rows][-1] == "verify"
+    assert rows[-1] == ("verify", "next: the site verification report", "report %s/.private/verify/report.html" % inv)
     # preflight runs first, even with nothing to check: nothing to plan, no problem
     assert "Capacity plan: nothing to plan (no bundle: llmops_bundle is not set)" in r.stdout
     assert "preflight: no problem on 0 host(s)" in r.stdout
+    # verify runs last: every check skipped with its reason, a green report under the inventory, nothing else written
+    assert "PLAY [Stage verify" in r.stdout and "SKIPPED checkpoints / object checksums: the checkpoints stage has no record" in r.stdout
+    with open(os.path.join(inv, ".private", "verify", "report.json"), encoding="utf-8") as f:
+        assert json.load(f)["ok"] is True
     assert re.search(r"localhost\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", r.stdout), r.stdout
-    assert snapshot(str(tmp_path)) == before
+    assert outside_the_report(snapshot(str(tmp_path))) == outside_the_report(before)
 
 
 def test_llmops_allow_unknown_variables_runs_anyway(tmp_path):
@@ -104,7 +135,8 @@ def test_an_empty_variable_that_turns_a_stage_on_is_named(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     lines = summary(r.stdout)
     assert "vllm_serving: skipped: vllm_serving_models is empty" in lines
-    assert "image_mirror (per-node pull check): skipped: image_mirror_check_image is empty" in lines
+    assert "image_mirror (pull check): skipped: image_mirror_check_image is empty" in lines
+    assert ("preflight", "not run (not selected by the tags)", "-") in table(r.stdout)
     assert not [line for line in lines if line.startswith("cluster_secrets")]
 
 
@@ -130,7 +162,7 @@ def test_the_gpu_layer_without_a_bundle_or_gpu_hosts_says_why_it_skipped(tmp_pat
     lines = summary(r.stdout)
     assert "nvidia_driver: skipped: no host in the group gpu_nodes" in lines
     assert "gpu_operator: skipped: no imported bundle (llmops_bundle is not set)" in lines
-    assert not [line for line in lines if line.startswith("nvidia_driver, gpu_operator")]
+    assert not [line for line in lines if line.startswith("gpu_operator: skipped: llmops_gpu_layer")]
 
 
 def plays(stdout):
@@ -169,7 +201,7 @@ def test_the_exclusive_default_is_off_for_nodes_and_on_for_service_hosts(tmp_pat
 
 # Issue 13 item 2 with issue 20 item 2: every stage is one tag, its hand-offs are records in the state file.
 STAGES = ["preflight", "bundle_import", "packages_repo", "pki", "redis", "registry", "image_mirror", "nvidia_driver", "postgres",
-          "minio", "checkpoints", "cluster_secrets", "gpu_operator", "model_engine", "vllm_serving", "summary"]
+          "minio", "checkpoints", "cluster_secrets", "gpu_operator", "model_engine", "vllm_serving", "summary", "verify"]
 STATE = os.path.join(".private", "site-state.json")
 
 
@@ -259,7 +291,8 @@ def test_a_stage_run_alone_reads_what_earlier_runs_recorded(tmp_path):
     assert "cluster_secrets: no kubeconfig at /nonexistent/site.kubeconfig" in out
     r = ansible("ansible-playbook", inv, "playbooks/site.yml", "--tags", "summary")
     assert r.returncode == 0, r.stdout + r.stderr
-    lines = summary(r.stdout)
+    assert ("redis", "not run (not selected by the tags); recorded by an earlier run", "rediss://192.0.2.1:6379/0 on redis-1") in table(r.stdout)
+    lines = details(r.stdout)
     assert ("Redis on redis-1: rediss://192.0.2.1:6379/0 (TLS; password file on the controller: /site/.private/redis/password; "
             "Kubernetes secret llmops-redis)") in [re.sub(r"\s+", " ", line) for line in lines]
     assert "Site CA (controller): /site/.private/pki/ca.crt" in lines

@@ -10,6 +10,14 @@ from conftest import ROOT, snapshot
 from importcase import Case
 
 
+def stage_table(stdout):
+    """The summary's stage table: [(stage, state, where)], its columns cut where the header's names start."""
+    part = stdout.split("site_summary : Print the site summary]", 1)[1]
+    lines = json.loads(re.search(r"ok: \[localhost\] => (\{.*?\n\})", part, re.S).group(1))["msg"]
+    cut = lines[0].index("state"), lines[0].index("where")
+    return [(x[:cut[0]].strip(), x[cut[0]:cut[1]].strip(), x[cut[1]:].strip()) for x in lines[1:]]
+
+
 def test_check_mode_names_the_reason_the_bundle_stages_are_skipped(tmp_path):
     case = Case(tmp_path)
     case.seal()
@@ -24,13 +32,14 @@ def test_check_mode_names_the_reason_the_bundle_stages_are_skipped(tmp_path):
                         "-e", "llmops_bundle=%s" % media, "-e", "bundle_import_public_key=%s" % case.pub],
                        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    part = r.stdout.split("site_summary : Print the site summary]", 1)[1]
-    lines = json.loads(re.search(r"ok: \[localhost\] => (\{.*?\n\})", part, re.S).group(1))["msg"]
-    skipped = [line for line in lines if "skipped" in line]
+    rows = stage_table(r.stdout)
+    skipped = ["%s: %s" % (stage, state) for stage, state, _where in rows if state.startswith("skipped")]
     assert skipped[:2] == ["packages_repo: skipped: no imported bundle (check mode imports nothing)",
                            "pki: skipped: the inventory has no hosts"]
     assert "checkpoints: skipped: no imported bundle (check mode imports nothing)" in skipped
-    assert not [line for line in lines if line.startswith("bundle_import: skipped")]
+    assert ("bundle_import", "done", "check mode, NOT imported into %s" % (site / ".bundle")) in rows
+    # The verification report ran last, in check mode: its lines printed, nothing written.
+    assert "Report: not written (check mode)" in r.stdout
     assert snapshot(str(tmp_path)) == before
 
 
@@ -76,7 +85,9 @@ def test_the_import_is_recorded_in_a_0600_state_file_without_a_secret_and_read_b
     r = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", str(site), "playbooks/site.yml",
                         "--tags", "summary"], cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    part = r.stdout.split("site_summary : Print the site summary]", 1)[1]
+    part = r.stdout.split("site_summary : Print where things are]", 1)[1]
     lines = [re.sub(r"\s+", " ", line) for line in json.loads(re.search(r"ok: \[localhost\] => (\{.*?\n\})", part, re.S).group(1))["msg"]]
     assert [line for line in lines if line.startswith("Bundle %s: imported into %s by an earlier run (" % (media, site / ".bundle"))], lines
-    assert "packages_repo: skipped: no host in the groups redis, registry, postgres, minio, packages_repo" in lines
+    rows = stage_table(r.stdout)
+    assert ("packages_repo", "skipped: no host in the groups redis, registry, postgres, minio, packages_repo", "-") in rows
+    assert ("bundle_import", "skipped: llmops_bundle is not set", "%s (from %s)" % (site / ".bundle", media)) in rows
