@@ -31,6 +31,7 @@ import time
 from urllib.parse import urlencode, urlsplit, quote
 
 from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
+from ansible_collections.llmops.onprem.plugins.module_utils._files import sha256_file, write_atomic
 
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
@@ -177,17 +178,6 @@ def site_reference(ref, site, strict=False):
 # OCI image layout
 
 
-def sha256_file(path, bufsize=4 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(bufsize)
-            if not b:
-                break
-            h.update(b)
-    return "sha256:" + h.hexdigest()
-
-
 class Layout(object):
     """An OCI image layout directory (read only)."""
 
@@ -244,7 +234,7 @@ class Layout(object):
         if actual_size != size:
             raise OnpremError("blob %s in %s is corrupt: %d bytes on disk, the manifest says %d"
                               % (digest, self.path, actual_size, size), kind="corrupt")
-        actual = sha256_file(path)
+        actual = "sha256:" + sha256_file(path)
         if actual != digest:
             raise OnpremError("blob %s in %s is corrupt: its content hashes to %s" % (digest, self.path, actual),
                               kind="corrupt")
@@ -657,13 +647,10 @@ class UploadState(object):
     def save(self, registry, repository, digest, location, offset):
         # Blob uploads run in parallel threads: several may create the directory at once.
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        path = self._path(registry, repository, digest)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(dict(registry=registry, repository=repository, digest=digest, location=location,
-                           offset=offset, updated=time.time()), f)
-        os.replace(tmp, path)
+        # Rewritten after every chunk: no fsync (a state lost in a crash only restarts that blob's upload).
+        write_atomic(self._path(registry, repository, digest), json.dumps(dict(
+            registry=registry, repository=repository, digest=digest, location=location, offset=offset,
+            updated=time.time())).encode(), mode=0o600, fsync=False)
 
     def remove(self, registry, repository, digest):
         try:

@@ -14,9 +14,9 @@ DIR/<model>/.lock keeps concurrent pulls on one node from downloading twice; a p
 for it at most --lock-timeout seconds (exit 8 after that), naming the holder. The last line
 printed is MODEL_PATH=DIR/<model>/<digest>. Exit codes: see README.md next to this file.
 
-Standard library only; SigV4 signing, the checkpoint manifest rules (schema, the one path rule) and
-the progress writer are the collection's _sigv4.py, _checkpoint.py and _progress.py, copied next to
-this file in the image (and found in plugins/module_utils when run from a checkout).
+Standard library only; SigV4 signing, the checkpoint manifest rules (schema, digest, the one path rule),
+the file hash and atomic write, and the progress writer are the collection's _sigv4.py, _checkpoint.py,
+_files.py and _progress.py, copied next to this file in the image (and found in plugins/module_utils when run from a checkout).
 
 What the store answers is bounded by the manifest: a body longer or shorter than the manifest's
 size is a corrupt object (exit 5), never read past that size. Nothing in the node cache is
@@ -50,12 +50,13 @@ for _cand in (_HERE, os.path.join(_HERE, "..", "..", "plugins", "module_utils"))
         break
 import _sigv4  # noqa: E402  pylint: disable=wrong-import-position
 import _checkpoint  # noqa: E402  pylint: disable=wrong-import-position
+import _files  # noqa: E402  pylint: disable=wrong-import-position
 import _progress  # noqa: E402  pylint: disable=wrong-import-position
 
 EXIT_OK, EXIT_USAGE, EXIT_CREDENTIAL, EXIT_NOT_FOUND, EXIT_VERIFY, EXIT_DISK, EXIT_UNREACHABLE = 0, 2, 3, 4, 5, 6, 7
 EXIT_LOCKED = 8                   # another pull on this node held the cache lock past --lock-timeout
-SCHEMA = "llmops.onprem/checkpoint-manifest/v1"
-MANIFEST_KEY = ".llmops/manifest.json"
+SCHEMA = _checkpoint.SCHEMA
+MANIFEST_KEY = _checkpoint.MANIFEST_KEY
 MARKER = ".llmops-verified.json"
 # One ranged GET. Measured here against rclone serve s3: 64 MiB ranges cost the server about 2 s of
 # CPU per 2 GiB, whole-file GETs (or 256 MiB ranges) 3.5 to 5 s, and 16 MiB ranges no less.
@@ -231,7 +232,7 @@ def fetch_manifest(s3, bucket, prefix, digest):
         assert isinstance(manifest, dict) and manifest.get("schema") == SCHEMA and isinstance(manifest.get("files"), list)
     except (ValueError, AssertionError, AttributeError):
         raise PullError(EXIT_VERIFY, "s3://%s/%s is not a checkpoint manifest (%s)" % (bucket, key, SCHEMA))
-    got = hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    got = _checkpoint.manifest_digest(manifest)
     if got != digest:
         raise PullError(EXIT_VERIFY, "the manifest at s3://%s/%s has digest %s, not --digest %s: the prefix holds "
                         "another version of the checkpoint (re-run the checkpoints stage, or fix the digest)"
@@ -291,18 +292,6 @@ def real_dirs(dest, rel):
             os.mkdir(cur, 0o755)
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
-    buf = bytearray(BUF)
-    view = memoryview(buf)
-    with os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW), "rb", buffering=0) as fh:
-        while True:
-            n = fh.readinto(buf)
-            if not n:
-                return h.hexdigest()
-            h.update(view[:n])
-
-
 def cached_ok(dest, manifest, rehash, parallel):
     """Which manifest files the cache already holds verified: (ok paths, stamps of them).
 
@@ -339,7 +328,7 @@ def cached_ok(dest, manifest, rehash, parallel):
     if to_hash:
         log("re-hashing %d cached file(s) without a current verification stamp" % len(to_hash))
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(parallel, len(to_hash)))) as pool:
-            digests = list(pool.map(lambda f: sha256_file(os.path.join(dest, f["path"])), to_hash))
+            digests = list(pool.map(lambda f: _files.sha256_file(os.path.join(dest, f["path"]), BUF, follow=False), to_hash))
         for f, got in zip(to_hash, digests):
             if got == f["sha256"]:
                 ok.append(f["path"])
@@ -350,13 +339,8 @@ def cached_ok(dest, manifest, rehash, parallel):
 
 
 def write_marker(dest, manifest_digest, stamps):
-    tmp = os.path.join(dest, MARKER + ".tmp")
-    unlink_quiet(tmp)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644), "w") as fh:
-        json.dump({"digest": manifest_digest, "boot_id": boot_id(), "files": stamps}, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, os.path.join(dest, MARKER))
+    _files.write_atomic(os.path.join(dest, MARKER), json.dumps(
+        {"digest": manifest_digest, "boot_id": boot_id(), "files": stamps}, sort_keys=True).encode(), mode=None)
 
 
 class Progress(_progress.ProgressWriter):
