@@ -25,6 +25,7 @@ import time
 
 from ansible_collections.llmops.onprem.plugins.module_utils._checkpoint import SCHEMA as CHECKPOINT_SCHEMA
 from ansible_collections.llmops.onprem.plugins.module_utils._checkpoint import canonical_bytes, manifest_digest
+from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
 from ansible_collections.llmops.onprem.plugins.module_utils._files import create_at as _create_at
 from ansible_collections.llmops.onprem.plugins.module_utils._files import sha256_file, unlink_at as _unlink_at, write_atomic_at
 from ansible_collections.llmops.onprem.plugins.module_utils._paths import path_problem, paths_problem
@@ -66,8 +67,10 @@ VERIFY_SCRIPT = "llmops-verify.sh"
 MEDIA_FILES = MEDIA_CONTROL + (VERIFY_SCRIPT,)
 
 
-class BundleError(Exception):
+class BundleError(OnpremError):
     """A refusal: the message names the file and the reason."""
+
+    KIND = "refused"
 
 
 def parse_size(value):
@@ -1307,7 +1310,10 @@ class Importer(object):
 
 
 def _hash_exactly(f, size, out=None, progress=None, name=None):
-    """sha256 of exactly `size` bytes of f (never reading past them), copied to out on the way."""
+    """sha256 of exactly `size` bytes of f (never reading past them), copied to out on the way.
+
+    Not _files.sha256_fileobj: f is often a tar segment read as a stream, where the byte after `size` is the next
+    member's (sha256_fileobj reads one byte more to prove a file's end), and the bytes are copied as they go."""
     h, left = hashlib.sha256(), size
     while left:
         b = f.read(min(CHUNK, left))

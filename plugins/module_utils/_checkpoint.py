@@ -28,9 +28,11 @@ import stat
 import struct
 
 try:
+    from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
     from ansible_collections.llmops.onprem.plugins.module_utils._files import sha256_fileobj
     from ansible_collections.llmops.onprem.plugins.module_utils._paths import path_problem
-except ImportError:  # in the model-pull image, _files.py and _paths.py lie next to this file (serving/images/build.sh)
+except ImportError:  # in the model-pull image, _errors.py, _files.py and _paths.py lie next to this file (serving/images/build.sh)
+    from _errors import OnpremError  # type: ignore[no-redef]  # pylint: disable=import-error
     from _files import sha256_fileobj  # type: ignore[no-redef]  # pylint: disable=import-error
     from _paths import path_problem  # type: ignore[no-redef]  # pylint: disable=import-error
 
@@ -55,8 +57,10 @@ DTYPE_BITS = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
 TOKENIZER_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("tiktoken.model",))
 
 
-class CheckpointError(Exception):
+class CheckpointError(OnpremError):
     """A checkpoint, or its manifest, is not what it should be. ``problems`` lists every finding."""
+
+    KIND = "refused"
 
     def __init__(self, message, problems=None):
         super(CheckpointError, self).__init__(message)

@@ -25,6 +25,7 @@ import os
 import re
 import time
 
+from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
 from ansible_collections.llmops.onprem.plugins.module_utils._files import write_atomic
 
 POOL = "pool"
@@ -58,8 +59,10 @@ fi
 """
 
 
-class PackagesError(Exception):
+class PackagesError(OnpremError):
     """The one error type of the package repository helpers; ``details`` go into fail_json."""
+
+    KIND = "refused"
 
     def __init__(self, message, **details):
         super(PackagesError, self).__init__(message)

@@ -97,13 +97,14 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
 from ansible_collections.llmops.onprem.plugins.module_utils._files import write_atomic
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
-class ImageError(Exception):
-    pass
+class ImageError(OnpremError):
+    KIND = "refused"
 
 
 def ref_problem(ref):

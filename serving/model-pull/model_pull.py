@@ -15,8 +15,9 @@ for it at most --lock-timeout seconds (exit 8 after that), naming the holder. Th
 printed is MODEL_PATH=DIR/<model>/<digest>. Exit codes: see README.md next to this file.
 
 Standard library only; SigV4 signing, the checkpoint manifest rules (schema, digest, the one path rule),
-the file hash and atomic write, and the progress writer are the collection's _sigv4.py, _checkpoint.py,
-_files.py and _progress.py, copied next to this file in the image (and found in plugins/module_utils when run from a checkout).
+the file hash and atomic write, the progress writer, the retry helper and the error root are the
+collection's _sigv4.py, _checkpoint.py, _files.py, _progress.py, _retry.py and _errors.py, copied next to
+this file in the image (and found in plugins/module_utils when run from a checkout).
 
 What the store answers is bounded by the manifest: a body longer or shorter than the manifest's
 size is a corrupt object (exit 5), never read past that size. Nothing in the node cache is
@@ -50,8 +51,10 @@ for _cand in (_HERE, os.path.join(_HERE, "..", "..", "plugins", "module_utils"))
         break
 import _sigv4  # noqa: E402  pylint: disable=wrong-import-position
 import _checkpoint  # noqa: E402  pylint: disable=wrong-import-position
+import _errors  # noqa: E402  pylint: disable=wrong-import-position
 import _files  # noqa: E402  pylint: disable=wrong-import-position
 import _progress  # noqa: E402  pylint: disable=wrong-import-position
+import _retry  # noqa: E402  pylint: disable=wrong-import-position
 
 EXIT_OK, EXIT_USAGE, EXIT_CREDENTIAL, EXIT_NOT_FOUND, EXIT_VERIFY, EXIT_DISK, EXIT_UNREACHABLE = 0, 2, 3, 4, 5, 6, 7
 EXIT_LOCKED = 8                   # another pull on this node held the cache lock past --lock-timeout
@@ -76,7 +79,11 @@ HOLDER_MAX = 512                  # the most read of the holder line in the lock
 CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken")
 
 
-class PullError(Exception):
+class PullError(_errors.OnpremError):
+    """A failed pull; ``code`` is the exit code (README.md)."""
+
+    KIND = "refused"
+
     def __init__(self, code, message):
         super(PullError, self).__init__(message)
         self.code = code
@@ -130,7 +137,8 @@ class S3(object):
 
     def request(self, method, path, query=None, headers=None):
         """Send a signed request; returns the response (body unread). Transport errors -> PullError 7.
-        A dropped keep-alive connection is retried once on a fresh connection."""
+        A dropped keep-alive connection is retried once on a fresh connection, at once: a reconnect of a pooled
+        connection the store closed while idle, not a retry of a failed request (those are _retry.py's)."""
         for attempt in (0, 1):
             req = _sigv4.sign(method, self.host, path, query=query, headers=headers, body=b"",
                               access_key=self.access_key, secret_key=self.secret_key, region=self.region)
@@ -514,7 +522,10 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop):
     inline = job.hash_inline(i)
     try:
         pos = off
-        for attempt in range(4):
+        # Transient failures (a dropped connection, a timeout, HTTP 429/502/503/504) are retried with the
+        # collection's one retry helper (_retry.py): at most 4 tries, jittered exponential backoff.
+        tries = _retry.Retry("GET", 4)
+        while True:
             try:
                 # A retry asks for the rest of the chunk only: the bytes before pos are written (and hashed).
                 headers = {"range": "bytes=%d-%d" % (pos, end - 1)} if length else {}
@@ -533,8 +544,7 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop):
                     if resp.status == 404:
                         raise PullError(EXIT_NOT_FOUND, "s3://%s/%s is in the manifest but not in the bucket "
                                         "(an incomplete upload? re-run the checkpoints stage)" % (bucket, key))
-                    if resp.status in (429, 500, 502, 503, 504) and attempt < 3:
-                        time.sleep(0.5 * 2 ** attempt)
+                    if tries.again(status=resp.status):
                         continue
                     raise PullError(EXIT_UNREACHABLE, "GET s3://%s/%s answered HTTP %s %s" % (bucket, key, resp.status, code or ""))
                 check_answer(s3, bucket, key, job, resp, pos, end)
@@ -567,16 +577,13 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop):
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     raise PullError(EXIT_DISK, "no space left on the cache volume while writing %s" % job.final)
-                if attempt == 3:
-                    raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
                 s3._conn(fresh=True)
-                time.sleep(0.5 * 2 ** attempt)
+                if not tries.again(exc=e):
+                    raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
             except http.client.HTTPException as e:
-                if attempt == 3:
-                    raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
                 s3._conn(fresh=True)
-        else:
-            raise PullError(EXIT_UNREACHABLE, "fetching %s failed" % key)  # pragma: no cover
+                if not tries.again(exc=e):
+                    raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
     except BaseException as e:
         if inline:
             job.hash_lock.release()
