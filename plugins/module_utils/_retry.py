@@ -21,6 +21,8 @@ import socket
 import time
 
 TRANSIENT_STATUS = frozenset((429, 502, 503, 504))
+# S3 documents 500 InternalError as retryable (its SDKs retry it); the S3 clients pass statuses=S3_TRANSIENT_STATUS.
+S3_TRANSIENT_STATUS = TRANSIENT_STATUS | frozenset((500,))
 IDEMPOTENT_METHODS = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS"))
 BASE_DELAY = 0.5   # seconds before the first retry (times 0.5 to 1.5, the jitter)
 MAX_DELAY = 8.0    # the longest wait before one retry, before the jitter

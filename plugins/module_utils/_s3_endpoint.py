@@ -143,7 +143,8 @@ class Endpoint(object):
         listens there), not a hiccup: it is not retried. Returns (status, headers, body) for statuses in ``ok``;
         raises OnpremError otherwise."""
         retry = method.upper() in ("GET", "HEAD") if retry is None else retry
-        tries = _retry.Retry(method, 1 + (self.retries if retry else 0), refused=False, sleep=self._sleep)
+        tries = _retry.Retry(method, 1 + (self.retries if retry else 0), refused=False, statuses=_retry.S3_TRANSIENT_STATUS,
+                             sleep=self._sleep)
         while True:
             try:
                 status, headers_out, data = self.send(self.build(method, path, query, body, headers, region))

@@ -522,9 +522,10 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop):
     inline = job.hash_inline(i)
     try:
         pos = off
-        # Transient failures (a dropped connection, a timeout, HTTP 429/502/503/504) are retried with the
-        # collection's one retry helper (_retry.py): at most 4 tries, jittered exponential backoff.
-        tries = _retry.Retry("GET", 4)
+        # Transient failures (a dropped connection, a timeout, HTTP 429/500/502/503/504: S3 retries its 500
+        # InternalError) are retried with the collection's one retry helper (_retry.py): at most 4 tries,
+        # jittered exponential backoff.
+        tries = _retry.Retry("GET", 4, statuses=_retry.S3_TRANSIENT_STATUS)
         while True:
             try:
                 # A retry asks for the rest of the chunk only: the bytes before pos are written (and hashed).

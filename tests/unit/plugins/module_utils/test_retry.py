@@ -205,3 +205,12 @@ def test_s3_post_is_not_retried_even_when_asked():
     with pytest.raises(OnpremError, match="HTTP 503"):
         s3.call("POST", "/minio/admin/v3/add-user", retry=True)
     assert s3.sent == ["POST"] and s3.sleeps == []
+
+
+def test_s3_get_is_retried_after_a_500_internal_error_as_s3_documents():
+    s3 = ScriptedS3([500, 200])
+    assert s3.call("GET", "/")[0] == 200 and s3.sent == ["GET", "GET"]
+
+
+def test_s3_transient_statuses_are_the_registrys_plus_500():
+    assert _retry.S3_TRANSIENT_STATUS == _retry.TRANSIENT_STATUS | {500} and 500 not in _retry.TRANSIENT_STATUS
