@@ -23,6 +23,11 @@ import stat
 import tarfile
 import time
 
+from ansible_collections.llmops.onprem.plugins.module_utils._checkpoint import SCHEMA as CHECKPOINT_SCHEMA
+from ansible_collections.llmops.onprem.plugins.module_utils._checkpoint import canonical_bytes, manifest_digest
+from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
+from ansible_collections.llmops.onprem.plugins.module_utils._files import create_at as _create_at
+from ansible_collections.llmops.onprem.plugins.module_utils._files import sha256_file, unlink_at as _unlink_at, write_atomic_at
 from ansible_collections.llmops.onprem.plugins.module_utils._paths import path_problem, paths_problem
 from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter
 from ansible_collections.llmops.onprem.plugins.module_utils._progress import human_bytes as human
@@ -33,7 +38,6 @@ SEGMENTS = "segments.json"
 SEGMENTS_SIG = "segments.json.sig"
 MANIFEST_SCHEMA = "llmops.onprem/bundle-manifest/v1"
 SEGMENTS_SCHEMA = "llmops.onprem/bundle-segments/v1"
-CHECKPOINT_SCHEMA = "llmops.onprem/checkpoint-manifest/v1"
 IMPORT_DIR = ".llmops-import"
 # A delta bundle (docs/lifecycle.md): the full bundle's signed manifest plus only the files the
 # site's receipt says it lacks; delta.json (signed) names what is carried and the base.
@@ -63,8 +67,10 @@ VERIFY_SCRIPT = "llmops-verify.sh"
 MEDIA_FILES = MEDIA_CONTROL + (VERIFY_SCRIPT,)
 
 
-class BundleError(Exception):
+class BundleError(OnpremError):
     """A refusal: the message names the file and the reason."""
+
+    KIND = "refused"
 
 
 def parse_size(value):
@@ -85,19 +91,6 @@ def parse_size(value):
 
 def canonical(obj):
     return (json.dumps(obj, sort_keys=True, indent=1, separators=(",", ": ")) + "\n").encode("utf-8")
-
-
-def sha256_file(path, progress=None):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(CHUNK)
-            if not b:
-                break
-            h.update(b)
-            if progress:
-                progress(len(b))
-    return h.hexdigest()
 
 
 def kind_of(path):
@@ -192,7 +185,7 @@ def build_manifest(root, spec=None, versions=None, images=None, previous=None, p
     for rel in walk_files(root, skip_root=ROOT_CONTROL + MEDIA_CONTROL):
         full = os.path.join(root, rel)
         size = os.path.getsize(full)
-        files.setdefault(kind_of(rel), []).append({"path": rel, "size": size, "sha256": sha256_file(full, progress)})
+        files.setdefault(kind_of(rel), []).append({"path": rel, "size": size, "sha256": sha256_file(full, progress=progress)})
         total += size
     body = {
         "schema": MANIFEST_SCHEMA,
@@ -230,7 +223,7 @@ def checkpoint_manifests(manifest):
     out = {}
     for name, files in sorted(models.items()):
         m = {"schema": CHECKPOINT_SCHEMA, "name": name, "files": sorted(files, key=lambda x: x["path"])}
-        out[name] = (m, hashlib.sha256(json.dumps(m, sort_keys=True, separators=(",", ":")).encode()).hexdigest())
+        out[name] = (m, manifest_digest(m))
     return out
 
 
@@ -275,47 +268,6 @@ def short_list(entries, fmt):
     if len(entries) > LIST_LIMIT:
         out += " and %d more" % (len(entries) - LIST_LIMIT)
     return out
-
-
-def write_atomic(path, data, mode=0o644):
-    """Write path by a new temporary file and a rename: a link planted at path or at the temporary
-    name is replaced, never followed (the temporary file is created with O_EXCL | O_NOFOLLOW)."""
-    d, name = os.path.split(path)
-    dfd = os.open(d or ".", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
-    try:
-        _write_atomic_at(dfd, name, data, mode)
-    finally:
-        os.close(dfd)
-
-
-def _write_atomic_at(dfd, name, data, mode=0o644):
-    tmp = name + ".tmp"
-    f = _create_at(dfd, tmp, mode)
-    try:
-        with f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-    except BaseException:
-        _unlink_at(dfd, tmp)
-        raise
-
-
-def _create_at(dfd, name, mode=0o644):
-    """A new regular file `name` in the folder dfd, opened for writing: whatever was there (a file,
-    a leftover, a planted link) is unlinked first, and O_EXCL | O_NOFOLLOW refuse a racing one."""
-    _unlink_at(dfd, name)
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode, dir_fd=dfd)
-    os.fchmod(fd, mode)
-    return os.fdopen(fd, "wb")
-
-
-def _unlink_at(dfd, name):
-    try:
-        os.unlink(name, dir_fd=dfd)
-    except FileNotFoundError:
-        pass
 
 
 # ---- segments ------------------------------------------------------------------------------
@@ -675,7 +627,7 @@ class DestDir(object):
 
     def write_atomic(self, rel, data):
         dfd, name = self._split(rel, create=True)
-        _write_atomic_at(dfd, name, data)
+        write_atomic_at(dfd, name, data)
 
     def open_append(self, rel):
         dfd, name = self._split(rel, create=True)
@@ -1068,7 +1020,7 @@ class Importer(object):
             prog.done()
         self._save_state(done)
         for name, (m, digest) in self.checkpoints.items():
-            self.d.write_atomic("%s/checkpoints/%s.json" % (IMPORT_DIR, name), json.dumps(m, sort_keys=True, separators=(",", ":")).encode())
+            self.d.write_atomic("%s/checkpoints/%s.json" % (IMPORT_DIR, name), canonical_bytes(m))
         self.d.write_atomic(MANIFEST, self.manifest_bytes)
         self.d.write_atomic(SIGNATURE, self.signature_bytes)
         self._remove_stale()
@@ -1358,7 +1310,10 @@ class Importer(object):
 
 
 def _hash_exactly(f, size, out=None, progress=None, name=None):
-    """sha256 of exactly `size` bytes of f (never reading past them), copied to out on the way."""
+    """sha256 of exactly `size` bytes of f (never reading past them), copied to out on the way.
+
+    Not _files.sha256_fileobj: f is often a tar segment read as a stream, where the byte after `size` is the next
+    member's (sha256_fileobj reads one byte more to prove a file's end), and the bytes are copied as they go."""
     h, left = hashlib.sha256(), size
     while left:
         b = f.read(min(CHUNK, left))

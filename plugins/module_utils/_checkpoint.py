@@ -28,8 +28,12 @@ import stat
 import struct
 
 try:
+    from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
+    from ansible_collections.llmops.onprem.plugins.module_utils._files import sha256_fileobj
     from ansible_collections.llmops.onprem.plugins.module_utils._paths import path_problem
-except ImportError:  # in the model-pull image, _paths.py lies next to this file (serving/images/build.sh)
+except ImportError:  # in the model-pull image, _errors.py, _files.py and _paths.py lie next to this file (serving/images/build.sh)
+    from _errors import OnpremError  # type: ignore[no-redef]  # pylint: disable=import-error
+    from _files import sha256_fileobj  # type: ignore[no-redef]  # pylint: disable=import-error
     from _paths import path_problem  # type: ignore[no-redef]  # pylint: disable=import-error
 
 SCHEMA = "llmops.onprem/checkpoint-manifest/v1"
@@ -53,8 +57,10 @@ DTYPE_BITS = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
 TOKENIZER_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("tiktoken.model",))
 
 
-class CheckpointError(Exception):
+class CheckpointError(OnpremError):
     """A checkpoint, or its manifest, is not what it should be. ``problems`` lists every finding."""
+
+    KIND = "refused"
 
     def __init__(self, message, problems=None):
         super(CheckpointError, self).__init__(message)
@@ -228,18 +234,10 @@ def open_inside(root, rel):
     return os.fdopen(fd, "rb", buffering=0)
 
 
-def sha256_file(path, block=HASH_BLOCK, root=None):
-    """sha256 hex of a file; with ``root``, ``path`` is relative to it and read with open_inside()."""
-    h = hashlib.sha256()
-    buf = bytearray(block)
-    view = memoryview(buf)
-    with (open_inside(root, path) if root is not None else open(path, "rb", buffering=0)) as fh:
-        while True:
-            n = fh.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-    return h.hexdigest()
+def sha256_inside(root, rel, block=HASH_BLOCK):
+    """sha256 hex of ``rel`` under ``root``, read with open_inside() (never leaving root, no link followed)."""
+    with open_inside(root, rel) as fh:
+        return sha256_fileobj(fh, block, name=os.path.join(root, rel))
 
 
 def hash_files(root, paths, workers=4):
@@ -248,7 +246,7 @@ def hash_files(root, paths, workers=4):
     if not paths:
         return {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths)))) as pool:
-        digests = pool.map(lambda p: sha256_file(p, root=root), paths)
+        digests = pool.map(lambda p: sha256_inside(root, p), paths)
         return dict(zip(paths, digests))
 
 

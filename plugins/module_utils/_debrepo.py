@@ -23,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import time
+
+from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
+from ansible_collections.llmops.onprem.plugins.module_utils._files import write_atomic
 
 POOL = "pool"
 PACKAGES = "Packages"
@@ -57,8 +59,10 @@ fi
 """
 
 
-class PackagesError(Exception):
+class PackagesError(OnpremError):
     """The one error type of the package repository helpers; ``details`` go into fail_json."""
+
+    KIND = "refused"
 
     def __init__(self, message, **details):
         super(PackagesError, self).__init__(message)
@@ -157,25 +161,8 @@ def write_if_changed(path, data, mode=0o644):
     """Atomically write ``data`` (bytes) when the file's content differs. Returns True when written."""
     if read_bytes(path) == data:
         return False
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".%s." % os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data, mode=mode)
     return True
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def podman_resolve_argv(podman, image, names, pool=None, network=None):

@@ -29,7 +29,8 @@ import time
 from ansible_collections.llmops.onprem.plugins.module_utils._bundle import (
     DELTA, DELTA_SCHEMA, DELTA_SIG, IMPORT_DIR, MANIFEST, MANIFEST_LIMIT, MANIFEST_SCHEMA, SIGNATURE, BundleError, DestDir,
     _hash_exactly, _stat_key, canonical, checkpoint_manifests, human, kind_of, manifest_files, read_bounded, sign,
-    walk_files, write_atomic, _create_at, _CLOEXEC)
+    walk_files, _CLOEXEC)
+from ansible_collections.llmops.onprem.plugins.module_utils._files import create_at, write_atomic
 from ansible_collections.llmops.onprem.plugins.module_utils._paths import paths_problem
 
 RECEIPT_SCHEMA = "llmops.onprem.receipt/v1"
@@ -321,7 +322,7 @@ def _copy_in(src, dest_root, rel, e):
         name = os.path.basename(rel)
         fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC)
         with os.fdopen(fd, "rb") as f:
-            out = _create_at(dfd, name + ".partial")
+            out = create_at(dfd, name + ".partial")
             with out:
                 got = _hash_exactly(f, e["size"], out, name=rel)
             if got != e["sha256"]:

@@ -25,6 +25,7 @@ import urllib.error
 from ansible.module_utils.urls import SSLValidationError, open_url
 
 from ansible_collections.llmops.onprem.plugins.module_utils import _progress
+from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
 
 STEPS = ("pods_scheduled", "init_done", "health", "models", "completion", "chat", "sagemaker", "api_key")
 HTTP_STEPS = ("health", "models", "completion", "chat", "sagemaker", "api_key")
@@ -63,7 +64,7 @@ UNREAD_LOG_ROUNDS = 3
 PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
 
 
-class EndpointError(Exception):
+class EndpointError(OnpremError):
     """A failed HTTP step: ``status`` (None when no answer), ``body`` (text, shortened)."""
 
     def __init__(self, message, status=None, body="", details=None, kind=None):

@@ -30,7 +30,9 @@ import threading
 import time
 from urllib.parse import urlencode, urlsplit, quote
 
+from ansible_collections.llmops.onprem.plugins.module_utils import _retry
 from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
+from ansible_collections.llmops.onprem.plugins.module_utils._files import sha256_file, write_atomic
 
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
@@ -54,9 +56,6 @@ _SHA256 = re.compile(r"^sha256:[a-f0-9]{64}$")
 
 # The most of a token service's answer that is read (a token is a few KiB).
 TOKEN_ANSWER_MAX = 64 * 1024
-
-# Transient HTTP statuses worth a retry for idempotent requests.
-_TRANSIENT = (429, 500, 502, 503, 504)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,17 +176,6 @@ def site_reference(ref, site, strict=False):
 # OCI image layout
 
 
-def sha256_file(path, bufsize=4 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(bufsize)
-            if not b:
-                break
-            h.update(b)
-    return "sha256:" + h.hexdigest()
-
-
 class Layout(object):
     """An OCI image layout directory (read only)."""
 
@@ -244,7 +232,7 @@ class Layout(object):
         if actual_size != size:
             raise OnpremError("blob %s in %s is corrupt: %d bytes on disk, the manifest says %d"
                               % (digest, self.path, actual_size, size), kind="corrupt")
-        actual = sha256_file(path)
+        actual = "sha256:" + sha256_file(path)
         if actual != digest:
             raise OnpremError("blob %s in %s is corrupt: its content hashes to %s" % (digest, self.path, actual),
                               kind="corrupt")
@@ -359,6 +347,7 @@ class Registry(object):
             self.ctx.verify_mode = ssl.CERT_NONE
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._sleep = time.sleep
         self._auth = None          # header value once known
         self._bearer = None        # challenge params when the registry wants tokens
         self._token_expiry = 0.0
@@ -429,15 +418,18 @@ class Registry(object):
             raise OnpremError("TLS handshake with https://%s failed: %s" % (netloc, e), kind="tls")
         except (socket.timeout, ConnectionError, http.client.HTTPException, OSError) as e:
             self._drop(netloc)
-            raise OnpremError("cannot talk to https://%s: %s" % (netloc, e), kind="unreachable")
+            raise OnpremError("cannot talk to https://%s: %s" % (netloc, e), kind="unreachable") from e
         if r.getheader("connection", "").lower() == "close":
             self._drop(netloc)
         return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
 
     def request(self, method, url, headers=None, body=None, ok=(200,), retry=True):
-        """One request with auth; retries transient failures when ``retry`` (the body must be bytes)."""
-        attempts = self.retries if retry else 1
-        for attempt in range(attempts):
+        """One request with auth. With ``retry``, a transient failure of an idempotent request (GET, HEAD, PUT,
+        DELETE) is tried again (module_utils/_retry.py); a POST never is: the registry may have opened an upload
+        session or mounted a blob before its answer was lost. The body must be bytes."""
+        tries = _retry.Retry(method, self.retries if retry else 1, sleep=self._sleep)
+        renewed = False
+        while True:
             h = dict(headers or {})
             auth = self._auth_header()
             if auth:
@@ -445,20 +437,18 @@ class Registry(object):
             try:
                 status, rh, data = self._send(method, url, h, body)
             except OnpremError as e:
-                if e.kind == "unreachable" and attempt + 1 < attempts:
-                    time.sleep(0.5 * (2 ** attempt))
+                if tries.again(exc=e):
                     continue
                 raise
-            if status == 401 and self._bearer is not None and attempt + 1 < attempts:
-                self._token_expiry = 0.0  # token expired: fetch a new one and try again
+            if status == 401 and self._bearer is not None and not renewed:
+                # The token expired: a 401 is a refusal (nothing was done), so any request is sent once more.
+                renewed, self._token_expiry = True, 0.0
                 continue
-            if status in _TRANSIENT and attempt + 1 < attempts:
-                time.sleep(0.5 * (2 ** attempt))
+            if status not in ok and tries.again(status=status):
                 continue
             if status not in ok:
                 self._raise(method, url, status, data)
             return status, rh, data
-        raise OnpremError("no answer from %s" % self.netloc, kind="unreachable")  # pragma: no cover
 
     def _raise(self, method, url, status, data):
         path = self._target(url)[1].split("?", 1)[0]
@@ -620,8 +610,9 @@ class Registry(object):
 
     def finish(self, location, digest):
         sep = "&" if "?" in location else "?"
+        # The PUT of a blob by its digest: a transient failure is retried (the blob is the same whichever try lands).
         self.request("PUT", location + sep + urlencode([("digest", digest)]),
-                     headers={"Content-Length": "0"}, body=b"", ok=(201,), retry=False)
+                     headers={"Content-Length": "0"}, body=b"", ok=(201,))
 
     def put_manifest(self, repository, reference, media_type, data):
         _s, h, _d = self.request("PUT", "/v2/%s/manifests/%s" % (self._repo(repository), reference),
@@ -657,13 +648,10 @@ class UploadState(object):
     def save(self, registry, repository, digest, location, offset):
         # Blob uploads run in parallel threads: several may create the directory at once.
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        path = self._path(registry, repository, digest)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(dict(registry=registry, repository=repository, digest=digest, location=location,
-                           offset=offset, updated=time.time()), f)
-        os.replace(tmp, path)
+        # Rewritten after every chunk: no fsync (a state lost in a crash only restarts that blob's upload).
+        write_atomic(self._path(registry, repository, digest), json.dumps(dict(
+            registry=registry, repository=repository, digest=digest, location=location, offset=offset,
+            updated=time.time())).encode(), mode=0o600, fsync=False)
 
     def remove(self, registry, repository, digest):
         try:

@@ -6,7 +6,7 @@ sync, model pull): a small JSON document, replaced atomically, at most every ``i
 plus the final one. Readers (the ``llmops.onprem.progress`` callback, an operator's ``cat``) use
 ``read`` and ``render``. The format is documented in docs/progress.md.
 
-Python 3 standard library only: the model-pull image ships this file next to its script.
+Python 3 standard library only: the model-pull image ships this file (and _files.py) next to its script.
 
 Private to this collection: the API may change without notice.
 """
@@ -14,12 +14,16 @@ Private to this collection: the API may change without notice.
 from __future__ import annotations
 
 import collections
-import errno
 import json
 import os
 import re
 import threading
 import time
+
+try:
+    from ansible_collections.llmops.onprem.plugins.module_utils import _files
+except ImportError:  # in the model-pull image, _files.py lies next to this file (serving/images/build.sh)
+    import _files  # type: ignore[no-redef]  # pylint: disable=import-error
 
 FORMAT = "llmops.onprem.progress/v1"
 STATES = ("running", "done", "failed")
@@ -58,26 +62,9 @@ def utc_now(wall=time.time):
 
 
 def write_atomic(path, data):
-    """Replace ``path`` with ``data`` via ``path + '.tmp'`` and a rename. Whatever sits at the temporary
-    name (a leftover, a planted link) is unlinked first and the new one is created with O_EXCL | O_NOFOLLOW,
-    so a link at either name is replaced, never written through."""
-    tmp = path + ".tmp"
-    try:
-        os.unlink(tmp)
-    except OSError as e:
-        if e.errno != errno.ENOENT:
-            raise
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """The progress file through _files.write_atomic: a link at the file or its temporary name is replaced, never
+    written through; 0o644 less the umask; no fsync (the file is rewritten twice a second)."""
+    _files.write_atomic(path, data, mode=None, fsync=False)
 
 
 class ProgressWriter(object):

@@ -12,7 +12,6 @@ OnpremError, whose ``kind`` tells an unreachable endpoint from a TLS failure fro
 from __future__ import annotations
 
 import http.client
-import random
 import re
 import socket
 import ssl
@@ -20,11 +19,8 @@ import time
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
-from ansible_collections.llmops.onprem.plugins.module_utils import _sigv4
+from ansible_collections.llmops.onprem.plugins.module_utils import _retry, _sigv4
 from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
-
-# Transient HTTP statuses worth a retry for idempotent requests.
-_TRANSIENT = (429, 500, 502, 503, 504)
 
 # S3 bucket naming rules (general purpose buckets).
 _BUCKET_CHARS = re.compile(r"^[a-z0-9.-]+$")
@@ -94,7 +90,7 @@ class Endpoint(object):
         self.timeout = timeout
         self.retries = retries
         self._clock = clock
-        self._sleep = sleep or time.sleep
+        self._sleep = time.sleep if sleep is None else sleep
 
     def with_credential(self, access_key, secret_key):
         """The same endpoint, another credential."""
@@ -133,39 +129,37 @@ class Endpoint(object):
         except ssl.SSLError as e:
             raise OnpremError("TLS handshake with %s failed: %s" % (self.url, e), kind="tls")
         except (socket.timeout, TimeoutError) as e:
-            raise OnpremError("%s did not answer within %s s: %s" % (self.url, self.timeout, e), kind="unreachable")
+            raise OnpremError("%s did not answer within %s s: %s" % (self.url, self.timeout, e), kind="unreachable") from e
         except (OSError, http.client.HTTPException) as e:
             if isinstance(e, http.client.RemoteDisconnected) and self.scheme == "https":
                 raise OnpremError("TLS connection to %s was closed: %s" % (self.url, e), kind="tls")
-            raise OnpremError("cannot connect to %s: %s" % (self.url, e), kind="unreachable")
+            raise OnpremError("cannot connect to %s: %s" % (self.url, e), kind="unreachable") from e
         finally:
             conn.close()
 
     def call(self, method, path, query=None, body=b"", headers=None, ok=(200,), retry=None, region=None):
-        """Sign and send; retry transient failures of idempotent requests with jittered backoff.
-        Returns (status, headers, body) for statuses in ``ok``; raises OnpremError otherwise."""
+        """Sign and send; transient failures of GET and HEAD (``retry``: of this request) are tried again with a
+        jittered backoff (module_utils/_retry.py; a POST never is). A refused connection is an answer (nothing
+        listens there), not a hiccup: it is not retried. Returns (status, headers, body) for statuses in ``ok``;
+        raises OnpremError otherwise."""
         retry = method.upper() in ("GET", "HEAD") if retry is None else retry
-        attempts = 1 + (self.retries if retry else 0)
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
+        tries = _retry.Retry(method, 1 + (self.retries if retry else 0), refused=False, statuses=_retry.S3_TRANSIENT_STATUS,
+                             sleep=self._sleep)
+        while True:
             try:
                 status, headers_out, data = self.send(self.build(method, path, query, body, headers, region))
             except OnpremError as e:
-                # A refused connection is an answer, not a hiccup: only timeouts are retried.
-                if last or e.kind != "unreachable" or "refused" in str(e).lower():
-                    raise
-                self._sleep(min(8.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.5))
-                continue
+                if tries.again(exc=e):
+                    continue
+                raise
             if status in ok:
                 return status, headers_out, data
-            if status in _TRANSIENT and not last:
-                self._sleep(min(8.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.5))
+            if tries.again(status=status):
                 continue
             code, message = _error_from_body(data)
             raise OnpremError("%s %s answered HTTP %s%s%s" % (
                 method.upper(), path, status, (" " + code) if code else "", (": " + message) if message else ""),
                 kind="http", status=status, code=code or str(status))
-        raise OnpremError("unreachable: no attempt made", kind="protocol")  # pragma: no cover
 
     # --- S3 operations ---------------------------------------------------------------------
     def list_buckets(self):

@@ -97,11 +97,14 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
+from ansible_collections.llmops.onprem.plugins.module_utils._files import write_atomic
+
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
-class ImageError(Exception):
-    pass
+class ImageError(OnpremError):
+    KIND = "refused"
 
 
 def ref_problem(ref):
@@ -173,9 +176,7 @@ def apply_prune(layout, keep_refs, gone):
     index_path = os.path.join(layout, "index.json")
     index = read_json(index_path, {"manifests": []})
     index["manifests"] = [m for m in index.get("manifests", []) if m.get("annotations", {}).get(REF_NAME) in keep_refs]
-    with open(index_path + ".tmp", "w") as f:
-        json.dump(index, f, separators=(",", ":"))
-    os.replace(index_path + ".tmp", index_path)
+    write_atomic(index_path, json.dumps(index, separators=(",", ":")).encode())
     for d in gone:
         os.unlink(os.path.join(layout, "blobs", *d.split(":", 1)))
 
@@ -224,10 +225,7 @@ def run(module, p):
         for ref in [d for d in dropped if d in sources]:
             sources.pop(ref)
     if (copied or dropped) and not module.check_mode:
-        with open(sources_path + ".tmp", "w") as f:
-            json.dump(sources, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(sources_path + ".tmp", sources_path)
+        write_atomic(sources_path, json.dumps(sources, indent=1, sort_keys=True).encode() + b"\n")
     after = dict(before)
     after.update((i["ref"], i["digest"] or "(to be copied)") for i in out)
     for d in dropped:

@@ -188,7 +188,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.llmops.onprem.plugins.module_utils._bundle import BundleError, write_atomic
+from ansible_collections.llmops.onprem.plugins.module_utils._bundle import BundleError
+from ansible_collections.llmops.onprem.plugins.module_utils._files import write_atomic
 from ansible_collections.llmops.onprem.plugins.module_utils._bundle_inspect import inspect, listing, sbom_document
 
 SBOM_FILE = "sbom.cdx.json"

@@ -101,7 +101,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmops.onprem.plugins.module_utils._bundle import (
     DELTA, DELTA_SIG, MANIFEST, MEDIA_FILES, SEGMENTS, SEGMENTS_SCHEMA, SEGMENTS_SIG, SIGNATURE, BundleError, canonical,
-    parse_size, plan_segments, read_bounded, read_json, segment_name, sha256_file, sign, walk_files, write_atomic, write_segment)
+    parse_size, plan_segments, read_bounded, read_json, segment_name, sign, walk_files, write_segment)
+from ansible_collections.llmops.onprem.plugins.module_utils._files import sha256_file, write_atomic
 from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter
 
 

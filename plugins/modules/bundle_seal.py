@@ -90,7 +90,8 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmops.onprem.plugins.module_utils._bundle import (
-    MANIFEST, SIGNATURE, BundleError, build_manifest, canonical, read_json, sign, write_atomic)
+    MANIFEST, SIGNATURE, BundleError, build_manifest, canonical, read_json, sign)
+from ansible_collections.llmops.onprem.plugins.module_utils._files import write_atomic
 
 
 def run(p, check_mode):

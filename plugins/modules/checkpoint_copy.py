@@ -101,9 +101,8 @@ import stat
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmops.onprem.plugins.module_utils._checkpoint import (
-    CheckpointError, check_layout, compare_with_manifest, manifest_digest, manifest_from_dir, open_inside, sha256_file)
-
-NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+    CheckpointError, check_layout, compare_with_manifest, manifest_digest, manifest_from_dir, open_inside)
+from ansible_collections.llmops.onprem.plugins.module_utils._files import sha256_file, write_atomic
 
 
 def argument_spec():
@@ -155,18 +154,9 @@ def plan(manifest, state, dest_sha):
 
 def copy_file(src, dest, rel):
     """src/rel to dest/rel: read without leaving src, written to a fresh temporary name without following links."""
-    final = os.path.join(dest, rel)
-    tmp = final + ".llmops-tmp"
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
+    # A checkpoint may hold a file named X.tmp: the temporary name is one no checkpoint file ends with.
     with open_inside(src, rel) as fin:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 8 << 20)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, final)
+        write_atomic(os.path.join(dest, rel), fin, mode=0o644, fsync=False, suffix=".llmops-tmp")
 
 
 def apply(src, dest, copy, remove):

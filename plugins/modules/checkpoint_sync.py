@@ -404,7 +404,7 @@ def main():
         module.fail_json(msg=missing_required_lib("boto3"), exception=str(BOTO3_IMPORT_ERROR))
     try:
         result = run(module.params, module.check_mode)
-    except (OnpremError, CheckpointError) as e:
+    except OnpremError as e:  # CheckpointError too: every error of the collection is an OnpremError
         module.fail_json(msg=str(e), **e.details)
     module.exit_json(**result)
 

@@ -132,6 +132,7 @@ import os
 from ansible_collections.llmops.onprem.plugins.module_utils._checkpoint import (
     CheckpointError, canonical_bytes, check_layout, compare_with_manifest, list_files, load_manifest, manifest_digest,
     manifest_from_dir)
+from ansible_collections.llmops.onprem.plugins.module_utils._files import write_atomic
 
 
 def argument_spec():
@@ -169,10 +170,7 @@ def run(p, check_mode):
         except OSError:
             changed = True
         if changed and not check_mode:
-            tmp = p["write_manifest"] + ".tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, p["write_manifest"])
+            write_atomic(p["write_manifest"], data)
     return dict(changed=changed, files=len(files), bytes=sum(files.values()), hashed=hashed, problems=[],
                 manifest_digest=manifest_digest(manifest) if manifest is not None else "")
 

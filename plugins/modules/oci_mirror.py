@@ -194,6 +194,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.llmops.onprem.plugins.module_utils import _retry
 from ansible_collections.llmops.onprem.plugins.module_utils._oci import (
     Layout, OnpremError, Registry, UploadState, check_site_registry, format_reference, normalize_reference,
     parse_reference, site_repository, upload_blob)
@@ -361,21 +362,28 @@ def run(p, check_mode, stop=None):
     return result
 
 
+def push_blob(reg, state, u, path, chunk_size, stop, on_bytes, upload=upload_blob, tries=None):
+    """upload_blob, tried once more after a transport hiccup part-way, resuming from the offset the registry
+    acknowledged (module_utils/_retry.py): only when the failed try recorded progress, so the POST that opens an
+    upload session is never sent twice for one failure. Returns upload_blob's (bytes sent, resumed-from offset)."""
+    tries = _retry.Retry("PUT", 2) if tries is None else tries
+    while True:
+        before = state.load(reg.host, u["repository"], u["digest"])
+        try:
+            return upload(reg, state, u["repository"], u["digest"], u["size"], path, chunk_size, stop, on_bytes)
+        except OnpremError as e:
+            after = state.load(reg.host, u["repository"], u["digest"])
+            if after is None or after == before or not tries.again(exc=e):
+                raise
+
+
 def _push_and_put(p, pl, images, layout, reg, state, stop, progress, result, head_manifest):
     """The apply half of run: upload, mount, manifests, read-back; the progress file follows it."""
     lock = threading.Lock()
 
     def push(u):
         rec = state.load(reg.host, u["repository"], u["digest"])
-        attempts = 2
-        for attempt in range(attempts):
-            try:
-                sent, resumed = upload_blob(reg, state, u["repository"], u["digest"], u["size"],
-                                            layout.blob_path(u["digest"]), p["chunk_size"] << 20, stop, progress.add)
-                break
-            except OnpremError as e:
-                if e.kind != "unreachable" or attempt + 1 == attempts:
-                    raise
+        sent, resumed = push_blob(reg, state, u, layout.blob_path(u["digest"]), p["chunk_size"] << 20, stop, progress.add)
         with lock:
             result["bytes_moved"] += sent
             if resumed is not None:

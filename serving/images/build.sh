@@ -189,7 +189,8 @@ if [ -z "$output" ] && [ -z "$layout" ]; then
              case $image in
                model-pull) cat "$REPO/serving/model-pull/model_pull.py" "$REPO"/plugins/module_utils/_sigv4.py \
                                "$REPO"/plugins/module_utils/_checkpoint.py "$REPO"/plugins/module_utils/_paths.py \
-                               "$REPO"/plugins/module_utils/_progress.py ;;
+                               "$REPO"/plugins/module_utils/_progress.py "$REPO"/plugins/module_utils/_files.py \
+                               "$REPO"/plugins/module_utils/_errors.py "$REPO"/plugins/module_utils/_retry.py ;;
              esac; } | sha256sum | cut -c1-64)
   if [ -f "$output" ] && [ "$(cat "$output.inputs" 2>/dev/null)" = "$stamp" ]; then
     echo "archive: $output (cached: same inputs)" >&2
@@ -222,6 +223,12 @@ case $image in
     install -m 0644 "$REPO/plugins/module_utils/_paths.py" "$stage/_paths.py"
     # The one progress writer of every long transfer (docs/progress.md).
     install -m 0644 "$REPO/plugins/module_utils/_progress.py" "$stage/_progress.py"
+    # The one file hash and atomic write (_checkpoint.py and _progress.py import it as well).
+    install -m 0644 "$REPO/plugins/module_utils/_files.py" "$stage/_files.py"
+    # The root of the collection's errors (PullError and CheckpointError subclass it).
+    install -m 0644 "$REPO/plugins/module_utils/_errors.py" "$stage/_errors.py"
+    # The one retry helper (transient failures only, jittered backoff).
+    install -m 0644 "$REPO/plugins/module_utils/_retry.py" "$stage/_retry.py"
     args+=(--add "$stage:/opt/llmops/model-pull:0755"
            --symlink /opt/llmops/model-pull/model_pull.py:/usr/local/bin/model-pull
            --entrypoint '["/usr/local/bin/model-pull"]' --user 65534:65534

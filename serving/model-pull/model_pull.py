@@ -14,8 +14,9 @@ DIR/<model>/.lock keeps concurrent pulls on one node from downloading twice; a p
 for it at most --lock-timeout seconds (exit 8 after that), naming the holder. The last line
 printed is MODEL_PATH=DIR/<model>/<digest>. Exit codes: see README.md next to this file.
 
-Standard library only; SigV4 signing, the checkpoint manifest rules (schema, the one path rule) and
-the progress writer are the collection's _sigv4.py, _checkpoint.py and _progress.py, copied next to
+Standard library only; SigV4 signing, the checkpoint manifest rules (schema, digest, the one path rule),
+the file hash and atomic write, the progress writer, the retry helper and the error root are the
+collection's _sigv4.py, _checkpoint.py, _files.py, _progress.py, _retry.py and _errors.py, copied next to
 this file in the image (and found in plugins/module_utils when run from a checkout).
 
 What the store answers is bounded by the manifest: a body longer or shorter than the manifest's
@@ -50,12 +51,15 @@ for _cand in (_HERE, os.path.join(_HERE, "..", "..", "plugins", "module_utils"))
         break
 import _sigv4  # noqa: E402  pylint: disable=wrong-import-position
 import _checkpoint  # noqa: E402  pylint: disable=wrong-import-position
+import _errors  # noqa: E402  pylint: disable=wrong-import-position
+import _files  # noqa: E402  pylint: disable=wrong-import-position
 import _progress  # noqa: E402  pylint: disable=wrong-import-position
+import _retry  # noqa: E402  pylint: disable=wrong-import-position
 
 EXIT_OK, EXIT_USAGE, EXIT_CREDENTIAL, EXIT_NOT_FOUND, EXIT_VERIFY, EXIT_DISK, EXIT_UNREACHABLE = 0, 2, 3, 4, 5, 6, 7
 EXIT_LOCKED = 8                   # another pull on this node held the cache lock past --lock-timeout
-SCHEMA = "llmops.onprem/checkpoint-manifest/v1"
-MANIFEST_KEY = ".llmops/manifest.json"
+SCHEMA = _checkpoint.SCHEMA
+MANIFEST_KEY = _checkpoint.MANIFEST_KEY
 MARKER = ".llmops-verified.json"
 # One ranged GET. Measured here against rclone serve s3: 64 MiB ranges cost the server about 2 s of
 # CPU per 2 GiB, whole-file GETs (or 256 MiB ranges) 3.5 to 5 s, and 16 MiB ranges no less.
@@ -75,7 +79,11 @@ HOLDER_MAX = 512                  # the most read of the holder line in the lock
 CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken")
 
 
-class PullError(Exception):
+class PullError(_errors.OnpremError):
+    """A failed pull; ``code`` is the exit code (README.md)."""
+
+    KIND = "refused"
+
     def __init__(self, code, message):
         super(PullError, self).__init__(message)
         self.code = code
@@ -129,7 +137,8 @@ class S3(object):
 
     def request(self, method, path, query=None, headers=None):
         """Send a signed request; returns the response (body unread). Transport errors -> PullError 7.
-        A dropped keep-alive connection is retried once on a fresh connection."""
+        A dropped keep-alive connection is retried once on a fresh connection, at once: a reconnect of a pooled
+        connection the store closed while idle, not a retry of a failed request (those are _retry.py's)."""
         for attempt in (0, 1):
             req = _sigv4.sign(method, self.host, path, query=query, headers=headers, body=b"",
                               access_key=self.access_key, secret_key=self.secret_key, region=self.region)
@@ -231,7 +240,7 @@ def fetch_manifest(s3, bucket, prefix, digest):
         assert isinstance(manifest, dict) and manifest.get("schema") == SCHEMA and isinstance(manifest.get("files"), list)
     except (ValueError, AssertionError, AttributeError):
         raise PullError(EXIT_VERIFY, "s3://%s/%s is not a checkpoint manifest (%s)" % (bucket, key, SCHEMA))
-    got = hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    got = _checkpoint.manifest_digest(manifest)
     if got != digest:
         raise PullError(EXIT_VERIFY, "the manifest at s3://%s/%s has digest %s, not --digest %s: the prefix holds "
                         "another version of the checkpoint (re-run the checkpoints stage, or fix the digest)"
@@ -291,18 +300,6 @@ def real_dirs(dest, rel):
             os.mkdir(cur, 0o755)
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
-    buf = bytearray(BUF)
-    view = memoryview(buf)
-    with os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW), "rb", buffering=0) as fh:
-        while True:
-            n = fh.readinto(buf)
-            if not n:
-                return h.hexdigest()
-            h.update(view[:n])
-
-
 def cached_ok(dest, manifest, rehash, parallel):
     """Which manifest files the cache already holds verified: (ok paths, stamps of them).
 
@@ -339,7 +336,7 @@ def cached_ok(dest, manifest, rehash, parallel):
     if to_hash:
         log("re-hashing %d cached file(s) without a current verification stamp" % len(to_hash))
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(parallel, len(to_hash)))) as pool:
-            digests = list(pool.map(lambda f: sha256_file(os.path.join(dest, f["path"])), to_hash))
+            digests = list(pool.map(lambda f: _files.sha256_file(os.path.join(dest, f["path"]), BUF, follow=False), to_hash))
         for f, got in zip(to_hash, digests):
             if got == f["sha256"]:
                 ok.append(f["path"])
@@ -350,13 +347,8 @@ def cached_ok(dest, manifest, rehash, parallel):
 
 
 def write_marker(dest, manifest_digest, stamps):
-    tmp = os.path.join(dest, MARKER + ".tmp")
-    unlink_quiet(tmp)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644), "w") as fh:
-        json.dump({"digest": manifest_digest, "boot_id": boot_id(), "files": stamps}, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, os.path.join(dest, MARKER))
+    _files.write_atomic(os.path.join(dest, MARKER), json.dumps(
+        {"digest": manifest_digest, "boot_id": boot_id(), "files": stamps}, sort_keys=True).encode(), mode=None)
 
 
 class Progress(_progress.ProgressWriter):
@@ -530,7 +522,11 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop):
     inline = job.hash_inline(i)
     try:
         pos = off
-        for attempt in range(4):
+        # Transient failures (a dropped connection, a timeout, HTTP 429/500/502/503/504: S3 retries its 500
+        # InternalError) are retried with the collection's one retry helper (_retry.py): at most 4 tries,
+        # jittered exponential backoff.
+        tries = _retry.Retry("GET", 4, statuses=_retry.S3_TRANSIENT_STATUS)
+        while True:
             try:
                 # A retry asks for the rest of the chunk only: the bytes before pos are written (and hashed).
                 headers = {"range": "bytes=%d-%d" % (pos, end - 1)} if length else {}
@@ -549,8 +545,7 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop):
                     if resp.status == 404:
                         raise PullError(EXIT_NOT_FOUND, "s3://%s/%s is in the manifest but not in the bucket "
                                         "(an incomplete upload? re-run the checkpoints stage)" % (bucket, key))
-                    if resp.status in (429, 500, 502, 503, 504) and attempt < 3:
-                        time.sleep(0.5 * 2 ** attempt)
+                    if tries.again(status=resp.status):
                         continue
                     raise PullError(EXIT_UNREACHABLE, "GET s3://%s/%s answered HTTP %s %s" % (bucket, key, resp.status, code or ""))
                 check_answer(s3, bucket, key, job, resp, pos, end)
@@ -583,16 +578,13 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop):
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     raise PullError(EXIT_DISK, "no space left on the cache volume while writing %s" % job.final)
-                if attempt == 3:
-                    raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
                 s3._conn(fresh=True)
-                time.sleep(0.5 * 2 ** attempt)
+                if not tries.again(exc=e):
+                    raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
             except http.client.HTTPException as e:
-                if attempt == 3:
-                    raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
                 s3._conn(fresh=True)
-        else:
-            raise PullError(EXIT_UNREACHABLE, "fetching %s failed" % key)  # pragma: no cover
+                if not tries.again(exc=e):
+                    raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
     except BaseException as e:
         if inline:
             job.hash_lock.release()

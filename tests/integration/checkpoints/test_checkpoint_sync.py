@@ -11,7 +11,7 @@ import time
 from botocore.exceptions import ClientError
 from ckpt_helpers import BUCKET, RO, make_checkpoint, module_process, run_module_process, sync_args
 
-from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint
+from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint, _files
 
 
 def list_open_uploads(s3, prefix):
@@ -50,7 +50,7 @@ def test_first_sync_noop_and_check_mode_through_ansible(s3, ckpt, ansible_sync):
         __import__("hashlib").sha256(body).hexdigest()
     head = s3.client().head_object(Bucket=BUCKET, Key="m1/v1/config.json")
     assert dict((k.lower(), v) for k, v in head["Metadata"].items())["sha256"] == \
-        _checkpoint.sha256_file(os.path.join(ckpt, "config.json"))
+        _files.sha256_file(os.path.join(ckpt, "config.json"))
 
     for check_mode in (True, False):
         again = ansible_sync(args, check=check_mode)
@@ -79,7 +79,7 @@ def test_one_changed_shard_is_uploaded_alone(s3, ckpt, tmp_path):
     assert second["bytes_uploaded"] == os.path.getsize(shard) == second["bytes_to_upload"]
     assert second["manifest_digest"] != first["manifest_digest"]
     remote = dict((f["path"], f["sha256"]) for f in remote_manifest(s3, "m2")[0]["files"])
-    assert remote["model-00002-of-00002.safetensors"] == _checkpoint.sha256_file(shard)
+    assert remote["model-00002-of-00002.safetensors"] == _files.sha256_file(shard)
     third = run_module_process(args, check=True)
     assert not third["changed"]
 
@@ -208,7 +208,7 @@ def test_noop_resync_with_the_same_remote_manifest_makes_no_head(s3, ckpt):
         assert again["skipped_files"] == len(files) and not again["manifest_uploaded"] and again["extra"] == ["extra.bin"]
         assert again["diff"]["before"]["files"]["extra.bin"] == "(size 3, no sha256)"
         assert again["diff"]["before"] == again["diff"]["after"]
-        assert again["diff"]["after"]["files"]["config.json"] == _checkpoint.sha256_file(os.path.join(ckpt, "config.json"))
+        assert again["diff"]["after"]["files"]["config.json"] == _files.sha256_file(os.path.join(ckpt, "config.json"))
     deleted, heads = run_counting(s3, ckpt, "m7", delete=True)
     assert heads == [] and deleted["changed"] and deleted["deleted"] == ["extra.bin"] and deleted["uploaded"] == []
 

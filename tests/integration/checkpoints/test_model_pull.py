@@ -7,7 +7,7 @@ import time
 import pytest
 from ckpt_helpers import RW, fetched_bytes, make_checkpoint, pull, run_module_process, sync_args
 
-from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint
+from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint, _files
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def same_tree(a, b):
     files = _checkpoint.list_files(a)
     assert files == _checkpoint.list_files(b)
     for f in files:
-        assert _checkpoint.sha256_file(os.path.join(a, f)) == _checkpoint.sha256_file(os.path.join(b, f))
+        assert _files.sha256_file(os.path.join(a, f)) == _files.sha256_file(os.path.join(b, f))
 
 
 def test_cold_pull_then_warm_restart_moves_nothing(s3, synced, tmp_path):

@@ -87,3 +87,75 @@ def test_not_a_layout(tmp_path):
     with pytest.raises(OnpremError) as e:
         Layout(str(tmp_path))
     assert str(e.value) == "%s is not an OCI image layout (it needs oci-layout and index.json)" % tmp_path
+
+
+# ---- push_blob: one resume after a transport hiccup, never a second POST for one failure ----------------------
+
+class _State(object):
+    def __init__(self):
+        self.rec = None
+
+    def load(self, registry, repository, digest):
+        return self.rec
+
+
+class _Reg(object):
+    host = "registry.site:5000"
+
+
+def _reset():
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except OSError as e:
+        raise OnpremError("cannot talk to https://registry.site:5000: %s" % e, kind="unreachable") from e
+
+
+def _push(state, steps):
+    from ansible_collections.llmops.onprem.plugins.module_utils import _retry
+    from ansible_collections.llmops.onprem.plugins.modules.oci_mirror import push_blob
+    calls = []
+
+    def upload(reg, st, repository, digest, size, path, chunk_size, stop, on_bytes):
+        calls.append(1)
+        return steps.pop(0)()
+
+    u = dict(repository="r", digest="sha256:" + "e" * 64, size=10)
+    result = push_blob(_Reg(), state, u, "/blob", 1 << 20, None, None, upload=upload,
+                       tries=_retry.Retry("PUT", 2, sleep=lambda s: None))
+    return result, calls
+
+
+def test_push_blob_resumes_once_after_a_reset_that_came_after_recorded_progress():
+    state = _State()
+
+    def progressed_then_reset():
+        state.rec = dict(location="/v2/r/blobs/uploads/u1", offset=4)
+        _reset()
+
+    assert _push(state, [progressed_then_reset, lambda: (6, 4)]) == ((6, 4), [1, 1])
+
+
+def test_push_blob_does_not_try_again_when_the_failure_recorded_nothing():
+    # The POST that opens the upload session failed (or its answer was lost): a second try would POST again.
+    with pytest.raises(OnpremError, match="reset by peer"):
+        _push(_State(), [_reset, lambda: (10, None)])
+
+
+def test_push_blob_gives_up_after_two_tries_and_on_a_non_transient_error():
+    state = _State()
+    n = [0]
+
+    def progressed_then_reset():
+        n[0] += 1
+        state.rec = dict(location="/v2/r/blobs/uploads/u1", offset=n[0])
+        _reset()
+
+    with pytest.raises(OnpremError, match="reset by peer"):
+        _push(state, [progressed_then_reset, progressed_then_reset, lambda: (1, None)])
+
+    def progressed_then_refused_status():
+        state.rec = dict(location="/v2/r/blobs/uploads/u2", offset=9)
+        raise OnpremError("PATCH /v2/r/blobs/uploads/u2 on registry.site:5000: HTTP 400", status=400)
+
+    with pytest.raises(OnpremError, match="HTTP 400"):
+        _push(state, [progressed_then_refused_status, lambda: (1, None)])
