@@ -61,7 +61,7 @@ def site(tmp_path_factory, kube):
     reg.stop()
 
 
-def play(kube, site, expect_rc=0, **extra):
+def play(kube, site, expect_rc=0, playbook=PLAYBOOK, inventory="localhost,", **extra):
     variables = dict(
         image_mirror_registry=site["reg"].host, image_mirror_ca_file=site["reg"].ca,
         image_mirror_pull_user=PULL_USER, image_mirror_pull_password=site["reg"].passwords[PULL_USER],
@@ -74,8 +74,8 @@ def play(kube, site, expect_rc=0, **extra):
     vars_file.write_text(json.dumps(variables))
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_COLLECTIONS_PATH=str(kube.REPO / ".cache" / "collections"),
                ANSIBLE_CONFIG=str(kube.REPO / "ansible.cfg"))
-    p = kube.run([Path(kube.PYTHON).parent / "ansible-playbook", "-i", "localhost,", "-c", "local",
-                  "-e", "ansible_python_interpreter=%s" % kube.PYTHON, "-e", "@%s" % vars_file, PLAYBOOK],
+    p = kube.run([Path(kube.PYTHON).parent / "ansible-playbook", "-i", inventory, "-c", "local",
+                  "-e", "ansible_python_interpreter=%s" % kube.PYTHON, "-e", "@%s" % vars_file, playbook],
                  check=False, env=env, cwd=str(kube.REPO))
     out = p.stdout + p.stderr
     assert p.returncode == expect_rc, out[-8000:]
@@ -123,6 +123,27 @@ def test_pull_check_names_a_missing_mirror(kube, site):
     assert re.search(expected, out), out[-4000:]
     assert "localhost:1" in out and "connection refused" in out
     assert "Likely fix: the node went to the upstream registry instead of the mirror: localhost has no mirror" in out
+
+
+def test_verify_turns_a_missing_mirror_into_its_red_line_with_the_fix(kube, site):
+    """playbooks/verify.yml's pull line (issue 17 item 3, "a node's mirror config removed"): the verify role runs
+    the pull check and reports the node that went upstream as one red line with the fix, in report.json and
+    report.html under the inventory, and exits non-zero after writing them."""
+    play(kube, site, image_mirror_test_check=False)
+    shutil.rmtree(site["hosts_dir"] / LOOPBACK_UPSTREAM)
+    inventory = site["dir"] / ("verify-%s" % uuid.uuid4().hex[:6])
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text(json.dumps({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": kube.PYTHON}}}}))
+    out = play(kube, site, expect_rc=2, playbook=PLAYBOOK.parent / "verify_pull.yml", inventory=inventory / "hosts.yml",
+               image_mirror_check_image=site["images"]["loop"])
+    report = json.loads((inventory / ".private" / "verify" / "report.json").read_text())
+    lines = [line for stage in report["stages"] for line in stage["lines"] if line["stage"] == "image_mirror"]
+    assert [(ln["check"], ln["status"]) for ln in lines] == [("image pull on localhost", "fail")], lines
+    assert site["images"]["loop"] in lines[0]["detail"] and "(upstream)" in lines[0]["detail"], lines
+    assert lines[0]["fix"].startswith("the node went to the upstream registry instead of the mirror: localhost has no mirror"), lines
+    assert "image pull on localhost" in (inventory / ".private" / "verify" / "report.html").read_text()
+    assert "FAIL image_mirror / image pull on localhost" in out
 
 
 def test_pull_check_names_an_image_missing_from_the_registry(kube, site):
