@@ -283,6 +283,19 @@ def unlink_quiet(path):
         pass
 
 
+def cache_dirs(cache_root, model_dir, dest):
+    """Create the cache root, the model's directory and the version's directory. Pulls of the same model start
+    together on a node (two replicas, three init containers): another one may create a directory between this
+    one's look and its mkdir, so an existing directory is taken, after the same check as before (never a link)."""
+    os.makedirs(cache_root, exist_ok=True)
+    for path, what in ((model_dir, "model's directory"), (dest, "checkpoint version's directory")):
+        refuse_link(path, what)
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            refuse_link(path, what)
+
+
 def real_dirs(dest, rel):
     """Create the directories of ``rel`` under ``dest``, replacing any symbolic link on the way by a directory
     (``dest`` is the pull's own: a link planted there is removed, never followed)."""
@@ -704,11 +717,7 @@ def pull(a, env):
     model_dir = os.path.join(a.cache_root, a.model)
     dest = os.path.join(model_dir, a.digest)
     try:
-        os.makedirs(a.cache_root, exist_ok=True)
-        for path, what in ((model_dir, "model's directory"), (dest, "checkpoint version's directory")):
-            refuse_link(path, what)
-            if not os.path.isdir(path):
-                os.mkdir(path, 0o755)
+        cache_dirs(a.cache_root, model_dir, dest)
     except OSError as e:
         raise PullError(EXIT_DISK if e.errno == errno.ENOSPC else EXIT_USAGE, "cannot create %s: %s" % (dest, e))
     try:
