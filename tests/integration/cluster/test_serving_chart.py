@@ -177,8 +177,10 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     wanted = max(200, int(rate * LONG_SECONDS))
     sequences = min(8, -(-wanted // 4000))
     long_tokens = min(4000, -(-wanted // sequences))
-    long_body = {"model": "tiny-served", "prompt": "long", "max_tokens": long_tokens, "temperature": 0, "ignore_eos": True,
-                 "n": sequences, "stream": True, "stream_options": {"include_usage": True}}
+    # vLLM refuses n > 1 with greedy sampling ("n must be 1 when using greedy sampling"): sample, seeded (with
+    # ignore_eos every sequence has exactly max_tokens tokens whatever they are).
+    long_body = {"model": "tiny-served", "prompt": "long", "max_tokens": long_tokens, "temperature": 1.0, "seed": 0,
+                 "ignore_eos": True, "n": sequences, "stream": True, "stream_options": {"include_usage": True}}
     running = threading.Event()
     arrivals = []
 
