@@ -14,11 +14,13 @@ import pytest
 import serving_helpers as sh
 
 RELEASE = "srv"
-DRAIN_SECONDS = 20
+DRAIN_SECONDS = 30
 # The long streamed answer of the SIGTERM step lasts about LONG_SECONDS: past the 3 s preStop wait, inside the
-# drain. Its length in tokens comes from the engine's speed measured just before (a quiet 2-core node streams
-# the tiny model several times faster than one at load 7), within the model's 4096 positions.
+# drain (which leaves room for an engine 3 times slower than measured). Its length in tokens comes from the
+# engine's speed measured just before (a quiet 2-core node streams the tiny model several times faster than one
+# at load 7), within the model's 4096 positions, over SEQUENCES sequences.
 LONG_SECONDS = 10
+SEQUENCES = 8
 
 
 @pytest.fixture(scope="module")
@@ -162,25 +164,24 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     pod_url = "http://%s:8000/v1/completions" % pod.status.pod_ip
     result = {}
     # A fixed length does not fit every machine: 2000 tokens were cut at 1765 by the 20 s drain at load 7, and
-    # 1000 ended 2.4 s after the deletion, inside the 3 s preStop wait, on a quieter node. Measure first.
+    # 1000 ended 2.4 s after the deletion, inside the 3 s preStop wait, on a quieter node. Measure first, in the
+    # shape of the long answer: SEQUENCES sequences side by side (n), which the engine batches. A rate measured on
+    # one sequence (650-770 tokens/s) made 2 x 3844 tokens end 2.2 s after the deletion: two side by side went
+    # almost twice as fast as one. The model has 4096 positions: 4000 tokens at most per sequence.
+    # vLLM refuses n > 1 with greedy sampling ("n must be 1 when using greedy sampling"): sample, seeded (with
+    # ignore_eos every sequence has exactly max_tokens tokens whatever they are).
     # The first answers of a freshly started CPU engine are slow (its kernels warm up): the faster of two is the rate.
+    def body(prompt, tokens):
+        return {"model": "tiny-served", "prompt": prompt, "max_tokens": tokens, "temperature": 1.0, "seed": 0,
+                "ignore_eos": True, "n": SEQUENCES, "stream": True, "stream_options": {"include_usage": True}}
     rates = []
     for prompt in ("rate", "rate again"):
         t_rate = time.monotonic()
-        chunks, usage, done = stream(pod_url, {"model": "tiny-served", "prompt": prompt, "max_tokens": 200, "temperature": 0,
-                                               "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}})
+        chunks, usage, done = stream(pod_url, body(prompt, 200))
         rates.append(usage["completion_tokens"] / max(time.monotonic() - t_rate, 0.01))
     rate = max(rates)
-    # The model has 4096 positions: past 4000 tokens a longer answer takes more sequences (n), which the engine
-    # generates side by side, each more slowly than one alone (a quiet node streams about 700 tokens/s: 4000 tokens
-    # were 5.7 s, and a client thread that got the CPU late read them all at once, before the deletion).
-    wanted = max(200, int(rate * LONG_SECONDS))
-    sequences = min(8, -(-wanted // 4000))
-    long_tokens = min(4000, -(-wanted // sequences))
-    # vLLM refuses n > 1 with greedy sampling ("n must be 1 when using greedy sampling"): sample, seeded (with
-    # ignore_eos every sequence has exactly max_tokens tokens whatever they are).
-    long_body = {"model": "tiny-served", "prompt": "long", "max_tokens": long_tokens, "temperature": 1.0, "seed": 0,
-                 "ignore_eos": True, "n": sequences, "stream": True, "stream_options": {"include_usage": True}}
+    long_tokens = max(200, min(4000, int(rate * LONG_SECONDS / SEQUENCES)))
+    long_body = body("long", long_tokens)
     running = threading.Event()
     arrivals = []
 
@@ -199,8 +200,8 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     t.join(DRAIN_SECONDS + 30)
     assert "r" in result, (result, long_tokens, rates)
     chunks, usage, done = result["r"]
-    assert done and usage["completion_tokens"] == long_tokens * sequences and chunks > 1, (chunks, usage, done, rates)
+    assert done and usage["completion_tokens"] == long_tokens * SEQUENCES and chunks > 1, (chunks, usage, done, rates)
     # Chunks kept coming past the preStop wait (3 s), after SIGTERM: the engine drained the answer, it did not cut it.
     late = [a for a in arrivals if a - t0 >= 3]
-    assert late, (long_tokens, sequences, rates, arrivals[-1] - t0 if arrivals else None)
+    assert late, (long_tokens, rates, arrivals[-1] - t0 if arrivals else None)
     kube.run([kube.HELM, "--kubeconfig", kube.kubeconfig, "-n", ns, "uninstall", RELEASE])
