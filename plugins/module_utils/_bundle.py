@@ -329,6 +329,16 @@ def plan_segments(manifest, segment_size):
     return [s for s in segments if s]
 
 
+def segment_sizes(plan):
+    """The exact size in bytes of each planned segment as write_segment writes it: every member's PAX header
+    and its data padded to the tar block, the two end-of-archive blocks, padded to the tar record."""
+    out = []
+    for members in plan:
+        n = sum(_header_len(m["name"], m["size"]) + _padded(m["size"]) for m in members) + 2 * TAR_BLOCK
+        out.append((n + TAR_RECORD - 1) // TAR_RECORD * TAR_RECORD)
+    return out
+
+
 def segment_name(i):
     return "bundle-%04d.tar" % (i + 1)
 
@@ -393,14 +403,20 @@ def _stat_key(st):
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def free_bytes(path):
+def fs_space(path):
+    """(free bytes for an unprivileged writer, allocation unit in bytes) of the file system that holds
+    ``path``, or that will hold it (the nearest existing parent when it does not exist yet)."""
     while not os.path.exists(path):
         parent = os.path.dirname(path)
         if parent == path:
             break
         path = parent
     st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
+    return st.f_bavail * st.f_frsize, st.f_frsize or st.f_bsize or 1
+
+
+def free_bytes(path):
+    return fs_space(path)[0]
 
 
 def _tar_number(field):

@@ -7,7 +7,8 @@
 optional progress callback, an optional expected size (never more than size + 1 bytes are read) and an
 optional refusal to follow a link. ``write_atomic`` replaces a file by a new temporary file in the same
 folder and a rename; ``write_atomic_at`` does it inside a folder already opened (a ``dir_fd``), which is
-what the bundle import's no-follow destination needs: both are the same code.
+what the bundle import's no-follow destination needs: both are the same code. ``sha256_stored``
+hashes a file after asking the kernel to drop it from the page cache, for a read-back of media.
 
 Python 3 standard library only: the model-pull image ships this file next to its script
 (serving/images/build.sh).
@@ -17,6 +18,7 @@ Private to this collection: the API may change without notice.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -66,6 +68,33 @@ def sha256_file(path, block=BLOCK, progress=None, size=None, follow=True):
     fd = os.open(path, os.O_RDONLY | _CLOEXEC | (0 if follow else _NOFOLLOW))
     with os.fdopen(fd, "rb", buffering=0) as fh:
         return sha256_fileobj(fh, block, progress, size, path)
+
+
+def drop_cached(fd):
+    """Flush the file open at ``fd`` to its storage (fsync) and ask the kernel to drop its pages from the
+    page cache (posix_fadvise POSIX_FADV_DONTNEED), so that the next read comes from the storage. Only clean
+    pages can be dropped, hence the fsync first. Advice only: a file system may ignore it (and a loop device
+    or a FUSE file system has a cache of its own below this one). Returns whether the advice was given."""
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EROFS):  # a file system without fsync: nothing dirty to flush
+            raise
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:  # pragma: no cover - not Linux
+        return False
+    advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return True
+
+
+def sha256_stored(path, block=BLOCK, progress=None):
+    """sha256 hex of the file at ``path`` as its storage holds it: the file is flushed and dropped from the
+    page cache (drop_cached) before it is read, so that a medium that lost what it was given is caught
+    rather than hidden by the copy still in memory."""
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        drop_cached(fd)
+        return sha256_fileobj(fh, block, progress, None, path)
 
 
 def unlink_at(dfd, name):

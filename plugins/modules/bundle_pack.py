@@ -18,8 +18,18 @@ description:
   - C(segments.json) lists every segment (size, sha256) and member, is bound to the manifest by its sha256,
     and is signed with the same key into C(segments.json.sig). C(manifest.json) and its signature are copied
     next to the segments, so the site verifies the signatures before reading a single segment.
+  - Before a byte is written, the free space of O(dest)'s file system (C(statvfs)) is compared with what the pack
+    needs there: the exact size of every segment and table still to write, in the file system's allocation units,
+    less the room of the files of the same name they replace (an interrupted pack's segments). A medium too small
+    is refused, naming O(dest), the bytes needed and the bytes free, with nothing written; check mode refuses it
+    too. A medium that already holds this pack complete needs no room and is not checked.
   - After writing, every segment is read back from O(dest) and its sha256 compared (O(read_back)), so a
-    failing stick is caught on the connected side, not at the site.
+    failing stick is caught on the connected side, not at the site. The read-back does not read the page cache
+    on purpose: each segment is flushed to the medium (C(fsync)) and then dropped from the page cache
+    (C(posix_fadvise) with C(POSIX_FADV_DONTNEED)) before it is read, so the bytes come from the medium.
+    This is advice to the kernel, not a guarantee - a file system may ignore it, and a FUSE file system (for
+    example C(exfat-fuse)), a loop device or the medium's own controller can still serve a read from a cache of
+    their own. To be sure the medium holds the bytes, unplug and reinsert it and run C(playbooks/bundle_verify.yml).
   - Idempotent. When O(dest) already holds the segments of this manifest with the recorded sizes (and, with
     O(read_back), hashes), nothing is written.
   - Files in O(dest) that are not part of this pack are refused rather than deleted (the media is never
@@ -49,11 +59,15 @@ options:
   segment_size:
     description:
       - Largest segment, in bytes or with a unit (C(4095MiB), C(700MiB), C(8MiB)).
-      - The default stays under FAT32's 4 GiB file size limit.
+      - The default stays under FAT32's 4 GiB file size limit. On exFAT, ext4 or XFS a segment may be larger; the
+        number of segments only changes how many files the medium holds (see C(docs/airgap.md)).
     type: str
     default: 4095MiB
   read_back:
-    description: Read every segment back after writing (and on re-runs) and compare its sha256.
+    description:
+      - Read every segment back after writing (and on re-runs) and compare its sha256.
+      - Each segment is flushed and dropped from the page cache before it is read, so the read comes from the
+        medium where the kernel honours the advice (see the description).
     type: bool
     default: true
   progress_file:
@@ -93,6 +107,7 @@ split_files:
   elements: str
 """
 
+import base64
 import hashlib
 import json
 import os
@@ -101,9 +116,12 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmops.onprem.plugins.module_utils._bundle import (
     DELTA, DELTA_SIG, MANIFEST, MEDIA_FILES, SEGMENTS, SEGMENTS_SCHEMA, SEGMENTS_SIG, SIGNATURE, BundleError, canonical,
-    parse_size, plan_segments, read_bounded, read_json, segment_name, sign, walk_files, write_segment)
-from ansible_collections.llmops.onprem.plugins.module_utils._files import sha256_file, write_atomic
-from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter
+    fs_space, parse_size, plan_segments, read_bounded, read_json, segment_name, segment_sizes, sign, walk_files,
+    write_segment)
+from ansible_collections.llmops.onprem.plugins.module_utils._files import sha256_stored, write_atomic
+from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter, human_bytes
+
+SIG_SIZE = len(base64.b64encode(bytes(64))) + 1  # an Ed25519 signature as sign() writes it
 
 
 def _current(dest, manifest_sha256, segment_size, read_back, delta_sha256=None):
@@ -121,7 +139,7 @@ def _current(dest, manifest_sha256, segment_size, read_back, delta_sha256=None):
         p = os.path.join(dest, s["name"])
         if not os.path.isfile(p) or os.path.getsize(p) != s["size"]:
             return None
-        if read_back and sha256_file(p) != s["sha256"]:
+        if read_back and sha256_stored(p) != s["sha256"]:
             return None
     return table
 
@@ -147,6 +165,56 @@ def _delta(src, manifest, manifest_sha256):
     return ddata, hashlib.sha256(ddata).hexdigest(), reduced
 
 
+def _size_on(path):
+    """The size of the regular file at path, 0 when there is none."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    return st.st_size if os.path.isfile(path) and not os.path.islink(path) else 0
+
+
+def _space_needed(dest, writes, block):
+    """The most bytes the pack takes from the free space of dest's file system at any moment, writing
+    ``writes`` ([(name, size, temporary name)], in order) into dest. Each file is written under its temporary
+    name (a leftover there is removed first) and renamed over the one of its name, so while it is written the
+    old file still holds its room; a file already there of the same name gives its room back once replaced.
+    Sizes are counted in whole allocation units (block)."""
+    def units(n):
+        return (n + block - 1) // block * block
+
+    taken = peak = 0 if os.path.isdir(dest) else block  # a new folder takes a unit
+    for name, size, tmp in writes:
+        tmp_old = units(_size_on(os.path.join(dest, tmp)))
+        peak = max(peak, taken - tmp_old + units(size))
+        taken += units(size) - tmp_old - units(_size_on(os.path.join(dest, name)))
+    return peak
+
+
+def _check_space(src, dest, names, plan, manifest_bytes, manifest_sha256, segment_size, delta_sha256):
+    """Refuse, before a byte is written, a medium whose file system lacks the room for this pack: the segments
+    (their exact sizes), the signed tables and their signatures, less what the files they replace free."""
+    sizes = segment_sizes(plan)
+    placeholder = dict(schema=SEGMENTS_SCHEMA, manifest_sha256=manifest_sha256, segment_size=segment_size,
+                       segments=[dict(name=n, size=z, sha256="0" * 64, members=[dict(m, sha256="0" * 64) for m in ms])
+                                 for n, z, ms in zip(names, sizes, plan)])
+    if delta_sha256:
+        placeholder["delta_sha256"] = delta_sha256
+    writes = [(n, z, n + ".partial") for n, z in zip(names, sizes)]
+    writes += [(MANIFEST, manifest_bytes, MANIFEST + ".tmp"), (SIGNATURE, os.path.getsize(os.path.join(src, SIGNATURE)),
+                                                               SIGNATURE + ".tmp")]
+    if delta_sha256:
+        writes += [(n, os.path.getsize(os.path.join(src, n)), n + ".tmp") for n in (DELTA, DELTA_SIG)]
+    writes += [(SEGMENTS, len(canonical(placeholder)), SEGMENTS + ".tmp"), (SEGMENTS_SIG, SIG_SIZE, SEGMENTS_SIG + ".tmp")]
+    free, block = fs_space(dest)
+    need = _space_needed(dest, writes, block)
+    if need > free:
+        raise BundleError("not enough space in %s: the pack needs %s (%d bytes) more, the file system has %s (%d bytes) "
+                          "free. Use a larger medium or free space on it; nothing was written"
+                          % (dest, human_bytes(need), need, human_bytes(free), free))
+    return need
+
+
 def run(p, check_mode):
     src, dest = p["src"], p["dest"]
     data, manifest = read_json(os.path.join(src, MANIFEST), MANIFEST)
@@ -161,6 +229,8 @@ def run(p, check_mode):
             raise BundleError("%s already holds %s, which is not part of this pack: empty the medium or choose another "
                               "destination (bundle_pack never deletes files on the media)" % (dest, foreign[0]))
     table = _current(dest, manifest_sha256, segment_size, p["read_back"], delta_sha256) if os.path.isdir(dest) else None
+    if table is None:
+        _check_space(src, dest, names, plan, len(data), manifest_sha256, segment_size, delta_sha256)
     stale_delta = [n for n in (DELTA, DELTA_SIG) if delta_sha256 is None and os.path.lexists(os.path.join(dest, n))]
     changed = table is None or bool(stale_delta)
     if stale_delta and not check_mode:  # a full pack over an earlier delta's: its delta.json is bundle_pack's own file
@@ -177,8 +247,8 @@ def run(p, check_mode):
                 prog.file_done()
             prog.done()
         if p["read_back"]:
-            for s in segs:
-                got = sha256_file(os.path.join(dest, s["name"]))
+            for s in segs:  # from the medium, not from the page cache: flushed, then dropped from the cache
+                got = sha256_stored(os.path.join(dest, s["name"]))
                 if got != s["sha256"]:
                     raise BundleError("read-back of %s gives sha256 %s, but %s was written: the medium is failing; "
                                       "use another one" % (s["name"], got, s["sha256"]))
