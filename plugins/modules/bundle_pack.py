@@ -19,13 +19,13 @@ description:
     and is signed with the same key into C(segments.json.sig). C(manifest.json) and its signature are copied
     next to the segments, so the site verifies the signatures before reading a single segment.
   - Before a byte is written, the free space of O(dest)'s file system (C(statvfs)) is compared with what the pack
-    needs there: the exact size of every segment and table still to write, in the file system's allocation units,
+    needs there - the exact size of every segment and table still to write, in the file system's allocation units,
     less the room of the files of the same name they replace (an interrupted pack's segments). A medium too small
     is refused, naming O(dest), the bytes needed and the bytes free, with nothing written; check mode refuses it
     too. A medium that already holds this pack complete needs no room and is not checked.
   - After writing, every segment is read back from O(dest) and its sha256 compared (O(read_back)), so a
     failing stick is caught on the connected side, not at the site. The read-back does not read the page cache
-    on purpose: each segment is flushed to the medium (C(fsync)) and then dropped from the page cache
+    on purpose - each segment is flushed to the medium (C(fsync)) and then dropped from the page cache
     (C(posix_fadvise) with C(POSIX_FADV_DONTNEED)) before it is read, so the bytes come from the medium.
     This is advice to the kernel, not a guarantee - a file system may ignore it, and a FUSE file system (for
     example C(exfat-fuse)), a loop device or the medium's own controller can still serve a read from a cache of
