@@ -286,16 +286,24 @@ def _padded(n):
     return (n + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
 
 
-def plan_segments(manifest, segment_size):
+def bootstrap_file(path):
+    """Whether path is one of the files llmops-verify.sh extracts for the controller's bootstrap."""
+    return path == "bootstrap.sh" or path.startswith(("python/", "collections/"))
+
+
+def plan_segments(manifest, segment_size, bootstrap_first=False):
     """Lay the manifest's files out into segments no larger than segment_size bytes (tar
     overhead counted exactly, end-of-archive and record padding included). A file that fits in
     a segment is never split; a larger one fills the current segment and continues in parts.
+    Files go in path order; with bootstrap_first (a pack over several media), the controller's
+    bootstrap files come first, so that medium 1 holds what llmops-verify.sh extracts.
     Returns a list of segments, each a list of members {name, path, part, parts, offset, size}
     (part and parts are 0 for a whole file)."""
     cap = segment_size - 2 * TAR_BLOCK - TAR_RECORD
     if segment_size < 64 * 1024:
         raise BundleError("segment size %d is too small: use at least 64 KiB" % segment_size)
-    files = sorted((e for entries in manifest["files"].values() for e in entries), key=lambda e: e["path"])
+    files = sorted((e for entries in manifest["files"].values() for e in entries),
+                   key=lambda e: (bootstrap_first and not bootstrap_file(e["path"]), e["path"]))
     segments, cur, used = [], [], 0
     for e in files:
         need = _header_len(e["path"], e["size"]) + _padded(e["size"])
@@ -343,6 +351,24 @@ def segment_name(i):
     return "bundle-%04d.tar" % (i + 1)
 
 
+def plan_media(sizes, medium_size, tables):
+    """Cut the planned segments (their exact sizes) into media of at most medium_size bytes, on segment
+    boundaries, each medium also holding the signed tables (``tables`` bytes, an upper bound): the medium
+    number (1-based) of each segment. A segment never spans media; a file's parts may (the import continues it
+    from the next medium)."""
+    media, medium, used = [], 1, tables
+    for i, size in enumerate(sizes):
+        if tables + size > medium_size:
+            raise BundleError("medium_size %s (%d bytes) is too small: segment %s is %s and every medium also carries the signed "
+                              "tables (%s). Use a larger medium_size, or a smaller segment_size"
+                              % (human(medium_size), medium_size, segment_name(i), human(size), human(tables)))
+        if used + size > medium_size:
+            medium, used = medium + 1, tables
+        media.append(medium)
+        used += size
+    return media
+
+
 class _HashingWriter(object):
     def __init__(self, f):
         self.f, self.h, self.n = f, hashlib.sha256(), 0
@@ -373,6 +399,28 @@ class _Slice(object):
         return b
 
 
+class _Discard(object):
+    def write(self, b):
+        return len(b)
+
+
+def _tar_members(raw, src_root, members, progress):
+    hw = _HashingWriter(raw)
+    with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
+        for m in members:
+            with open(os.path.join(src_root, m["path"]), "rb") as f:
+                f.seek(m["offset"])
+                sl = _Slice(f, m["size"], progress)
+                tar.addfile(_member_header(m["name"], m["size"]), sl)
+                m["sha256"] = sl.h.hexdigest()
+    return hw.n, hw.h.hexdigest()
+
+
+def hash_segment(src_root, members, progress=None):
+    """What write_segment returns and fills in, without writing anything: a segment that goes on another medium."""
+    return _tar_members(_Discard(), src_root, members, progress)
+
+
 def write_segment(path, src_root, members, progress=None):
     """Write one standalone tar segment; fill in each member's sha256; return (size, sha256)."""
     tmp = path + ".partial"
@@ -383,18 +431,11 @@ def write_segment(path, src_root, members, progress=None):
     finally:
         os.close(dfd)
     with raw:
-        hw = _HashingWriter(raw)
-        with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
-            for m in members:
-                with open(os.path.join(src_root, m["path"]), "rb") as f:
-                    f.seek(m["offset"])
-                    sl = _Slice(f, m["size"], progress)
-                    tar.addfile(_member_header(m["name"], m["size"]), sl)
-                    m["sha256"] = sl.h.hexdigest()
+        n, digest = _tar_members(raw, src_root, members, progress)
         raw.flush()
         os.fsync(raw.fileno())
     os.replace(tmp, path)
-    return hw.n, hw.h.hexdigest()
+    return n, digest
 
 
 # ---- verification and import ---------------------------------------------------------------
@@ -636,6 +677,32 @@ class DestDir(object):
             _unlink_at(dfd, tmp)
         return f, commit, discard
 
+    def open_partial(self, rel):
+        """(file, commit, discard) for rel.partial left by an earlier run (a file whose parts continue on another
+        medium), opened for reading and appending, never through a link; None when there is none."""
+        dfd, name = self._split(rel)
+        if dfd is None:
+            return None
+        tmp = name + ".partial"
+        try:
+            fd = os.open(tmp, os.O_RDWR | _NOFOLLOW | _CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise self.link_error(rel + ".partial")
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self.link_error(rel + ".partial")
+
+        def commit():
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+        def discard():
+            _unlink_at(dfd, tmp)
+        return os.fdopen(fd, "r+b"), commit, discard
+
     def commit_partial(self, rel):
         """Rename rel.partial (written by create) to rel."""
         dfd, name = self._split(rel, create=True)
@@ -703,6 +770,9 @@ class Importer(object):
         self.d = None
         self.delta, self.delta_sha256 = None, None
         self.held_in_place, self.moved = [], []
+        # A bundle spread over several media (segments.json's media): which the source holds, which are still needed.
+        self.media, self.media_here, self.media_missing, self.continued, self.parts_only = 1, [1], [], [], []
+        self.seg_medium, self._parts = {}, {}
 
     # -- step 1: signatures and listing (nothing read beyond the control files)
     def load(self):
@@ -734,6 +804,7 @@ class Importer(object):
                                   "delta. Refusing the bundle; nothing was installed"
                                   % ("a delta" if self.table.get("delta_sha256") else "the full bundle",
                                      "a delta (delta.json)" if self.delta else "no delta.json"))
+            self._load_media()
             self._check_media_listing()
         else:
             self._check_dir_listing()
@@ -813,6 +884,28 @@ class Importer(object):
             raise BundleError("%s is %d bytes on the media, %s says %d: the file was replaced or damaged. "
                               "Refusing the bundle; nothing was installed" % (name, got, where, want))
 
+    def _load_media(self):
+        """Which medium holds each segment (segments.json's media and each segment's medium; a table without them
+        is one medium), and which media the source holds: those with at least one of their segments there."""
+        segs = self.table.get("segments")
+        media = self.table.get("media", 1)
+        if not isinstance(segs, list) or not isinstance(media, int) or media < 1 or not all(
+                isinstance(s, dict) and isinstance(s.get("medium", 1), int) and 1 <= s.get("medium", 1) <= media for s in segs):
+            raise BundleError("the signed segments.json is unusable: its media and each segment's medium must be numbers from 1 to "
+                              "its media count. Refusing the bundle; nothing was installed")
+        self.media = media
+        self.seg_medium = {s["name"]: s.get("medium", 1) for s in segs}
+        for s in segs:
+            for m in s["members"]:
+                self._parts.setdefault(m["path"], []).append((s.get("medium", 1), m))
+        if media == 1:
+            return
+        here = sorted(set(self.seg_medium[s["name"]] for s in segs if os.path.lexists(os.path.join(self.src, s["name"]))))
+        if not here:
+            raise BundleError("%s holds none of the segments of bundle %s, which is spread over %d media: mount one of its media "
+                              "there. Refusing the bundle; nothing was installed" % (self.src, self.manifest_sha256[:16], media))
+        self.media_here = here
+
     def _check_media_listing(self):
         segs = self.table.get("segments", [])
         names = [s["name"] for s in segs]
@@ -822,8 +915,14 @@ class Importer(object):
             raise BundleError("unlisted file %s on the media: it is not in the signed segments.json. "
                               "Refusing the bundle; nothing was installed" % unlisted[0])
         for s in segs:
+            if self.seg_medium[s["name"]] not in self.media_here:
+                continue
             p = os.path.join(self.src, s["name"])
             if not os.path.lexists(p):
+                if self.media > 1:
+                    raise BundleError("missing segment %s (%d of %d, %s) of medium %d of %d: copy it onto the medium. Refusing the "
+                                      "bundle; nothing was installed" % (s["name"], names.index(s["name"]) + 1, len(names),
+                                                                         human(s["size"]), self.seg_medium[s["name"]], self.media))
                 raise BundleError("missing segment %s (%d of %d, %s): copy it onto the media. Refusing the bundle; nothing was installed"
                                   % (s["name"], names.index(s["name"]) + 1, len(names), human(s["size"])))
             size = os.lstat(p).st_size
@@ -960,8 +1059,10 @@ class Importer(object):
     def run(self):
         self.load()
         if not self.dest:
+            here = sum(e["size"] for k, e in (x for v in self._parts.values() for x in v) if k in self.media_here) \
+                if self.segmented else sum(e["size"] for e in self.media_files.values())
             self._prog = ProgressWriter(self.progress_file, "bundle_verify", self.src, phase="verify",
-                                        bytes_total=sum(e["size"] for e in self.media_files.values()), files_total=len(self.media_files))
+                                        bytes_total=here, files_total=len(self.media_files))
             try:
                 with self._prog:
                     if self.segmented:
@@ -971,6 +1072,7 @@ class Importer(object):
                     self._prog.done()
             finally:
                 self._close_journal()
+            self.media_missing = self._media_missing({})
             return self.result(changed=False)
         self.d = DestDir(self.dest, create=False)
         try:
@@ -982,6 +1084,7 @@ class Importer(object):
     def _import(self):
         present = self.d.scan()  # refuses a link anywhere in the destination before anything is written
         self._check_rollback()
+        self._check_media_record()
         state = {} if self.reverify else self._load_state()
         was_imported = self.already_imported()
         in_place = self._in_place(state)
@@ -1012,6 +1115,7 @@ class Importer(object):
             self.moved = sorted(p for p, cands in sources.items() if cands[0] != p)
             self.held_in_place = sorted(p for p, cands in sources.items() if cands[0] == p)
             self.removed = [p for p in present if self._stale(p)]
+            self.media_missing = [k for k in self._media_missing(in_place) if k not in self.media_here]
             return self.result(changed=True)
         held_bytes = sum(e["size"] for e in held.values())
         prog = self._prog = ProgressWriter(self.progress_file, "bundle_import", "%s -> %s" % (self.src, self.dest),
@@ -1034,6 +1138,13 @@ class Importer(object):
                 self._run_dir(done, prog)
             self._close_journal()
             prog.done()
+        self.media_missing = self._media_missing(done)
+        if self.media_missing:  # the other media still to come: what is verified is recorded, nothing counts as imported
+            self._save_state(done)
+            self.d.write_atomic(self.MEDIA_RECORD, json.dumps({
+                "manifest_sha256": self.manifest_sha256, "created": _created(self.manifest), "media": self.media,
+                "media_missing": self.media_missing}, sort_keys=True).encode() + b"\n")
+            return self.result(changed=True)
         self._save_state(done)
         for name, (m, digest) in self.checkpoints.items():
             self.d.write_atomic("%s/checkpoints/%s.json" % (IMPORT_DIR, name), canonical_bytes(m))
@@ -1043,6 +1154,7 @@ class Importer(object):
         self.d.write_atomic(self.RECORD, json.dumps({"manifest_sha256": self.manifest_sha256, "created": _created(self.manifest)},
                                                     sort_keys=True).encode() + b"\n")
         self.d.write_atomic(self.DONE, self.manifest_bytes)
+        self.d.unlink(self.MEDIA_RECORD)
         self.imported = True
         return self.result(changed=bool(self.copied) or bool(self.moved) or bool(self.removed) or not was_imported)
 
@@ -1233,9 +1345,43 @@ class Importer(object):
                 h = _hash_exactly(f, size, out[0] if out else None, prog, path)
             self._finish_file(path, h, out, done)
 
+    def _continue(self, path, m):
+        """(dest triple, hasher) to go on with a file whose earlier parts lie on another medium: the partial file an
+        earlier run left in dest, each of its parts hashed again against segments.json (it may have changed since),
+        positioned at its end. (None, None) when there is none to continue (verify only, no partial, or one that does not
+        match: it is removed, and the earlier medium is asked for again); this part is then only verified."""
+        if not self._writing():
+            return None, None
+        out = self.d.open_partial(path)
+        if out is None:
+            return None, None
+        f = out[0]
+        whole = hashlib.sha256()
+        ok = os.fstat(f.fileno()).st_size == m["offset"]
+        for dummy, e in sorted(self._parts[path], key=lambda x: x[1]["part"]):
+            if not ok or e["offset"] >= m["offset"]:
+                break
+            part_h, left = hashlib.sha256(), e["size"]
+            while left:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                part_h.update(chunk)
+                whole.update(chunk)
+            ok = not left and part_h.hexdigest() == e["sha256"]
+        if not ok:
+            f.close()
+            out[2]()
+            return None, None
+        f.seek(0, os.SEEK_END)
+        return out, whole
+
     def _run_segments(self, done, prog):
-        open_file = {}  # path -> (dest triple or None, hasher) while its parts arrive
+        open_file = {}  # path -> (dest triple or None, hasher or None) while its parts arrive
         for s in self.table["segments"]:
+            if self.seg_medium.get(s["name"], 1) not in self.media_here:
+                continue
             expected = {m["name"]: m for m in s["members"]}
             seen = []
             try:
@@ -1264,9 +1410,12 @@ class Importer(object):
                         continue
                     if m["part"] <= 1:
                         open_file[path] = (self._open_dest(path), hashlib.sha256())
-                    if path not in open_file:
-                        raise BundleError("segment %s starts in the middle of %s: an earlier segment is missing or out of order"
-                                          % (s["name"], path))
+                    elif path not in open_file:
+                        before = [k for k, e in self._parts[path] if e["part"] == m["part"] - 1]
+                        if not before or before[0] in self.media_here:
+                            raise BundleError("segment %s starts in the middle of %s: an earlier segment is missing or out of order"
+                                              % (s["name"], path))
+                        open_file[path] = self._continue(path, m)  # its earlier parts are on another medium
                     out, whole = open_file[path]
                     part_h = hashlib.sha256()
                     left = size
@@ -1275,7 +1424,8 @@ class Importer(object):
                             b = tar.read(min(CHUNK, left))
                             left -= len(b)
                             part_h.update(b)
-                            whole.update(b)
+                            if whole is not None:
+                                whole.update(b)
                             if out is not None:
                                 out[0].write(b)
                             prog(len(b))
@@ -1290,10 +1440,74 @@ class Importer(object):
                                           "Refusing the bundle; nothing was installed" % (name, s["name"], m["sha256"], part_h.hexdigest()))
                     if m["part"] == m["parts"]:
                         del open_file[path]
-                        self._finish_file(path, whole.hexdigest(), out, done)
+                        if whole is None:  # its earlier parts are on a medium not here (or to import again)
+                            self.parts_only.append(path)
+                        else:
+                            self._finish_file(path, whole.hexdigest(), out, done)
             missing = [n for n in expected if n not in seen]
             if missing:
                 raise BundleError("segment %s lacks %s: the segment is truncated or damaged" % (s["name"], missing[0]))
+        for path, (out, whole) in sorted(open_file.items()):  # continued on a later medium: kept as path.partial
+            if whole is None:
+                self.parts_only.append(path)
+            if out is not None:
+                out[0].flush()
+                os.fsync(out[0].fileno())
+                out[0].close()
+                self.continued.append(path)
+
+    def _media_missing(self, done):
+        """The media still needed: without dest, those not here; with it, those that hold a part of a file not yet
+        verified in dest, past what its partial file (left by an earlier medium) holds."""
+        if self.media == 1:
+            return []
+        if not self.dest:
+            return sorted(set(range(1, self.media + 1)) - set(self.media_here))
+        need = set()
+        for path in self.media_files:
+            if path in done:
+                continue
+            st = self.d.lstat(path + ".partial") if self._parts.get(path) else None
+            held = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
+            if held not in [e["offset"] for dummy, e in self._parts.get(path, [])]:
+                held = 0
+            need.update(k for k, e in self._parts.get(path, []) if e["offset"] + e["size"] > held)
+        return sorted(need)
+
+    MEDIA_RECORD = IMPORT_DIR + "/media.json"
+
+    def _check_media_record(self):
+        """Refuse, before anything is written, a bundle other than the one whose import over several media is under way."""
+        try:
+            rec = json.loads((self.d.read(self.MEDIA_RECORD, 64 * 1024) or b"null").decode("utf-8"))
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict) or rec.get("manifest_sha256") == self.manifest_sha256:
+            return
+        raise BundleError(
+            "%s is in the middle of importing bundle %s (created %s, spread over %s media, still needing medium %s); %s holds "
+            "medium %s of another bundle, %s (created %s). Insert the next medium of bundle %s, or, to give that import up, "
+            "remove %s and run again. Nothing was written"
+            % (self.dest, str(rec.get("manifest_sha256"))[:16], rec.get("created"), rec.get("media"),
+               ", ".join(str(x) for x in rec.get("media_missing") or []) or "?", self.src,
+               ", ".join(str(x) for x in self.media_here), self.manifest_sha256[:16], self.manifest.get("created"),
+               str(rec.get("manifest_sha256"))[:16], os.path.join(self.dest, self.MEDIA_RECORD)))
+
+    def media_message(self):
+        if self.media == 1:
+            return None
+
+        def nums(xs):
+            return ("medium " if len(xs) == 1 else "media ") + ", ".join(str(x) for x in xs)
+        if not self.media_missing:
+            return "all %d media %s" % (self.media, "imported" if self.imported else "verified")
+        if not self.dest:
+            return ("%s of %d verified (every segment there, every part against the signed sha256); %s hold%s the rest of "
+                    "the bundle: verify %s too" % (nums(self.media_here), self.media, nums(self.media_missing),
+                                                   "s" if len(self.media_missing) == 1 else "", "it" if len(self.media_missing) == 1 else "them"))
+        return ("%s of %d %s into %s; insert medium %d of %d at %s and run the import again (still needed: %s)"
+                % (nums(self.media_here), self.media, "checked (check mode)" if self.check_mode else "imported", self.dest,
+                   self.media_missing[0], self.media, self.src, nums(self.media_missing)))
 
     def result(self, changed):
         kinds = {k: {"files": len(v), "bytes": sum(e["size"] for e in v)} for k, v in self.manifest["files"].items()}
@@ -1315,6 +1529,10 @@ class Importer(object):
             "files_removed": self.removed,
             "bytes_copied": self.bytes_copied,
             "segmented": self.segmented,
+            "media": self.media,
+            "media_here": self.media_here,
+            "media_missing": self.media_missing,
+            "media_message": self.media_message(),
             "delta": None if self.delta is None else {
                 "base": self.delta.get("base"), "carried": len(self.media_files),
                 "carried_bytes": sum(e["size"] for e in self.media_files.values()),

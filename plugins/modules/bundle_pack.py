@@ -34,6 +34,13 @@ description:
     O(read_back), hashes), nothing is written.
   - Files in O(dest) that are not part of this pack are refused rather than deleted (the media is never
     cleaned up behind your back).
+  - With O(medium_size) the segments are spread over several media (a bundle larger than one stick). The segments are
+    planned as without it (the controller's bootstrap files first, so that medium 1 holds what C(llmops-verify.sh)
+    extracts), then cut into media on segment boundaries - a segment never spans media, a split file's parts may. Every
+    medium also carries C(manifest.json), C(segments.json) (which records the medium of each segment and the number of
+    media), their signatures and the delta files, so each verifies by itself. One run writes one medium, O(medium),
+    into O(dest) (the free-space check counts that medium's segments only); each run reads the whole bundle, because the
+    signed C(segments.json) - the same on every medium - names every segment's sha256. See C(docs/airgap.md).
   - A delta directory (C(delta.json) beside the manifest, written by M(llmops.onprem.bundle_delta)) is packed
     the same way with only its carried files; C(delta.json) and its signature go next to the segments and
     C(segments.json) names the delta's sha256, so the site cannot mix a delta's segments with a full bundle's.
@@ -63,6 +70,18 @@ options:
         number of segments only changes how many files the medium holds (see C(docs/airgap.md)).
     type: str
     default: 4095MiB
+  medium_size:
+    description:
+      - Spread the pack over several media of at most this size each, in bytes or with a unit (C(57GiB) for a 64 GB stick -
+        leave room for the file system). The signed tables, which every medium carries, are counted in it.
+      - A segment larger than O(medium_size) less the tables is refused, naming it (use a smaller O(segment_size)).
+      - Unset, one medium holds the whole pack (as before; C(segments.json) then names no media).
+    type: str
+  medium:
+    description:
+      - Which medium (1 to the returned RV(media)) this run writes into O(dest), with O(medium_size). Default V(1).
+      - O(dest) must hold nothing of another medium (files that are not this medium's are refused, never deleted).
+    type: int
   read_back:
     description:
       - Read every segment back after writing (and on re-runs) and compare its sha256.
@@ -87,15 +106,45 @@ EXAMPLES = r"""
     src: /srv/bundles/site-a
     dest: /media/usb
     private_key: "{{ inventory_dir }}/.private/bundle/signing-key.pem"
+
+- name: Write medium 2 of a bundle spread over 64 GB sticks
+  llmops.onprem.bundle_pack:
+    src: /srv/bundles/site-a
+    dest: /media/usb
+    private_key: "{{ inventory_dir }}/.private/bundle/signing-key.pem"
+    medium_size: 57GiB
+    medium: 2
 """
 
 RETURN = r"""
 segments:
-  description: The segments with size and sha256.
+  description: Every segment of the pack with size, sha256 and the medium that holds it (size and sha256 are null in check mode).
   returned: always
   type: list
   elements: dict
-  sample: [{name: bundle-0001.tar, size: 4293918720, sha256: 4a1c...}]
+  sample: [{name: bundle-0001.tar, size: 4293918720, sha256: 4a1c..., members: 3, medium: 1}]
+media:
+  description: How many media the pack takes (1 without O(medium_size)).
+  returned: always
+  type: int
+medium:
+  description: The medium this run wrote (1 without O(medium_size)).
+  returned: always
+  type: int
+medium_segments:
+  description: The segments this medium holds.
+  returned: always
+  type: list
+  elements: str
+medium_bytes:
+  description: Total size of this medium's segments.
+  returned: always
+  type: int
+media_spanning:
+  description: Files whose parts lie on more than one medium (the import continues them from the next medium).
+  returned: always
+  type: list
+  elements: str
 bytes:
   description: Total size of the segments.
   returned: always
@@ -116,26 +165,28 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmops.onprem.plugins.module_utils._bundle import (
     DELTA, DELTA_SIG, MANIFEST, MEDIA_FILES, SEGMENTS, SEGMENTS_SCHEMA, SEGMENTS_SIG, SIGNATURE, BundleError, canonical,
-    fs_space, parse_size, plan_segments, read_bounded, read_json, segment_name, segment_sizes, sign, walk_files,
-    write_segment)
+    VERIFY_SCRIPT, fs_space, hash_segment, parse_size, plan_media, plan_segments, read_bounded, read_json, segment_name,
+    segment_sizes, sign, walk_files, write_segment)
 from ansible_collections.llmops.onprem.plugins.module_utils._files import sha256_stored, write_atomic
 from ansible_collections.llmops.onprem.plugins.module_utils._progress import ProgressWriter, human_bytes
 
 SIG_SIZE = len(base64.b64encode(bytes(64))) + 1  # an Ed25519 signature as sign() writes it
 
 
-def _current(dest, manifest_sha256, segment_size, read_back, delta_sha256=None):
-    """The existing pack in dest when it is complete for this manifest (and delta), else None."""
+def _current(dest, manifest_sha256, segment_size, read_back, delta_sha256=None, medium_size=None, medium=1):
+    """The existing pack in dest when it is complete for this manifest (and delta, and medium), else None."""
     try:
         dummy, table = read_json(os.path.join(dest, SEGMENTS), SEGMENTS)
     except BundleError:
         return None
     if table.get("manifest_sha256") != manifest_sha256 or table.get("segment_size") != segment_size \
-            or table.get("delta_sha256") != delta_sha256:
+            or table.get("delta_sha256") != delta_sha256 or table.get("medium_size") != medium_size:
         return None
     if delta_sha256 and not os.path.isfile(os.path.join(dest, DELTA)):
         return None
     for s in table.get("segments", []):
+        if s.get("medium", 1) != medium:
+            continue
         p = os.path.join(dest, s["name"])
         if not os.path.isfile(p) or os.path.getsize(p) != s["size"]:
             return None
@@ -191,21 +242,40 @@ def _space_needed(dest, writes, block):
     return peak
 
 
-def _check_space(src, dest, names, plan, manifest_bytes, manifest_sha256, segment_size, delta_sha256):
-    """Refuse, before a byte is written, a medium whose file system lacks the room for this pack: the segments
-    (their exact sizes), the signed tables and their signatures, less what the files they replace free."""
-    sizes = segment_sizes(plan)
-    placeholder = dict(schema=SEGMENTS_SCHEMA, manifest_sha256=manifest_sha256, segment_size=segment_size,
-                       segments=[dict(name=n, size=z, sha256="0" * 64, members=[dict(m, sha256="0" * 64) for m in ms])
-                                 for n, z, ms in zip(names, sizes, plan)])
+def _table(manifest_sha256, segment_size, delta_sha256, medium_size, media, segs):
+    table = dict(schema=SEGMENTS_SCHEMA, manifest_sha256=manifest_sha256, segment_size=segment_size, segments=segs)
     if delta_sha256:
-        placeholder["delta_sha256"] = delta_sha256
-    writes = [(n, z, n + ".partial") for n, z in zip(names, sizes)]
+        table["delta_sha256"] = delta_sha256
+    if medium_size:  # spread over several media: which medium holds each segment (absent: one medium holds all)
+        table.update(medium_size=medium_size, media=max(media or [1]))
+        for s, n in zip(segs, media):
+            s["medium"] = n
+    return table
+
+
+def _placeholder(names, plan, manifest_sha256, segment_size, delta_sha256, medium_size, media):
+    """segments.json as it will be written, with placeholder hashes: its exact size (an upper bound with media)."""
+    sizes = segment_sizes(plan)
+    segs = [dict(name=n, size=z, sha256="0" * 64, members=[dict(m, sha256="0" * 64) for m in ms]) for n, z, ms in zip(names, sizes, plan)]
+    return canonical(_table(manifest_sha256, segment_size, delta_sha256, medium_size, media, segs))
+
+
+def _tables_size(src, manifest_bytes, delta_sha256, placeholder):
+    """Bytes of the signed tables every medium carries (and llmops-verify.sh, copied next to them)."""
+    names = (SIGNATURE, VERIFY_SCRIPT) + ((DELTA, DELTA_SIG) if delta_sha256 else ())
+    return manifest_bytes + len(placeholder) + SIG_SIZE + sum(_size_on(os.path.join(src, n)) for n in names)
+
+
+def _check_space(src, dest, names, plan, mine, manifest_bytes, placeholder, delta_sha256):
+    """Refuse, before a byte is written, a medium whose file system lacks the room for this pack: the segments
+    (their exact sizes) it holds, the signed tables and their signatures, less what the files they replace free."""
+    sizes = segment_sizes(plan)
+    writes = [(names[i], sizes[i], names[i] + ".partial") for i in mine]
     writes += [(MANIFEST, manifest_bytes, MANIFEST + ".tmp"), (SIGNATURE, os.path.getsize(os.path.join(src, SIGNATURE)),
                                                                SIGNATURE + ".tmp")]
     if delta_sha256:
         writes += [(n, os.path.getsize(os.path.join(src, n)), n + ".tmp") for n in (DELTA, DELTA_SIG)]
-    writes += [(SEGMENTS, len(canonical(placeholder)), SEGMENTS + ".tmp"), (SEGMENTS_SIG, SIG_SIZE, SEGMENTS_SIG + ".tmp")]
+    writes += [(SEGMENTS, len(placeholder), SEGMENTS + ".tmp"), (SEGMENTS_SIG, SIG_SIZE, SEGMENTS_SIG + ".tmp")]
     free, block = fs_space(dest)
     need = _space_needed(dest, writes, block)
     if need > free:
@@ -215,22 +285,48 @@ def _check_space(src, dest, names, plan, manifest_bytes, manifest_sha256, segmen
     return need
 
 
+def _media(p, src, names, plan, data, manifest_sha256, segment_size, delta_sha256):
+    """(medium_size or None, the medium number of each segment, this run's medium)."""
+    medium = p.get("medium")
+    if not p.get("medium_size"):
+        if medium not in (None, 1):
+            raise BundleError("medium %s without medium_size: set medium_size (the room on each medium) to spread the bundle "
+                              "over several media" % medium)
+        return None, [1] * len(plan), 1
+    medium_size = parse_size(p["medium_size"])
+    guess = [9999] * len(plan)  # the widest medium numbers: the tables' size is an upper bound
+    tables = _tables_size(src, len(data), delta_sha256,
+                          _placeholder(names, plan, manifest_sha256, segment_size, delta_sha256, medium_size, guess))
+    media = plan_media(segment_sizes(plan), medium_size, tables)
+    medium = medium or 1
+    if not 1 <= medium <= max(media):
+        raise BundleError("medium %d does not exist: this pack takes %d media of %s (medium_size), numbered 1 to %d"
+                          % (medium, max(media), human_bytes(medium_size), max(media)))
+    return medium_size, media, medium
+
+
 def run(p, check_mode):
     src, dest = p["src"], p["dest"]
     data, manifest = read_json(os.path.join(src, MANIFEST), MANIFEST)
     manifest_sha256 = hashlib.sha256(data).hexdigest()
     dummy, delta_sha256, manifest = _delta(src, manifest, manifest_sha256)
     segment_size = parse_size(p["segment_size"])
-    plan = plan_segments(manifest, segment_size)
+    plan = plan_segments(manifest, segment_size, bootstrap_first=bool(p.get("medium_size")))
     names = [segment_name(i) for i in range(len(plan))]
+    medium_size, media, medium = _media(p, src, names, plan, data, manifest_sha256, segment_size, delta_sha256)
+    mine = [i for i, n in enumerate(media) if n == medium]
     if os.path.isdir(dest):
-        foreign = [f for f in walk_files(dest, skip_root=MEDIA_FILES) if f not in names and not f.endswith(".tar.partial")]
+        foreign = [f for f in walk_files(dest, skip_root=MEDIA_FILES)
+                   if f not in [names[i] for i in mine] and not f.endswith(".tar.partial")]
         if foreign:
-            raise BundleError("%s already holds %s, which is not part of this pack: empty the medium or choose another "
-                              "destination (bundle_pack never deletes files on the media)" % (dest, foreign[0]))
-    table = _current(dest, manifest_sha256, segment_size, p["read_back"], delta_sha256) if os.path.isdir(dest) else None
+            raise BundleError("%s already holds %s, which is not part of this pack%s: empty the medium or choose another "
+                              "destination (bundle_pack never deletes files on the media)"
+                              % (dest, foreign[0], (" (medium %d of %d)" % (medium, max(media))) if medium_size else ""))
+    table = _current(dest, manifest_sha256, segment_size, p["read_back"], delta_sha256, medium_size, medium) \
+        if os.path.isdir(dest) else None
     if table is None:
-        _check_space(src, dest, names, plan, len(data), manifest_sha256, segment_size, delta_sha256)
+        _check_space(src, dest, names, plan, mine, len(data),
+                     _placeholder(names, plan, manifest_sha256, segment_size, delta_sha256, medium_size, media), delta_sha256)
     stale_delta = [n for n in (DELTA, DELTA_SIG) if delta_sha256 is None and os.path.lexists(os.path.join(dest, n))]
     changed = table is None or bool(stale_delta)
     if stale_delta and not check_mode:  # a full pack over an earlier delta's: its delta.json is bundle_pack's own file
@@ -239,22 +335,26 @@ def run(p, check_mode):
     if table is None and not check_mode:
         os.makedirs(dest, exist_ok=True)
         segs = []
+        # Every segment is hashed (the signed table, the same on every medium, names them all); only this
+        # medium's are written.
         with ProgressWriter(p["progress_file"], "bundle_pack", "%s -> %s" % (src, dest), phase="write",
                             bytes_total=manifest["totals"]["bytes"], files_total=len(names)) as prog:
-            for name, members in zip(names, plan):
-                size, digest = write_segment(os.path.join(dest, name), src, members, prog)
+            for i, (name, members) in enumerate(zip(names, plan)):
+                if media[i] == medium:
+                    size, digest = write_segment(os.path.join(dest, name), src, members, prog)
+                else:
+                    size, digest = hash_segment(src, members, prog)
                 segs.append(dict(name=name, size=size, sha256=digest, members=members))
                 prog.file_done()
             prog.done()
         if p["read_back"]:
-            for s in segs:  # from the medium, not from the page cache: flushed, then dropped from the cache
+            for i in mine:  # from the medium, not from the page cache: flushed, then dropped from the cache
+                s = segs[i]
                 got = sha256_stored(os.path.join(dest, s["name"]))
                 if got != s["sha256"]:
                     raise BundleError("read-back of %s gives sha256 %s, but %s was written: the medium is failing; "
                                       "use another one" % (s["name"], got, s["sha256"]))
-        table = dict(schema=SEGMENTS_SCHEMA, manifest_sha256=manifest_sha256, segment_size=segment_size, segments=segs)
-        if delta_sha256:
-            table["delta_sha256"] = delta_sha256
+        table = _table(manifest_sha256, segment_size, delta_sha256, medium_size, media, segs)
         tdata = canonical(table)
         for name in (MANIFEST, SIGNATURE) + ((DELTA, DELTA_SIG) if delta_sha256 else ()):
             with open(os.path.join(src, name), "rb") as f:
@@ -262,10 +362,19 @@ def run(p, check_mode):
         write_atomic(os.path.join(dest, SEGMENTS), tdata)
         write_atomic(os.path.join(dest, SEGMENTS_SIG), sign(tdata, p["private_key"]))
     if table is None:  # check mode: the plan without hashes
-        table = dict(segments=[dict(name=n, size=None, sha256=None, members=m) for n, m in zip(names, plan)])
+        table = dict(segments=[dict(name=n, size=None, sha256=None, members=m, medium=k) for n, m, k in zip(names, plan, media)])
     split = sorted(set(m["path"] for s in table["segments"] for m in s["members"] if m["parts"]))
+    here = [s for s in table["segments"] if s.get("medium", 1) == medium]
+    where = {}
+    for s in table["segments"]:
+        for m in s["members"]:
+            where.setdefault(m["path"], set()).add(s.get("medium", 1))
     return dict(changed=changed, bytes=sum(s["size"] or 0 for s in table["segments"]), split_files=split,
-                segments=[dict(name=s["name"], size=s["size"], sha256=s["sha256"], members=len(s["members"])) for s in table["segments"]])
+                segments=[dict(name=s["name"], size=s["size"], sha256=s["sha256"], members=len(s["members"]), medium=s.get("medium", 1))
+                          for s in table["segments"]],
+                media=max(media or [1]), medium=medium, medium_segments=[s["name"] for s in here],
+                medium_bytes=sum(s["size"] or 0 for s in here),
+                media_spanning=sorted(path for path, w in where.items() if len(w) > 1))
 
 
 def main():
@@ -277,6 +386,8 @@ def main():
             segment_size=dict(type="str", default="4095MiB"),
             read_back=dict(type="bool", default=True),
             progress_file=dict(type="path"),
+            medium_size=dict(type="str"),
+            medium=dict(type="int"),
         ),
         supports_check_mode=True,
     )

@@ -22,6 +22,15 @@ description:
     example after the import was killed) skips those files without reading them again. A new bundle imported
     into the same O(dest) (an upgrade) copies only the files whose sha256 changed, and removes from O(dest) the
     files the new bundle no longer lists.
+  - A bundle spread over several media (C(segments.json) names the medium of each segment) is read one medium at a time.
+    O(src) may hold one medium or several (or all); the signed tables are checked first, then every segment of the
+    media it holds. With O(dest), the files those segments complete are imported and recorded (the resume records); a
+    file whose parts go on on a medium not there yet is kept as C(<path>.partial) in O(dest), and the run that brings the
+    next medium hashes that partial file again, part by part, against C(segments.json) before it appends to it. While
+    media are missing the result is C(imported=false) with RV(media_missing) and RV(media_message) naming the next
+    medium to insert; C(.llmops-import/media.json) in O(dest) remembers the bundle, and a medium of another bundle is then
+    refused before anything is written. Without O(dest), each medium verifies by itself (every part against its signed
+    sha256) and RV(media_missing) names the media not verified in this run.
   - The import counts as done only when every file verified; then C(.llmops-import/manifest.json) is written and
     per-model checkpoint manifests land in C(.llmops-import/checkpoints/<model>.json) (what
     M(llmops.onprem.checkpoint_sync) and the in-cluster model-pull read), derived from the signed manifest.
@@ -174,6 +183,27 @@ segmented:
   description: Whether the source held segments.
   returned: success
   type: bool
+media:
+  description: How many media the bundle is spread over (1 for one medium or a directory).
+  returned: success
+  type: int
+media_here:
+  description: The media O(src) holds.
+  returned: success
+  type: list
+  elements: int
+media_missing:
+  description:
+    - The media still needed. With O(dest), the media that hold a part of a file not yet imported (empty once
+      RV(imported) is true); without O(dest), the media O(src) does not hold.
+  returned: success
+  type: list
+  elements: int
+media_message:
+  description: For a bundle over several media, what was done and which medium to insert next; null for one medium.
+  returned: success
+  type: str
+  sample: "medium 1 of 3 imported into /var/lib/llmops/bundle; insert medium 2 of 3 at /media/usb and run the import again (still needed: media 2, 3)"
 delta:
   description:
     - For a delta bundle, its C(base) (as C(delta.json) names it), the files and bytes it C(carried), the files C(held) (taken
