@@ -149,6 +149,9 @@ while read -r h s p; do
       $2 == p { print; next }
       index($2, p ".part-") == 1 && substr($2, length(p) + 7) ~ /^[0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9]$/ { print }
     ' "$work/members" | sort -t "$tab" -k2,2 > "$work/parts"
+    if [ ! -s "$work/parts" ] && grep -q '"media":' "$bundle/segments.json"; then
+      refuse "missing file $p: the signed manifest lists it ($s bytes) but no segment on $bundle holds it. The bundle is spread over several media and the controller bootstrap is on medium 1: run this with medium 1 mounted. Refusing the bundle; nothing was extracted or installed"
+    fi
     [ -s "$work/parts" ] || refuse "missing file $p: the signed manifest lists it ($s bytes) but no segment on $bundle holds it. Copy every segment onto the medium. Refusing the bundle; nothing was extracted or installed"
     while IFS=$tab read -r seg mem; do
       tar -xOf "$bundle/$seg" "$mem" 2>/dev/null || true

@@ -217,8 +217,8 @@ def bundle_sizing(spec, sizes, serving_models=None, segment_size="4095MiB", head
         if out["media"]["fits"]:
             table.append("one medium of %s holds all %d segments" % (_gb(medium), segments))
         elif per:
-            table.append("a medium of %s holds %d segments: use one medium of at least %s (the pack writes every segment "
-                         "to one directory; %d media of this size would hold them)" % (_gb(medium), per, _gb(out["rows"][1]["recommended"]), count))
+            table.append("a medium of %s holds %d segments: spread the pack over %d media of this size (bundle_medium_size, one run "
+                         "per medium) or use one medium of at least %s" % (_gb(medium), per, count, _gb(out["rows"][1]["recommended"])))
         else:
             table.append("a medium of %s is smaller than one segment (%s)" % (_gb(medium), _gb(seg)))
     out["table"] = table

@@ -489,6 +489,11 @@ def inspect(src, public_key, package_licenses=True, deb_scan_limit=DEB_SCAN_LIMI
                           "import, so it cannot be listed alone. Inspect the full bundle it was built from (the bundle id is "
                           "%s), or import the delta and inspect the import directory"
                           % (src, len(imp.media_files), len(imp.files), imp.manifest_sha256))
+    if len(imp.media_here) < imp.media:
+        raise BundleError("%s holds medium %s of a bundle spread over %d media, and inspect reads the whole bundle: copy every "
+                          "medium's segments into one folder (the signed tables are the same on each) and inspect that, or import "
+                          "the media and inspect the import directory"
+                          % (src, ", ".join(str(x) for x in imp.media_here), imp.media))
     r = BundleReader(imp)
     files = imp.files
     claimed = set()

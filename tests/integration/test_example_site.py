@@ -82,8 +82,8 @@ EXPECTED = [
     "registry              9.6 GB          10.6 GB  3 image(s) in the site registry (shared layers counted per image)",
     "object store        157.2 GB         172.9 GB  2 checkpoint(s) (a new version of the weights adds a prefix)",
     "node cache          157.2 GB         172.9 GB  per GPU node: every model served with load: pull",
-    "a medium of 64.0 GB holds 14 segments: use one medium of at least 184.3 GB (the pack writes every segment to one "
-    "directory; 3 media of this size would hold them)",
+    "a medium of 64.0 GB holds 14 segments: spread the pack over 3 media of this size (bundle_medium_size, one run per "
+    "medium) or use one medium of at least 184.3 GB",
 ]
 
 

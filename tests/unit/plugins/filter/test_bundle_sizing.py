@@ -58,8 +58,8 @@ def test_a_streamed_model_needs_no_node_cache_and_media_are_counted():
     assert rows(out)["node cache"] == 10 * GB
     assert out["segments"] == 29  # 123e9 / (4095 * 2^20) = 28.6
     assert out["media"] == {"medium_bytes": 64 * GB, "segments_per_medium": 14, "count": 3, "fits": False}
-    assert out["table"][-1] == ("a medium of 64.0 GB holds 14 segments: use one medium of at least 135.3 GB (the pack writes "
-                                "every segment to one directory; 3 media of this size would hold them)")
+    assert out["table"][-1] == ("a medium of 64.0 GB holds 14 segments: spread the pack over 3 media of this size "
+                                "(bundle_medium_size, one run per medium) or use one medium of at least 135.3 GB")
     s["medium"] = "256 GB"
     assert bundle_sizing(spec(), s)["table"][-1] == "one medium of 256.0 GB holds all 29 segments"
 

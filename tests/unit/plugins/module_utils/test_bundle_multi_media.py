@@ -243,3 +243,12 @@ def test_check_mode_writes_nothing_and_names_the_other_media(bundle, tmp_path):
     dest.mkdir()
     r = imp(bundle["tmp"] / "medium-1", bundle["pub"], dest, check=True)
     assert r["imported"] is False and r["media_missing"] == [2, 3, 4] and os.listdir(str(dest)) == []
+
+
+def test_inspect_wants_the_whole_bundle(bundle):
+    from ansible_collections.llmops.onprem.plugins.module_utils import _bundle_inspect
+    pack_all(bundle)
+    with pytest.raises(B.BundleError) as e:
+        _bundle_inspect.inspect(str(bundle["tmp"] / "medium-1"), bundle["pub"])
+    assert str(e.value).startswith("%s holds medium 1 of a bundle spread over 4 media, and inspect reads the whole bundle: copy every "
+                                   "medium's segments into one folder" % (bundle["tmp"] / "medium-1")), str(e.value)
