@@ -231,9 +231,9 @@ def test_a_medium_of_another_bundle_is_refused_while_one_is_under_way(bundle, tm
     with pytest.raises(B.BundleError) as e:
         imp(tmp_path / "other-2", bundle["pub"], dest)
     msg = str(e.value)
-    assert msg.startswith("%s is in the middle of importing bundle " % dest) and "still needing medium 2, 3, 4); %s holds medium 2 of " \
-        "another bundle" % (tmp_path / "other-2") in msg and msg.endswith("remove %s and run again. Nothing was written"
-                                                                           % (dest / ".llmops-import" / "media.json")), msg
+    assert msg.startswith("%s is in the middle of importing bundle " % dest), msg
+    assert "still needing medium 2, 3, 4); %s holds medium 2 of another bundle" % (tmp_path / "other-2") in msg, msg
+    assert msg.endswith("remove %s and run again. Nothing was written" % (dest / ".llmops-import" / "media.json")), msg
     assert tree(dest) == before
 
 
