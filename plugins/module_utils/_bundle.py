@@ -291,19 +291,35 @@ def bootstrap_file(path):
     return path == "bootstrap.sh" or path.startswith(("python/", "collections/"))
 
 
+# Over several media, files up to this size (image manifests and configs, charts, apt indexes: what bundle_inspect
+# and the preflight's capacity plan read) come right after the bootstrap, so that medium 1 holds them.
+MEDIA_SMALL_FIRST = 16 * 1024 * 1024
+
+
+def media_order(e):
+    """The order of a manifest entry in a pack over several media: the controller's bootstrap, then small files
+    and charts, then the rest (model shards, image layers), each group by path."""
+    if bootstrap_file(e["path"]):
+        return (0, e["path"])
+    if e["size"] <= MEDIA_SMALL_FIRST or e["path"].startswith("charts/"):
+        return (1, e["path"])
+    return (2, e["path"])
+
+
 def plan_segments(manifest, segment_size, bootstrap_first=False):
     """Lay the manifest's files out into segments no larger than segment_size bytes (tar
     overhead counted exactly, end-of-archive and record padding included). A file that fits in
     a segment is never split; a larger one fills the current segment and continues in parts.
-    Files go in path order; with bootstrap_first (a pack over several media), the controller's
-    bootstrap files come first, so that medium 1 holds what llmops-verify.sh extracts.
+    Files go in path order; with bootstrap_first (a pack over several media), in media_order: the
+    controller's bootstrap files first, so that medium 1 holds what llmops-verify.sh extracts, then
+    the small files bundle_inspect reads.
     Returns a list of segments, each a list of members {name, path, part, parts, offset, size}
     (part and parts are 0 for a whole file)."""
     cap = segment_size - 2 * TAR_BLOCK - TAR_RECORD
     if segment_size < 64 * 1024:
         raise BundleError("segment size %d is too small: use at least 64 KiB" % segment_size)
     files = sorted((e for entries in manifest["files"].values() for e in entries),
-                   key=lambda e: (bootstrap_first and not bootstrap_file(e["path"]), e["path"]))
+                   key=media_order if bootstrap_first else (lambda e: e["path"]))
     segments, cur, used = [], [], 0
     for e in files:
         need = _header_len(e["path"], e["size"]) + _padded(e["size"])

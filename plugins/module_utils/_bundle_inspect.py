@@ -182,6 +182,12 @@ class BundleReader(object):
             yield f, size
             return
         for dummy, seg, member, msize in sorted(self._parts.get(path, [])):
+            medium = self.imp.seg_medium.get(seg, 1)
+            if medium not in self.imp.media_here:
+                raise BundleError("%s lies (in %s) on medium %d of the %d this bundle is spread over, and %s holds medium %s: inspect "
+                                  "reads it. Mount medium %d there, or copy every medium's segments into one folder (the signed tables "
+                                  "are the same on each) and inspect that"
+                                  % (path, seg, medium, self.imp.media, self.src, ", ".join(str(x) for x in self.imp.media_here), medium))
             at = self._segment_offsets(seg).get(member)
             if at is None or at[1] != msize:
                 raise BundleError("segment %s does not hold %s as segments.json says. Refusing the bundle" % (seg, member))
@@ -489,11 +495,6 @@ def inspect(src, public_key, package_licenses=True, deb_scan_limit=DEB_SCAN_LIMI
                           "import, so it cannot be listed alone. Inspect the full bundle it was built from (the bundle id is "
                           "%s), or import the delta and inspect the import directory"
                           % (src, len(imp.media_files), len(imp.files), imp.manifest_sha256))
-    if len(imp.media_here) < imp.media:
-        raise BundleError("%s holds medium %s of a bundle spread over %d media, and inspect reads the whole bundle: copy every "
-                          "medium's segments into one folder (the signed tables are the same on each) and inspect that, or import "
-                          "the media and inspect the import directory"
-                          % (src, ", ".join(str(x) for x in imp.media_here), imp.media))
     r = BundleReader(imp)
     files = imp.files
     claimed = set()

@@ -35,8 +35,9 @@ description:
   - Files in O(dest) that are not part of this pack are refused rather than deleted (the media is never
     cleaned up behind your back).
   - With O(medium_size) the segments are spread over several media (a bundle larger than one stick). The segments are
-    planned as without it (the controller's bootstrap files first, so that medium 1 holds what C(llmops-verify.sh)
-    extracts), then cut into media on segment boundaries - a segment never spans media, a split file's parts may. Every
+    planned as without it, in another order - the controller's bootstrap files first (medium 1 holds what
+    C(llmops-verify.sh) extracts), then files of at most 16 MiB and charts (what M(llmops.onprem.bundle_inspect) and the
+    preflight read), then the rest - and cut into media on segment boundaries - a segment never spans media, a split file's parts may. Every
     medium also carries C(manifest.json), C(segments.json) (which records the medium of each segment and the number of
     media), their signatures and the delta files, so each verifies by itself. One run writes one medium, O(medium),
     into O(dest) (the free-space check counts that medium's segments only); each run reads the whole bundle, because the

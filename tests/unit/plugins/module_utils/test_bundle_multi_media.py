@@ -245,10 +245,35 @@ def test_check_mode_writes_nothing_and_names_the_other_media(bundle, tmp_path):
     assert r["imported"] is False and r["media_missing"] == [2, 3, 4] and os.listdir(str(dest)) == []
 
 
-def test_inspect_wants_the_whole_bundle(bundle):
+def test_small_files_come_after_the_bootstrap_and_before_large_ones():
+    entries = [dict(path=p, size=z) for p, z in (("images/blobs/sha256/layer", 20 * 2 ** 20), ("charts/big.tgz", 20 * 2 ** 20),
+                                                 ("images/index.json", 300), ("bootstrap.sh", 10), ("models/m/shard", 5 * 2 ** 30),
+                                                 ("models/m/config.json", 100), ("python/x.whl", 30 * 2 ** 20))]
+    plan = B.plan_segments({"files": {"all": entries}}, 4095 * 2 ** 20, bootstrap_first=True)
+    assert [m["path"] for s in plan for m in s if m["part"] <= 1] == [
+        "bootstrap.sh", "python/x.whl", "charts/big.tgz", "images/index.json", "models/m/config.json", "images/blobs/sha256/layer",
+        "models/m/shard"]
+
+
+def test_inspect_reads_a_medium_and_names_the_one_it_lacks(bundle, tmp_path):
     from ansible_collections.llmops.onprem.plugins.module_utils import _bundle_inspect
-    pack_all(bundle)
+    root = seal(tmp_path, {"python/x.whl": os.urandom(500 * 1024), "bootstrap.sh": b"#!/bin/sh\n",
+                           "charts/c/Chart.yaml": b"apiVersion: v2\nname: c\nversion: 1.0.0\n"}, name="charted")
+    assert pack(bundle, 1, dest=tmp_path / "c-1", root=root)["media"] == 2  # the wheel fills medium 1
+    pack(bundle, 2, dest=tmp_path / "c-2", root=root)
     with pytest.raises(B.BundleError) as e:
-        _bundle_inspect.inspect(str(bundle["tmp"] / "medium-1"), bundle["pub"])
-    assert str(e.value).startswith("%s holds medium 1 of a bundle spread over 4 media, and inspect reads the whole bundle: copy every "
-                                   "medium's segments into one folder" % (bundle["tmp"] / "medium-1")), str(e.value)
+        _bundle_inspect.inspect(str(tmp_path / "c-1"), bundle["pub"], package_licenses=False)
+    assert str(e.value).startswith("charts/c/Chart.yaml lies (in bundle-0003.tar) on medium 2 of the 2 this bundle is spread over, "
+                                   "and %s holds medium 1: inspect reads it. Mount medium 2 there" % (tmp_path / "c-1")), str(e.value)
+    # Every medium in one folder: inspected as one medium is.
+    both = tmp_path / "both"
+    both.mkdir()
+    for n in (1, 2):
+        for f in os.listdir(str(tmp_path / ("c-%d" % n))):
+            shutil.copyfile(str(tmp_path / ("c-%d" % n) / f), str(both / f))
+    out = _bundle_inspect.inspect(str(both), bundle["pub"], package_licenses=False)
+    assert [c["name"] for c in out["charts"]] == ["c"], out["charts"]
+    # The unit bundle's medium 1 holds everything inspect reads there (no index, no chart): it inspects by itself.
+    pack_all(bundle)
+    out = _bundle_inspect.inspect(str(bundle["tmp"] / "medium-1"), bundle["pub"], package_licenses=False)
+    assert out["totals"]["files"] == 5
