@@ -91,9 +91,15 @@ def test_three_media_imported_one_after_the_other(tmp_path):
         assert names == ["bundle-%04d.tar" % (2 * n - 1), "bundle-%04d.tar" % (2 * n), "manifest.json", "manifest.json.sig",
                          "segments.json", "segments.json.sig"], names
         assert (d / "segments.json").read_bytes() == (media[0] / "segments.json").read_bytes()
-    # Each medium verifies by itself.
+    # Each medium verifies by itself, with the module and with playbooks/bundle_verify.yml.
     rc, res = module("bundle_verify", src=str(media[1]), public_key=b["pub"])
     assert rc == 0 and res["media_here"] == [2] and res["media_missing"] == [1, 3] and res["imported"] is False, res
+    p = subprocess.run([os.path.join(BIN, "ansible-playbook"), os.path.join(REPO, "playbooks", "bundle_verify.yml"), "-e",
+                        "llmops_bundle=%s" % media[1], "-e", "bundle_import_public_key=%s" % b["pub"]],
+                       check=False, capture_output=True, text=True, env=env(), cwd=REPO, timeout=300)
+    flat = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 0 and "in segments, spread over 3 media - medium 2 of 3 verified (every segment there, every part against the " \
+        "signed sha256); media 1, 3 hold the rest of the bundle: verify them too." in flat, flat[-3000:]
 
     dest = tmp_path / "import"
     rc, res = module("bundle_verify", src=str(media[0]), public_key=b["pub"], dest=str(dest))
