@@ -201,26 +201,44 @@ def test_the_role_asks_for_each_next_medium_on_a_terminal(tmp_path):
         os.execve(args[0], args, env())
     out = b""
 
-    def wait_for(text, limit=300):
+    def read_some(limit):
+        """What the playbook prints within limit seconds (less when it prints sooner)."""
         nonlocal out
+        ready, dummy, dummy2 = select.select([fd], [], [], limit)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            assert chunk, "ansible-playbook ended early: %s" % out.decode(errors="replace")[-3000:]
+            out += chunk
+
+    def wait_for(text, limit=300):
         end = time.monotonic() + limit
         while text.encode() not in out:
             left = end - time.monotonic()
             assert left > 0, "no %r within %ds: %s" % (text, limit, out.decode(errors="replace")[-3000:])
-            ready, dummy, dummy2 = select.select([fd], [], [], left)
-            if ready:
-                try:
-                    chunk = os.read(fd, 65536)
-                except OSError:
-                    chunk = b""
-                assert chunk, "ansible-playbook ended before %r: %s" % (text, out.decode(errors="replace")[-3000:])
-                out += chunk
+            read_some(left)
 
+    def answer(n, limit=120):
+        """Type n and Enter. ansible.builtin.pause prints its prompt, then switches the terminal to raw mode and discards
+        what was typed so far (tcflush), so an answer typed right after the prompt may be lost: type it again until the
+        next task shows that it was read."""
+        marker = b"Refuse a missing or wrong answer"
+        seen, end = out.count(marker), time.monotonic() + limit
+        while out.count(marker) == seen:
+            assert time.monotonic() < end, "the answer %d was never read: %s" % (n, out.decode(errors="replace")[-3000:])
+            os.write(fd, b"%d\r" % n)
+            again = time.monotonic() + 3  # the terminal echoes what is typed: wait for the task, not for any output
+            while out.count(marker) == seen and time.monotonic() < again:
+                read_some(max(0, again - time.monotonic()))
+
+    status = None
     try:
         for n in (2, 3):
             wait_for("type %d and press Enter" % n)
             insert(tmp_path, n)
-            os.write(fd, b"%d\r" % n)
+            answer(n)
         wait_for("PLAY RECAP")
         while True:  # the rest of the output, up to the end
             try:
@@ -230,8 +248,11 @@ def test_the_role_asks_for_each_next_medium_on_a_terminal(tmp_path):
             if not chunk:
                 break
             out += chunk
-    finally:
         dummy, status = os.waitpid(pid, 0)
+    finally:
+        if status is None:  # a failed wait: the playbook may still be waiting for an answer
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
         os.close(fd)
     text = " ".join(out.decode(errors="replace").split())
     assert os.waitstatus_to_exitcode(status) == 0, text[-4000:]
