@@ -5,6 +5,7 @@ step (_debrepo.packages_index), two wheels (zip archives with dist-info METADATA
 as a folder and a chart packaged as .tgz, a collection artifact, a binary, a model checkpoint, and
 the root tooling; sealed and signed by bundle_seal, and packed into segments by bundle_pack."""
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +38,17 @@ License: GPL-2+
  This program is free software.
 """
 IMAGES = ("registry.example.org/llmops/serving:1.0", "docker.io/library/busybox:1.36")
+
+
+def ansible_module(name, args, env):
+    """Run llmops.onprem.<name> with ``args`` on localhost through the ``ansible`` beside this Python, with the
+    environment ``env``; (rc, result dict)."""
+    binary = os.path.join(os.path.dirname(sys.executable), "ansible")
+    p = subprocess.run([binary, "localhost", "-m", "llmops.onprem." + name, "-a", json.dumps(args), "-o"],
+                       check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    lines = [x for x in (p.stdout + p.stderr).splitlines() if "=>" in x]
+    assert lines, p.stdout + p.stderr
+    return p.returncode, json.loads(lines[-1].split("=>", 1)[1])
 
 
 def keypair(d):

@@ -20,6 +20,7 @@ import time
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+import lab_bundle
 from ansible_collections.llmops.onprem.plugins.modules import bundle_seal
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -51,11 +52,7 @@ def env():
 
 def module(name, **args):
     """Run llmops.onprem.<name> on localhost through ansible; (rc, result dict)."""
-    p = subprocess.run([os.path.join(BIN, "ansible"), "localhost", "-m", "llmops.onprem." + name, "-a", json.dumps(args), "-o"],
-                       check=False, capture_output=True, text=True, env=env(), cwd=REPO, timeout=300)
-    lines = [x for x in (p.stdout + p.stderr).splitlines() if "=>" in x]
-    assert lines, p.stdout + p.stderr
-    return p.returncode, json.loads(lines[-1].split("=>", 1)[1])
+    return lab_bundle.ansible_module(name, args, env())
 
 
 def pack_media(tmp, b, prefix="medium"):
