@@ -17,7 +17,9 @@ version_added: 0.2.0
 description:
   - Reads the objects C(helm template) rendered (O(_input)) and returns C(images) (each with where it
     is named, including the endpoint templates in ConfigMaps, C(${GIT_TAG}) filled with O(tag)),
-    C(secrets) (the Secret names and keys the pods reference), C(istio) (Istio objects),
+    C(secrets) (the Secret names and keys the pods reference), C(references) (every Secret and ConfigMap the
+    pods read and the chart does not render itself, with the key when one is named: C(kind), C(namespace),
+    C(name), C(key), C(where); objects without a namespace are in the first of O(namespaces)), C(istio) (Istio objects),
     C(public_urls), C(pull_always), and C(problems) - an image outside O(registry) or not among
     O(wanted), untagged or C(latest), C(imagePullPolicy=Always), a public URL, an Istio object.
 positional: tag, wanted, registry, namespaces, site_hosts
@@ -61,7 +63,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: C(images), C(secrets), C(istio), C(public_urls), C(pull_always), C(problems).
+  description: C(images), C(secrets), C(references), C(istio), C(public_urls), C(pull_always), C(problems).
   type: dict
 """
 
@@ -71,6 +73,7 @@ def model_engine_render_check(docs, tag, wanted, registry, namespaces=None, site
     docs = [d for d in (docs or []) if isinstance(d, dict) and d]
     try:
         report = me.objects_report(docs, tag, registry, tuple(namespaces or ()), tuple(site_hosts or ()))
+        report["references"] = me.references(docs, (namespaces or ["default"])[0])
     except OnpremError as e:
         raise AnsibleFilterError(str(e))
     return dict(report, problems=me.render_problems(report, wanted or [], registry))

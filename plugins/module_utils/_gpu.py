@@ -151,3 +151,28 @@ def facts_from_node(node):
 def facts_from_nodes(nodes):
     """One fact per GPU node of a list of Node objects, in the list's order."""
     return [f for f in (facts_from_node(n) for n in nodes or []) if f]
+
+
+def placement_problems(models, facts):
+    """What stops a GPU model from being placed on the site's GPU nodes, before anything is created: the product its
+    entry selects (``gpu_product``, GFD's nvidia.com/gpu.product) on no node, or more GPUs per replica than any node
+    with that product has (without GPU labels and without gpu_product nothing is known here: the readiness
+    diagnosis names a pod the scheduler cannot place). ``models``: serving model entries (name, gpus, gpu_product, device); ``facts``: one GPU
+    fact per node (facts_from_nodes, or llmops_site.gpu.nodes)."""
+    facts = [f for f in facts or [] if f]
+    have = ", ".join("%s (%s, %d GPU%s)" % (f["product"], f["node"], f["count"], "" if f["count"] == 1 else "s")
+                     for f in facts) or "none (no node carries the label nvidia.com/gpu.product)"
+    problems = []
+    for m in models or []:
+        gpus = int(m.get("gpus") or 0)
+        if gpus <= 0 or m.get("device") == "cpu":
+            continue
+        name, product = m.get("name", "?"), m.get("gpu_product") or ""
+        nodes = [f for f in facts if not product or f["product"] == product]
+        if product and not nodes:
+            problems.append("models[%s] selects nvidia.com/gpu.product=%s, which no node has; the cluster's GPU nodes: "
+                            "%s. Set gpu_product to one of those products, or leave it out" % (name, product, have))
+        elif nodes and max(f["count"] for f in nodes) < gpus:
+            problems.append("models[%s] asks for %d GPUs per replica (tensor parallel), and no node%s has that many: %s"
+                            % (name, gpus, " with " + product if product else "", have))
+    return problems

@@ -676,6 +676,77 @@ def objects_report(docs, tag, registry, namespaces=(), hosts=()):
     return dict(images=images, pull_always=always, secrets=secrets, public_urls=urls, istio=istio)
 
 
+def references(docs, release_namespace):
+    """The Secrets and ConfigMaps the rendered pods read (env, envFrom, volumes, image pull Secrets), with the key
+    when one is named, except the ones the chart renders itself (the install creates those) and the optional ones:
+    [{kind, name, key, namespace, where}], sorted and without repeats. What helm renders without a namespace lands
+    in ``release_namespace``."""
+    own = set((d.get("kind"), get(d, "metadata.namespace") or release_namespace, get(d, "metadata.name"))
+              for d in docs if isinstance(d, dict) and d.get("kind") in ("Secret", "ConfigMap"))
+    out = {}
+
+    def add(kind, ref, key, doc, name_field="name"):
+        name = (ref or {}).get(name_field)
+        if not name or (ref or {}).get("optional"):
+            return
+        ns = get(doc, "metadata.namespace") or release_namespace
+        if (kind, ns, name) in own:
+            return
+        out.setdefault((kind, ns, name, key or ""), _who(doc))
+
+    for d in docs:
+        if not isinstance(d, dict) or not d:
+            continue
+        for spec in _pod_specs(d):
+            for ps in spec.get("imagePullSecrets") or []:
+                add("Secret", ps, None, d)
+            for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+                for e in c.get("env") or []:
+                    add("Secret", get(e, "valueFrom.secretKeyRef"), get(e, "valueFrom.secretKeyRef.key"), d)
+                    add("ConfigMap", get(e, "valueFrom.configMapKeyRef"), get(e, "valueFrom.configMapKeyRef.key"), d)
+                for ef in c.get("envFrom") or []:
+                    add("Secret", ef.get("secretRef"), None, d)
+                    add("ConfigMap", ef.get("configMapRef"), None, d)
+            for vol in spec.get("volumes") or []:
+                for kind, src, field in (("Secret", vol.get("secret"), "secretName"), ("ConfigMap", vol.get("configMap"), "name")):
+                    if not src:
+                        continue
+                    keys = [i.get("key") for i in src.get("items") or [] if i.get("key")]
+                    for key in keys or [None]:
+                        add(kind, src, key, d, field)
+    return [dict(kind=k, namespace=ns, name=n, key=key or None, where=w) for (k, ns, n, key), w in sorted(out.items())]
+
+
+def reference_problems(refs, live, created=()):
+    """The references (from references()) the cluster cannot satisfy. ``live``: the cluster's Secrets and ConfigMaps
+    of the namespaces concerned (k8s_info resources: kind, metadata, and data/binaryData/stringData keys - values
+    are never read); ``created``: [kind, namespace, name] the role creates itself before the install."""
+    have = {}
+    for r in live or []:
+        key = (r.get("kind"), get(r, "metadata.namespace"), get(r, "metadata.name"))
+        have[key] = set((r.get("data") or {}).keys()) | set((r.get("binaryData") or {}).keys())
+    made = set(tuple(c) for c in created or ())
+    problems, seen = [], set()
+    for ref in refs or []:
+        key = (ref["kind"], ref["namespace"], ref["name"])
+        if key in made:
+            continue
+        if key not in have:
+            if key in seen:
+                continue
+            seen.add(key)
+            fix = ("run the cluster_secrets stage (it writes the stack's Secrets)" if ref["kind"] == "Secret"
+                   else "create it, or correct the name in model_engine_values")
+            problems.append("%s %s in namespace %s, which %s reads, does not exist: %s"
+                            % (ref["kind"], ref["name"], ref["namespace"], ref["where"], fix))
+        elif ref["key"] and ref["key"] not in have[key]:
+            problems.append("%s %s in namespace %s has no key %s, which %s reads (it has: %s): correct the key the "
+                            "earlier stage names, or run cluster_secrets again"
+                            % (ref["kind"], ref["name"], ref["namespace"], ref["key"], ref["where"],
+                               ", ".join(sorted(have[key])) or "no keys"))
+    return problems
+
+
 def render_problems(report, wanted, registry):
     """The rendered objects' problems: an image the role did not map, untagged or latest, pull policy
     Always, a public URL, an Istio object."""

@@ -3,11 +3,14 @@
 #   - the extended resource nvidia.com/gpu: COUNT in status.capacity and .allocatable
 #     (a merge patch on the node's status subresource, as the device plugin would);
 #   - the labels NVIDIA GPU feature discovery sets: nvidia.com/gpu.present=true,
-#     nvidia.com/gpu.product=PRODUCT, nvidia.com/gpu.count=COUNT, nvidia.com/gpu.memory=MiB.
+#     nvidia.com/gpu.product=PRODUCT, nvidia.com/gpu.count=COUNT, nvidia.com/gpu.memory=MiB,
+#     nvidia.com/gpu.family (hopper, ampere, ...) and nvidia.com/gpu.compute.major/.minor
+#     (the CUDA compute capability), both from PRODUCT.
 #
 #   tests/cluster/fake-gpu.sh [COUNT] [PRODUCT]   COUNT default 1 (0 removes it all)
 #                                                 PRODUCT default NVIDIA-H100-80GB-HBM3
-#   env GPU_MEMORY_MIB (default 81559, what an H100 80GB reports), NODE (default localhost)
+#   env GPU_MEMORY_MIB (default 81559, what an H100 80GB reports), NODE (default localhost),
+#       GPU_FAMILY and GPU_COMPUTE (major.minor) for a product the table below does not know
 #
 # The kubelet keeps extended resources it does not manage (it copies capacity into
 # allocatable on each status update), but zeroes them when it re-registers after a restart
@@ -20,6 +23,21 @@ product=${2:-NVIDIA-H100-80GB-HBM3}
 mem=${GPU_MEMORY_MIB:-81559}
 node=${NODE:-localhost}
 case $count in ''|*[!0-9]*) die "COUNT must be a whole number, got '$count'" ;; esac
+# What GFD reports for the product's architecture (its family and CUDA compute capability).
+case $product in
+  *B200*|*GB200*) fam=blackwell cc=10.0 ;;
+  *H100*|*H200*|*H800*|*GH200*) fam=hopper cc=9.0 ;;
+  *L4|*L4-*|*L40*) fam=ada-lovelace cc=8.9 ;;
+  *A10|*A10-*|*A10G*|*A40*) fam=ampere cc=8.6 ;;
+  *A100*|*A800*|*A30*) fam=ampere cc=8.0 ;;
+  *T4*) fam=turing cc=7.5 ;;
+  *V100*) fam=volta cc=7.0 ;;
+  *) fam='' cc='' ;;
+esac
+fam=${GPU_FAMILY:-$fam} cc=${GPU_COMPUTE:-$cc}
+if [ "$count" != 0 ] && { [ -z "$fam" ] || [ -z "$cc" ]; }; then
+  die "no GPU family known for '$product': set GPU_FAMILY and GPU_COMPUTE (major.minor)"
+fi
 [ -f "$W/pki/admin.crt" ] || die "no test cluster at $W (run tests/cluster/up.sh)"
 
 api() { # METHOD PATH [CONTENT-TYPE BODY]
@@ -29,11 +47,14 @@ api() { # METHOD PATH [CONTENT-TYPE BODY]
 
 if [ "$count" = 0 ]; then
   res='null'
-  labels='{"nvidia.com/gpu.present":null,"nvidia.com/gpu.product":null,"nvidia.com/gpu.count":null,"nvidia.com/gpu.memory":null}'
+  labels=$(jq -nc '[("present", "product", "count", "memory", "family", "compute.major", "compute.minor")
+                    | {key: ("nvidia.com/gpu." + .), value: null}] | from_entries')
 else
   res="\"$count\""
-  labels=$(jq -nc --arg p "$product" --arg c "$count" --arg m "$mem" \
-    '{"nvidia.com/gpu.present":"true","nvidia.com/gpu.product":$p,"nvidia.com/gpu.count":$c,"nvidia.com/gpu.memory":$m}')
+  labels=$(jq -nc --arg p "$product" --arg c "$count" --arg m "$mem" --arg f "$fam" --arg cc "$cc" \
+    '{"nvidia.com/gpu.present":"true","nvidia.com/gpu.product":$p,"nvidia.com/gpu.count":$c,"nvidia.com/gpu.memory":$m,
+      "nvidia.com/gpu.family":$f,"nvidia.com/gpu.compute.major":($cc | split(".")[0]),
+      "nvidia.com/gpu.compute.minor":($cc | split(".")[1])}')
 fi
 api PATCH "/api/v1/nodes/$node/status" application/merge-patch+json \
   "{\"status\":{\"capacity\":{\"nvidia.com/gpu\":$res},\"allocatable\":{\"nvidia.com/gpu\":$res}}}" >/dev/null \

@@ -19,7 +19,8 @@ apt_pkgs=(podman runc conmon debootstrap skopeo redis-tools uidmap slirp4netns
           containernetworking-plugins iptables openssl unzip xz-utils ca-certificates
           postgresql-client postgresql-15 shellcheck docker-registry busybox-static apt-utils
           chromium   # chromium: the verify lab test screenshots the report page (headless)
-          exfatprogs exfat-fuse)  # the media test packs onto an exFAT image (mkfs.exfat, mount.exfat-fuse)
+          exfatprogs exfat-fuse  # the media test packs onto an exFAT image (mkfs.exfat, mount.exfat-fuse)
+          rsync)  # the model_engine role's work copy of the vendor's chart (ansible.posix.synchronize)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -131,7 +131,7 @@ def test_bundle_holds_wheels_collections_and_bootstrap(bundle):
     assert all(w.endswith(".whl") for w in wheels if w != "requirements.lock")
     collections = sorted(os.listdir(os.path.join(dest, "collections")))
     assert [re.sub(r"-[0-9][^-]*\.tar\.gz$", "", c) for c in collections] == [
-        "community-crypto", "community-postgresql", "kubernetes-core", "llmops-onprem"]
+        "ansible-posix", "community-crypto", "community-postgresql", "kubernetes-core", "llmops-onprem"]
     assert os.access(os.path.join(dest, "bootstrap.sh"), os.X_OK)
 
 
@@ -167,7 +167,7 @@ def test_bootstrap_offline_then_ansible_and_the_collection_work(bundle, tmp_path
     listing = subprocess.run([os.path.join(prefix, "venv", "bin", "ansible-galaxy"), "collection", "list", "--format", "json"],
                              capture_output=True, text=True, env=env, check=False)
     installed = set(json_keys(listing.stdout, colls))
-    assert {"community.crypto", "community.postgresql", "kubernetes.core", "llmops.onprem"} <= installed
+    assert {"ansible.posix", "community.crypto", "community.postgresql", "kubernetes.core", "llmops.onprem"} <= installed
 
     again = bootstrap(where, tmp_path, "--python", PYTHON312, "--inventory", "inventories/site1")
     assert again.returncode == 0, again.stderr

@@ -31,6 +31,8 @@ def test_fake_gpu_advertised_and_scheduled(kube, namespace, one_gpu):
     assert labels["nvidia.com/gpu.product"] == PRODUCT
     assert labels["nvidia.com/gpu.count"] == "1"
     assert int(labels["nvidia.com/gpu.memory"]) > 0
+    assert (labels["nvidia.com/gpu.family"], labels["nvidia.com/gpu.compute.major"],
+            labels["nvidia.com/gpu.compute.minor"]) == ("hopper", "9", "0")
 
     # Two GPUs asked, one advertised: the scheduler says why it cannot place the pod.
     kube.core.create_namespaced_pod(namespace, gpu_pod(kube, "two-gpus", 2, ["sleep", "1"]))
@@ -69,3 +71,32 @@ def test_fake_gpu_wrong_product_is_not_scheduled(kube, namespace, one_gpu):
 
     assert kube.wait_for("a FailedScheduling event for other-gpu", unschedulable, timeout=60)
     assert kube.core.read_namespaced_pod("other-gpu", namespace).status.phase == "Pending"
+
+
+def test_serving_refuses_a_gpu_model_no_gpu_node_can_take(kube, namespace, one_gpu):
+    """The vllm_serving role reads the node's GPU labels: a model that selects a product no node has, or asks for
+    more GPUs per replica than the node with its product has, is refused by name before anything is created."""
+    import json
+    from pathlib import Path
+
+    import serving_helpers as sh
+
+    models = [dict(name="a100", served_name="a100", gpus=1, gpu_product="NVIDIA-A100-SXM4-80GB", preset="chat",
+                   checkpoint=dict(name="tiny-ckpt")),
+              dict(name="wide", served_name="wide", gpus=2, gpu_product=PRODUCT, preset="chat", checkpoint=dict(name="tiny-ckpt"))]
+    synced = [dict(name="tiny-ckpt", bucket="checkpoints", prefix="models/tiny", digest=sh.DIGEST_A, bytes=4096)]
+    env = dict(__import__("os").environ, ANSIBLE_NOCOLOR="1", KUBECONFIG=kube.kubeconfig,
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
+    p = kube.run([Path(kube.PYTHON).parent / "ansible-playbook", "-i", "localhost,",
+                  Path(__file__).parent / "playbooks" / "serving_role.yml", "-e", "ansible_python_interpreter=%s" % kube.PYTHON,
+                  "-e", json.dumps(dict(serving_namespace=namespace, serving_cache="/nonexistent", serving_key_file="/nonexistent/key",
+                                        serving_models=models, checkpoints_synced=synced, helm_binary=kube.HELM,
+                                        engine_image=sh.ENGINE_IMAGE))], check=False, env=env)
+    out = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 2, out[-4000:]
+    assert ("vllm_serving: 2 model(s) cannot be placed on this cluster's GPU nodes, nothing was created: models[a100] "
+            "selects nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB, which no node has; the cluster's GPU nodes: "
+            "%s (localhost, 1 GPU). Set gpu_product to one of those products, or leave it out; models[wide] asks for 2 "
+            "GPUs per replica (tensor parallel), and no node with %s has that many" % (PRODUCT, PRODUCT)) in out, out[-4000:]
+    assert kube.core.list_namespaced_secret(namespace, label_selector="app.kubernetes.io/part-of=llmops-onprem").items == []
+    assert kube.core.list_namespaced_secret(namespace, label_selector="owner=helm").items == []

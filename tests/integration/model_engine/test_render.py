@@ -80,6 +80,17 @@ def test_values_file_is_private(planned):
     assert os.stat(planned["tmp"] / "private").st_mode & 0o777 == 0o700
 
 
+def test_a_second_run_changes_nothing(planned):
+    """The values file and the work copy of the chart (one rsync, the Istio metrics template left out) are as the
+    first run left them."""
+    proc = role(planned["tmp"], ALL_IMAGES)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    recap = [line for line in proc.stdout.splitlines() if line.startswith("localhost ") and "changed=" in line]
+    assert recap and " changed=0 " in recap[-1], proc.stdout[-3000:]
+    assert not (planned["tmp"] / "private" / "chart" / "templates" / "istio-metrics.yaml").exists()
+    assert (planned["tmp"] / "private" / "chart" / "templates" / "istio-virtualservice.yaml").is_file()
+
+
 def test_every_object_passes_current_kubernetes_schemas(planned, tmp_path):
     from kubernetes_validate.utils import latest_version
     out = tmp_path / "rendered.yaml"

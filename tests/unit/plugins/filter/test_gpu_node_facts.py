@@ -111,3 +111,40 @@ def test_bad_input_names_the_problem(data, message):
         gpu_node_facts(data)
     assert message in str(e.value)
     assert str(e.value).startswith("gpu_node_facts: ")
+
+
+# --- serving_gpu_placement: a GPU model the GPU nodes cannot take is named before anything is created ----------
+
+def test_placement_product_on_no_node_names_what_the_nodes_have():
+    from ansible_collections.llmops.onprem.plugins.filter.serving_gpu_placement import serving_gpu_placement
+    nodes = [node("gpu-1", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.count": "4"}),
+             node("cpu-1", {})]
+    models = [dict(name="llama", gpus=1, gpu_product="NVIDIA-A100-SXM4-80GB"),
+              dict(name="big", gpus=8, gpu_product="NVIDIA-H100-80GB-HBM3"),
+              dict(name="fits", gpus=4, gpu_product="NVIDIA-H100-80GB-HBM3"),
+              dict(name="any", gpus=2),
+              dict(name="cpu", gpus=0), dict(name="forced-cpu", gpus=2, device="cpu", gpu_product="X")]
+    assert serving_gpu_placement(models, nodes) == [
+        "models[llama] selects nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB, which no node has; the cluster's GPU "
+        "nodes: NVIDIA-H100-80GB-HBM3 (gpu-1, 4 GPUs). Set gpu_product to one of those products, or leave it out",
+        "models[big] asks for 8 GPUs per replica (tensor parallel), and no node with NVIDIA-H100-80GB-HBM3 has that "
+        "many: NVIDIA-H100-80GB-HBM3 (gpu-1, 4 GPUs)"]
+
+
+def test_placement_reads_recorded_facts_and_the_nodes_own_labels_win():
+    from ansible_collections.llmops.onprem.plugins.filter.serving_gpu_placement import serving_gpu_placement
+    recorded = [dict(node="gpu-1", product="NVIDIA-A100-SXM4-80GB", count=8), dict(node="gpu-2", product="NVIDIA-L4", count=1)]
+    live = [node("gpu-1", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.count": "8"})]
+    models = [dict(name="a100", gpus=1, gpu_product="NVIDIA-A100-SXM4-80GB"), dict(name="l4", gpus=1, gpu_product="NVIDIA-L4")]
+    [p] = serving_gpu_placement(models, live + recorded)
+    assert p.startswith("models[a100] selects nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB, which no node has")
+    assert "NVIDIA-H100-80GB-HBM3 (gpu-1, 8 GPUs), NVIDIA-L4 (gpu-2, 1 GPU)" in p
+
+
+def test_placement_without_gpu_labels_names_a_product_and_leaves_the_rest_to_the_scheduler():
+    from ansible_collections.llmops.onprem.plugins.filter.serving_gpu_placement import serving_gpu_placement
+    nodes = [node("n-1", {}, gpus="2")]
+    assert serving_gpu_placement([dict(name="any", gpus=2)], nodes) == []
+    assert serving_gpu_placement([dict(name="p", gpus=1, gpu_product="NVIDIA-L4")], nodes) == [
+        "models[p] selects nvidia.com/gpu.product=NVIDIA-L4, which no node has; the cluster's GPU nodes: none (no node "
+        "carries the label nvidia.com/gpu.product). Set gpu_product to one of those products, or leave it out"]

@@ -313,3 +313,66 @@ def test_gpu_types_follow_the_gpu_stages_table():
     assert out["problems"] == []
     assert [(n["node"], n["labels"]["k8s.amazonaws.com/accelerator"]) for n in out["node_labels"]] == [
         ("a", "nvidia-ampere-a100e"), ("b", "nvidia-ampere-a100"), ("c", "nvidia-hopper-h100-3g40gb")]
+
+
+# --- The Secrets, ConfigMaps and keys the rendered pods read, against the live cluster -----------------------
+
+def _pod_doc(kind, name, spec, namespace=None):
+    meta = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": meta, "spec": {"template": {"spec": spec}}}
+
+
+RENDERED = [
+    _pod_doc("Deployment", "model-engine", {
+        "imagePullSecrets": [{"name": "llmops-registry-pull"}],
+        "containers": [{"name": "main", "image": "x", "env": [
+            {"name": "DB", "valueFrom": {"secretKeyRef": {"name": "llm-engine-postgres-credentials", "key": "database_url"}}},
+            {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "maybe", "key": "k", "optional": True}}},
+            {"name": "CM", "valueFrom": {"configMapKeyRef": {"name": "site-settings", "key": "zone"}}}],
+            "envFrom": [{"secretRef": {"name": "model-engine-object-store"}}]}],
+        "volumes": [{"name": "ca", "secret": {"secretName": "llmops-site-ca"}},
+                    {"name": "cfg", "configMap": {"name": "model-engine-service-config",
+                                                  "items": [{"key": "launch_service_config", "path": "a.yaml"}]}},
+                    {"name": "aws", "configMap": {"name": "model-engine-aws-config"}}]}),
+    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "model-engine-service-config"}, "data": {}},
+]
+
+
+def test_references_name_every_secret_configmap_and_key_except_the_charts_own_and_optional_ones():
+    refs = model_engine_render_check(RENDERED, TAG, [], REG, ["llmops", "llmops-endpoints"])["references"]
+    assert [(r["kind"], r["namespace"], r["name"], r["key"]) for r in refs] == [
+        ("ConfigMap", "llmops", "model-engine-aws-config", None),
+        ("ConfigMap", "llmops", "site-settings", "zone"),
+        ("Secret", "llmops", "llm-engine-postgres-credentials", "database_url"),
+        ("Secret", "llmops", "llmops-registry-pull", None),
+        ("Secret", "llmops", "llmops-site-ca", None),
+        ("Secret", "llmops", "model-engine-object-store", None)]
+    assert refs[2]["where"] == "apps/v1 Deployment/model-engine"
+
+
+def _live(kind, name, keys, namespace="llmops"):
+    return {"kind": kind, "metadata": {"name": name, "namespace": namespace}, "data": dict((k, "eA==") for k in keys)}
+
+
+def test_reference_problems_name_the_missing_object_and_the_missing_key_with_the_fix():
+    from ansible_collections.llmops.onprem.plugins.filter.model_engine_reference_problems import (
+        model_engine_reference_problems)
+    refs = model_engine_render_check(RENDERED, TAG, [], REG, ["llmops"])["references"]
+    live = [_live("Secret", "llm-engine-postgres-credentials", ["DATABASE_URL"]), _live("Secret", "llmops-site-ca", ["ca.crt"]),
+            _live("ConfigMap", "site-settings", ["zone"]),
+            _live("Secret", "llmops-registry-pull", ["x"], namespace="elsewhere")]
+    created = [["ConfigMap", "llmops", "model-engine-aws-config"], ["Secret", "llmops", "model-engine-object-store"]]
+    assert model_engine_reference_problems(refs, live, created) == [
+        "Secret llm-engine-postgres-credentials in namespace llmops has no key database_url, which apps/v1 "
+        "Deployment/model-engine reads (it has: DATABASE_URL): correct the key the earlier stage names, or run "
+        "cluster_secrets again",
+        "Secret llmops-registry-pull in namespace llmops, which apps/v1 Deployment/model-engine reads, does not exist: "
+        "run the cluster_secrets stage (it writes the stack's Secrets)"]
+    live.append(_live("Secret", "llmops-registry-pull", [".dockerconfigjson"]))
+    live[0] = _live("Secret", "llm-engine-postgres-credentials", ["database_url"])
+    assert model_engine_reference_problems(refs, live, created) == []
+    # Without the role's own objects declared, they are named too.
+    assert [p.split(",")[0] for p in model_engine_reference_problems(refs, live, [])] == [
+        "ConfigMap model-engine-aws-config in namespace llmops", "Secret model-engine-object-store in namespace llmops"]
