@@ -141,3 +141,12 @@ def test_a_declared_exception_is_printed_and_the_stage_goes_on(tmp_path):
     assert proc.returncode == 0, flat
     assert "gpu_operator: egress audit exception (pull-always): ClusterPolicy cluster-policy spec.dcgmExporter.imagePullPolicy" in flat
     assert "declared: the exporter is rebuilt nightly on site" in flat
+
+
+def test_a_bundle_without_the_chart_is_refused_by_name(tmp_path):
+    proc, _out = run(tmp_path, [], gpu_chart=str(tmp_path / "bundle" / "charts" / "gpu-operator"))
+    assert proc.returncode != 0
+    out = " ".join(proc.stdout.split())
+    assert ("gpu_operator: no GPU operator chart at '%s' (no Chart.yaml there). The bundle carries it as "
+            "charts/gpu-operator" % (tmp_path / "bundle" / "charts" / "gpu-operator")) in out, out[-3000:]
+    assert not (tmp_path / "gpu.json").exists()
