@@ -39,12 +39,21 @@ KEY_UID = "llmops.onprem package archive"
 
 _INST = re.compile(r"^Inst (?P<name>[a-z0-9][a-z0-9+.-]*)(?::\S+)? (?:\[[^\]]*\] )?\((?P<version>\S+) .*\[(?P<arch>[a-z0-9-]+)\]\)")
 _DISTRO = re.compile(r"^(debian|ubuntu)-[0-9][0-9.]*$")
+_COMPONENT = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 _PKG_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?$")
 
 # Run inside a fresh container of the target distro: refresh the indexes from the image's own apt
 # sources, print the closure apt would install on such a host, and (DOWNLOAD=1) fetch it into /out.
 RESOLVE_SCRIPT = r"""set -eu
 export DEBIAN_FRONTEND=noninteractive
+if [ -n "${COMPONENTS:-}" ]; then  # the archive areas to resolve from, in place of the image's own
+  if [ -f /etc/apt/sources.list ]; then
+    sed -i -E "s/^(deb[[:space:]]+[^[:space:]]+[[:space:]]+[^[:space:]]+)([[:space:]].*)?$/\1 $COMPONENTS/" /etc/apt/sources.list
+  fi
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] && sed -i -E "s/^Components:.*/Components: $COMPONENTS/" "$f"
+  done
+fi
 if ! apt-get update -qq >/tmp/update.log 2>&1; then
   echo "apt-get update failed inside the container:" >&2; cat /tmp/update.log >&2; exit 3
 fi
@@ -69,9 +78,13 @@ class PackagesError(OnpremError):
         self.details = details
 
 
-def input_problems(distro, names):
+def input_problems(distro, names, components=None):
     """Reasons the inputs cannot work; an empty list when they are fine."""
     problems = []
+    bad_areas = [c for c in components or [] if not _COMPONENT.match(c)]
+    if bad_areas:
+        problems.append("not archive area names (main, contrib, non-free, non-free-firmware, universe, ...): %s"
+                        % ", ".join(bad_areas))
     if not _DISTRO.match(distro or ""):
         problems.append("distro %r is not of the form debian-12 / ubuntu-24.04" % (distro,))
     if not names:
@@ -165,11 +178,14 @@ def write_if_changed(path, data, mode=0o644):
     return True
 
 
-def podman_resolve_argv(podman, image, names, pool=None, network=None):
-    """argv of the container run that resolves (and, with ``pool``, downloads) the closure."""
+def podman_resolve_argv(podman, image, names, pool=None, network=None, components=None):
+    """argv of the container run that resolves (and, with ``pool``, downloads) the closure; ``components``
+    (archive areas) replace the ones the image's apt sources name."""
     argv = [podman, "run", "--rm", "-i"]
     if network:
         argv += ["--network", network]
+    if components:
+        argv += ["-e", "COMPONENTS=%s" % " ".join(components)]
     if pool:
         argv += ["-e", "DOWNLOAD=1", "-v", "%s:/out" % pool]
     return argv + ["--entrypoint", "/bin/sh", image, "-c", RESOLVE_SCRIPT, "resolve"] + list(names)

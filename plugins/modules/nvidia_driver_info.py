@@ -206,6 +206,16 @@ def sysfs_pci(root="/sys/bus/pci/devices"):
     return "\n".join(lines)
 
 
+def loaded_kernel_modules(host):
+    """The loaded modules, from lsmod or, without kmod, /proc/modules."""
+    lsmod = host.run("lsmod", [], required=False)
+    if lsmod is None:
+        return proc_modules()
+    if lsmod[0] != 0:
+        raise OnpremError("lsmod failed (rc %d): %s" % (lsmod[0], lsmod[2].strip()), kind="input")
+    return loaded_modules(lsmod[1])
+
+
 def observe(host, packages, headers_prefix):
     rc, kernel, err = host.run("uname", ["-r"])
     if rc != 0:
@@ -219,13 +229,7 @@ def observe(host, packages, headers_prefix):
     else:
         out = lspci[1]
     pci = [ln.strip() for ln in out.splitlines() if NVIDIA_PCI.match(ln.strip())]
-    lsmod = host.run("lsmod", [], required=False)
-    if lsmod is None:
-        mods = proc_modules()
-    elif lsmod[0] != 0:
-        raise OnpremError("lsmod failed (rc %d): %s" % (lsmod[0], lsmod[2].strip()), kind="input")
-    else:
-        mods = loaded_modules(lsmod[1])
+    mods = loaded_kernel_modules(host) if pci else set()  # no NVIDIA device: no module can matter
     obs = dict(kernel=kernel, headers_package=headers_prefix + kernel, pci_devices=pci,
                nvidia_loaded="nvidia" in mods, nouveau_loaded="nouveau" in mods, driver_version="", gpu={},
                smi_error="", secure_boot="unknown", missing_packages=[])

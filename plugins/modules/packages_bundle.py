@@ -73,6 +73,13 @@ options:
     description:
       - podman network for the resolving container (it must reach the image's apt sources). Default is podman's default network.
     type: str
+  components:
+    description:
+      - Archive areas to resolve from, in place of the ones the image's apt sources name - for example
+        C([main, contrib, non-free, non-free-firmware]) for Debian's NVIDIA driver packages. Default is the image's sources as they are.
+    type: list
+    elements: str
+    version_added: 1.0.0
 requirements:
   - podman, apt-ftparchive (apt-utils), gpg and gpgv on the controller
 author:
@@ -153,12 +160,14 @@ def argument_spec():
         key_dir=dict(type="path", required=True),
         podman=dict(type="str", default="podman"),
         network=dict(type="str"),
+        components=dict(type="list", elements="str"),
     )
 
 
 def resolve(run, p, pool):
     """Closure of p['names'] in a fresh container of p['image']; downloads into ``pool`` when given."""
-    rc, out, err = run(podman_resolve_argv(p["podman"], p["image"], p["names"], pool=pool, network=p["network"]))
+    rc, out, err = run(podman_resolve_argv(p["podman"], p["image"], p["names"], pool=pool, network=p["network"],
+                                           components=p.get("components")))
     if rc != 0:
         raise PackagesError("resolving the closure of %s in a container of %s failed (rc=%d): %s"
                             % (", ".join(p["names"]), p["image"], rc, err.strip()[-2000:]), rc=rc, stderr=err)
@@ -176,7 +185,7 @@ def release_bytes(distro, index, dest):
 
 
 def run_module(run, p, check_mode):
-    problems = input_problems(p["distro"], p["names"])
+    problems = input_problems(p["distro"], p["names"], p.get("components"))
     if problems:
         raise PackagesError("; ".join(problems))
     dest, homedir = p["dest"], os.path.join(p["key_dir"], "gnupg")

@@ -72,6 +72,33 @@ def test_resolve_argv_mounts_the_pool_only_when_downloading():
     assert real[real.index("--network") + 1] == "net"
 
 
+def test_components_replace_the_images_archive_areas_and_are_checked():
+    argv = d.podman_resolve_argv("podman", "img:1", ["nvidia-kernel-dkms"], components=["main", "non-free"])
+    assert argv[argv.index("-e") + 1] == "COMPONENTS=main non-free"
+    assert not [a for a in d.podman_resolve_argv("podman", "img:1", ["x"]) if a.startswith("COMPONENTS=")]
+    assert d.input_problems("debian-12", ["dkms"], ["main", "non-free-firmware"]) == []
+    assert d.input_problems("debian-12", ["dkms"], ["main", "non free/", "$(id)"]) == [
+        "not archive area names (main, contrib, non-free, non-free-firmware, universe, ...): non free/, $(id)"]
+
+
+def test_the_resolve_script_rewrites_both_source_formats(tmp_path):
+    """The script's sources rewrite, run by dash on copies of both formats (the rest of the script needs apt)."""
+    import subprocess
+    head = d.RESOLVE_SCRIPT.split("if ! apt-get update", 1)[0].replace("/etc/apt/", str(tmp_path) + "/")
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text("deb http://deb.debian.org/debian bookworm main\n"
+                                           "deb http://security.debian.org/debian-security bookworm-security main contrib\n")
+    (tmp_path / "sources.list.d" / "debian.sources").write_text("Types: deb\nURIs: http://deb.debian.org/debian\n"
+                                                                "Suites: bookworm\nComponents: main\n")
+    p = subprocess.run(["sh", "-c", head], env={"COMPONENTS": "main non-free", "PATH": "/usr/bin:/bin"},
+                       capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "sources.list").read_text() == (
+        "deb http://deb.debian.org/debian bookworm main non-free\n"
+        "deb http://security.debian.org/debian-security bookworm-security main non-free\n")
+    assert "Components: main non-free\n" in (tmp_path / "sources.list.d" / "debian.sources").read_text()
+
+
 def test_write_if_changed_writes_only_different_bytes(tmp_path):
     path = str(tmp_path / "f")
     assert d.write_if_changed(path, b"a") is True

@@ -82,3 +82,34 @@ def test_proc_modules_without_lsmod(tmp_path):
     assert proc_modules(str(f)) == {"nvidia_uvm", "nvidia"}
     with pytest.raises(Exception, match="neither lsmod nor .*absent can be read"):
         proc_modules(str(tmp_path / "absent"))
+
+
+class _Host(object):
+    """The commands observe() reads: {name: (rc, out, err)}; a name absent is not installed."""
+
+    def __init__(self, **cmds):
+        self.cmds, self.ran = cmds, []
+
+    def run(self, name, args, required=True):
+        self.ran.append(name)
+        return self.cmds.get(name)
+
+
+def test_without_an_nvidia_device_the_loaded_modules_are_not_read(monkeypatch):
+    """A host (or container) without lsmod and without /proc/modules, and without an NVIDIA device, is no_gpu - not an
+    error about the module list, which cannot matter there."""
+    import ansible_collections.llmops.onprem.plugins.modules.nvidia_driver_info as m
+    monkeypatch.setattr(m, "proc_modules", lambda path="/proc/modules": pytest.fail("the module list was read"))
+    host = _Host(uname=(0, "6.1.0-50-amd64\n", ""), lspci=(0, "00:00.0 0600: 8086:1237 (rev 02)\n", ""))
+    obs = m.observe(host, [], "linux-headers-")
+    assert obs["pci_devices"] == [] and "lsmod" not in host.ran
+    assert m.decide(obs, "535")[0] == "no_gpu"
+    # With an NVIDIA device the module list is needed, and its absence is named.
+    host = _Host(uname=(0, "6.1.0-50-amd64\n", ""), lspci=(0, "01:00.0 0302: 10de:2330 (rev a1)\n", ""))
+
+    def unreadable(path="/proc/modules"):
+        raise m.OnpremError("neither lsmod nor %s can be read: absent" % path, kind="input")
+
+    monkeypatch.setattr(m, "proc_modules", unreadable)
+    with pytest.raises(m.OnpremError, match="neither lsmod nor /proc/modules can be read"):
+        m.observe(host, [], "linux-headers-")
