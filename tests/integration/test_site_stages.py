@@ -150,7 +150,7 @@ def test_the_gpu_layer_runs_when_switched_on_and_refuses_a_bundle_without_its_im
     r = ansible("ansible-playbook", inv, "playbooks/site.yml", "-e", "ansible_python_interpreter=" + sys.executable)
     assert r.returncode == 2, r.stdout + r.stderr
     out = re.sub(r"\s+", " ", r.stdout)
-    assert "TASK [llmops.onprem.gpu_operator : Stop before installing when the bundle lacks images" in out
+    assert "TASK [llmops.onprem.gpu_operator : Stop before installing when the cluster or the bundle lacks what the GPU operator needs]" in out
     assert "the bundle lacks 7 of the 7 images the GPU operator v26.7.0 needs in host mode" in out
     assert "PLAY [Stage nvidia_driver" in out and "skipping: no hosts matched" in out
 

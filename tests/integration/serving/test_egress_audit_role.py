@@ -20,7 +20,9 @@ DEPLOY = "Deployment llmops-serving-tiny"  # helm template leaves the release na
 ENGINE = "spec.template.spec.containers[engine]"
 REF = "org.opencontainers.image.ref.name"
 AUDIT_FAILED = "Refuse a chart that would reach outside the site"
-CLUSTER_TASK = "Create the namespace"
+# The first task after the audit that talks to the cluster (the model asks for a GPU, so the nodes' GPU labels are
+# read before anything is created); the kubeconfig here leads nowhere, so reaching it means the audit let the render through.
+CLUSTER_TASK = "Read the cluster's nodes (GPU feature discovery's labels)"
 
 
 @pytest.fixture(autouse=True)
