@@ -18,7 +18,7 @@ description:
   - Reads the objects C(helm template) rendered (O(_input)) and returns C(images) (each with where it
     is named, including the endpoint templates in ConfigMaps, C(${GIT_TAG}) filled with O(tag)),
     C(secrets) (the Secret names and keys the pods reference), C(references) (every Secret and ConfigMap the
-    pods read and the chart does not render itself, with the key when one is named: C(kind), C(namespace),
+    pods read and the chart does not render itself, with the key when one is named - C(kind), C(namespace),
     C(name), C(key), C(where); objects without a namespace are in the first of O(namespaces)), C(istio) (Istio objects),
     C(public_urls), C(pull_always), and C(problems) - an image outside O(registry) or not among
     O(wanted), untagged or C(latest), C(imagePullPolicy=Always), a public URL, an Istio object.

@@ -25,8 +25,8 @@ node=${NODE:-localhost}
 case $count in ''|*[!0-9]*) die "COUNT must be a whole number, got '$count'" ;; esac
 # What GFD reports for the product's architecture (its family and CUDA compute capability).
 case $product in
-  *B200*|*GB200*) fam=blackwell cc=10.0 ;;
-  *H100*|*H200*|*H800*|*GH200*) fam=hopper cc=9.0 ;;
+  *B200*) fam=blackwell cc=10.0 ;;
+  *H100*|*H200*|*H800*) fam=hopper cc=9.0 ;;
   *L4|*L4-*|*L40*) fam=ada-lovelace cc=8.9 ;;
   *A10|*A10-*|*A10G*|*A40*) fam=ampere cc=8.6 ;;
   *A100*|*A800*|*A30*) fam=ampere cc=8.0 ;;

@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
