@@ -133,11 +133,11 @@ def site(kube, tmp_path_factory, gpu_node, postgres_port):
         kube.delete_namespace(name)
 
 
-def site_yml(kube, site, *args):
+def site_yml(kube, site, *args, playbook="site.yml"):
     env = dict(os.environ, ANSIBLE_CONFIG=str(kube.REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_COLLECTIONS_PATH=str(kube.REPO / ".cache" / "collections"))
     p = kube.run([Path(kube.PYTHON).parent / "ansible-playbook", "-i", site["inventory"],
-                  kube.REPO / "playbooks" / "site.yml", *args], check=False, env=env, cwd=kube.REPO)
+                  kube.REPO / "playbooks" / playbook, *args], check=False, env=env, cwd=kube.REPO)
     out = p.stdout + p.stderr
     for value in site["secrets"]:
         assert value not in out, "a secret appears in the output"
@@ -256,3 +256,41 @@ def test_model_engine_names_a_missing_key_and_a_gpu_without_gpu_type_before_inst
     finally:
         kube.run([kube.CLUSTER / "fake-gpu.sh", "1", PRODUCT])
     assert release_absent(kube, ns)
+
+
+def crd_names(kube):
+    return sorted(c.metadata.name for c in kube.k8s.ApiextensionsV1Api().list_custom_resource_definition().items)
+
+
+def test_uninstall_removes_the_cluster_stages_objects_and_keeps_the_controllers_secrets(kube, site):
+    """playbooks/uninstall.yml's cluster stages (issue 18): the CRDs gpu_operator applied (found by their field manager)
+    and the stack namespace with its Secrets go; check mode lists them first and changes nothing; the secrets on the
+    controller stay; a second run changes nothing. Limited to the controller: the inventory's service host is this
+    machine (a local connection), whose packages are not the test's to remove."""
+    ns = site["namespace"]
+    args = ["--tags", "vllm_serving,model_engine,gpu_operator,cluster_secrets", "--limit", "localhost"]
+    before = crd_names(kube)
+    assert set(APPLIED) <= set(before)
+
+    rc, out = site_yml(kube, site, "--check", *args, playbook="uninstall.yml")
+    assert rc == 0, out[-6000:]
+    report = out.split("uninstall: localhost: would remove ", 1)[1].split('"', 1)[0]
+    for name in APPLIED:
+        assert "gpu_operator: CustomResourceDefinition %s" % name in report, report
+    assert "cluster_secrets: Namespace %s (with its Secrets)" % ns in report, report
+    assert "cluster_secrets: record llmops_site.cluster_secrets" in report, report
+    assert crd_names(kube) == before and not namespace_absent(kube, ns)
+
+    rc, out = site_yml(kube, site, *args, playbook="uninstall.yml")
+    assert rc == 0, out[-6000:]
+    assert "uninstall: localhost: removed " in out, out[-3000:]
+    assert crd_names(kube) == sorted(set(before) - set(APPLIED))
+    assert namespace_absent(kube, ns)
+    assert (site["private"] / "redis" / "password").is_file() and (site["private"] / "pki" / "ca.crt").is_file()
+    state = json.loads((site["private"] / "site-state.json").read_text())
+    assert "cluster_secrets" not in state and {"pki", "redis", "registry", "postgres", "minio"} <= set(state), sorted(state)
+
+    rc, out = site_yml(kube, site, *args, playbook="uninstall.yml")
+    assert rc == 0, out[-6000:]
+    assert re.search(r"localhost\s*:\s*ok=\d+\s+changed=0\s", out), out[-3000:]
+    assert "uninstall: localhost: removed 0: nothing." in out, out[-3000:]

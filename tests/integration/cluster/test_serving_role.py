@@ -11,6 +11,7 @@ import pytest
 import serving_helpers as sh
 
 PLAYBOOK = Path(__file__).parent / "playbooks" / "serving_role.yml"
+UNINSTALL = Path(__file__).parent / "playbooks" / "serving_role_uninstall.yml"
 MODELS = [dict(name="tiny", served_name="tiny-chat", gpus=0, preset="chat_small", checkpoint=dict(name="tiny-ckpt"),
                args={"enforce-eager": True, "dtype": "float32"})]
 # What the checkpoints stage exports (checkpoints_synced); the role picks a model's checkpoint by name.
@@ -34,6 +35,17 @@ def play(kube, ns, cache, key_file, models):
                  check=False, env=env)
     out = json.loads(p.stdout[p.stdout.index("{"):])
     return p, out
+
+
+def uninstall(kube, ns, *args):
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+               KUBECONFIG=kube.kubeconfig)
+    p = kube.run([Path(kube.PYTHON).parent / "ansible-playbook", "-i", "localhost,", UNINSTALL, *args,
+                  "-e", "ansible_python_interpreter=%s" % kube.PYTHON,
+                  "-e", json.dumps(dict(serving_namespace=ns, helm_binary=kube.HELM))],
+                 check=False, env=env)
+    return p, json.loads(p.stdout[p.stdout.index("{"):])
 
 
 def task(out, name):
@@ -64,6 +76,24 @@ def test_role_serves_reports_and_is_idempotent(kube, namespace, images):
 
         p, out = play(kube, namespace, cache.path, key_dir / "api-key", MODELS)
         assert p.returncode == 0 and out["stats"]["localhost"]["changed"] == 0, out["stats"]
+
+        # The stage's uninstall (issue 18): check mode names the release and the key's Secret and changes nothing;
+        # the run removes them; a second run changes nothing.
+        release = "helm release %s/llmops-serving" % namespace
+        p, out = uninstall(kube, namespace, "--check")
+        assert p.returncode == 0, p.stdout[-4000:]
+        assert task(out, "Show what went")["uninstall_removed"] == [
+            "vllm_serving: " + release, "vllm_serving: Secret %s/llmops-serving-api-key" % namespace]
+        assert kube.apps.read_namespaced_deployment("llmops-serving-tiny", namespace)
+        p, out = uninstall(kube, namespace)
+        assert p.returncode == 0 and out["stats"]["localhost"]["changed"] > 0, p.stdout[-4000:]
+        assert kube.apps.list_namespaced_deployment(namespace).items == []
+        assert kube.core.list_namespaced_secret(namespace, label_selector="owner=helm").items == []
+        assert [s.metadata.name for s in kube.core.list_namespaced_secret(namespace).items
+                if s.metadata.name == "llmops-serving-api-key"] == []
+        p, out = uninstall(kube, namespace)
+        assert p.returncode == 0 and out["stats"]["localhost"]["changed"] == 0, out["stats"]
+        assert task(out, "Show what went")["uninstall_removed"] == []
     finally:
         cache.remove(kube, namespace)
         for f in key_dir.iterdir():
