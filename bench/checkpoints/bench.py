@@ -311,6 +311,21 @@ class Bench(object):
         lines += [""] + self.notes
         return "\n".join(lines)
 
+    # Issue 13's targets, against s5cmd on the same data in the same run.
+    TARGETS = (("upload", "ours (checkpoint_sync, manifest)", 1.0), ("pull", "ours (model-pull, sha256 checked)", 1.3),
+               ("no-op re-sync", "ours (checkpoint_sync)", 1.0))
+
+    def ratios(self):
+        """The three ratios of ours to s5cmd sync, one line each (the bench's last lines)."""
+        secs_of = dict(((r[0], r[1]), r[2].secs) for r in self.rows)
+        lines = []
+        for step, tool, target in self.TARGETS:
+            if (step, tool) in secs_of and (step, "s5cmd sync") in secs_of:
+                ratio = secs_of[(step, tool)] / secs_of[(step, "s5cmd sync")]
+                lines.append("ratio %-14s ours / s5cmd sync = %.2fx (target at most %.1fx: %s)"
+                             % (step + ":", ratio, target, "met" if ratio <= target else "NOT met"))
+        return "\n".join(lines)
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
@@ -365,6 +380,7 @@ def main(argv=None):
         print("\nrclone %s; python %s; %d CPUs" % (
             subprocess.run([os.path.join(os.path.dirname(sys.executable), "rclone"), "version"], capture_output=True,
                            text=True, check=True).stdout.splitlines()[0], sys.version.split()[0], os.cpu_count()))
+        print("\n" + bench.ratios())
     finally:
         if bench:
             bench.close()
