@@ -111,3 +111,45 @@ def test_bundle_lock_refuses_bad_versions_and_a_pin_without_a_wheel(tmp_path):
         hash_lock.render("zeta==1.0\n", [pure], ["3.12", "312"])
     with pytest.raises(ValueError, match=r"^no wheel for alpha==2\.0 among the downloaded wheels$"):
         hash_lock.render("zeta==1.0\nalpha==2.0\n", [pure], ["3.12"])
+
+
+def read_yaml(*path):
+    import yaml
+    with open(os.path.join(ROOT, *path), encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def pinned(lock, name):
+    with open(os.path.join(ROOT, lock)) as f:
+        return [v[1] for k, v in lock_hashes.parse(f.read()) if k == "pin" and v[0].lower() == name][0]
+
+
+def test_execution_environment_builds_what_the_collection_declares():
+    """execution-environment.yml (ansible-builder 3) names exactly galaxy.yml's dependency collections
+    with their floors, requirements.txt, bindep.txt and the ansible-core the tests run and the bundle ships."""
+    ee = read_yaml("execution-environment.yml")
+    galaxy = read_yaml("galaxy.yml")
+    assert ee["version"] == 3
+    base = ee["images"]["base_image"]["name"]
+    assert isinstance(base, str) and "{" not in base and "$" not in base and "python-312" in base
+    deps = ee["dependencies"]
+    assert deps["python_interpreter"] == {"package_system": "python3.12", "python_path": "/usr/bin/python3.12"}
+    assert deps["python"] == "requirements.txt" and deps["system"] == "bindep.txt"
+    assert os.path.isfile(os.path.join(ROOT, "requirements.txt")) and os.path.isfile(os.path.join(ROOT, "bindep.txt"))
+    assert {c["name"]: c["version"] for c in deps["galaxy"]["collections"]} == galaxy["dependencies"]
+    assert len(deps["galaxy"]["collections"]) == len(galaxy["dependencies"])
+    core = deps["ansible_core"]["package_pip"]
+    assert core == "ansible-core==" + pinned("requirements-dev.lock", "ansible-core")
+    assert core == "ansible-core==" + pinned("bundle/requirements-controller.lock", "ansible-core")
+    assert set(ee) <= {"version", "images", "dependencies", "options", "build_arg_defaults", "additional_build_files",
+                       "additional_build_steps"}
+
+
+def test_the_collection_tells_ansible_builder_its_python_and_system_needs():
+    """meta/execution-environment.yml ships in the tarball (an EE listing llmops.onprem reads it);
+    the repository's own execution-environment.yml does not."""
+    meta = read_yaml("meta", "execution-environment.yml")
+    assert meta == {"version": 1, "dependencies": {"python": "requirements.txt", "system": "bindep.txt"}}
+    ignore = read_yaml("galaxy.yml")["build_ignore"]
+    assert "execution-environment.yml" in ignore
+    assert not [p for p in ignore if p in ("meta", "meta/*", "requirements.txt", "bindep.txt")]
