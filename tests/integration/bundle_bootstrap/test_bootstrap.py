@@ -135,7 +135,7 @@ def bundle(tmp_path_factory):
 
 def serves(wheel, version):
     """Whether CPython `version` ("3.12") installs this wheel (by its python and abi tags)."""
-    _, _, pythons, abi, _ = wheel[:-len(".whl")].rsplit("-", 4)
+    pythons, abi = wheel[:-len(".whl")].rsplit("-", 4)[2:4]
     cp = "cp" + version.replace(".", "")
     return any(t in ("py3", "py2.py3") or t == cp or (abi == "abi3" and t.startswith("cp3") and int(t[3:]) <= int(cp[3:]))
                for t in pythons.split(".")) and abi in ("none", "abi3", cp)
