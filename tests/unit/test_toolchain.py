@@ -153,3 +153,24 @@ def test_the_collection_tells_ansible_builder_its_python_and_system_needs():
     ignore = read_yaml("galaxy.yml")["build_ignore"]
     assert "execution-environment.yml" in ignore
     assert not [p for p in ignore if p in ("meta", "meta/*", "requirements.txt", "bindep.txt")]
+
+
+def test_bundle_lock_pass_copies_changed_wheels_once_and_check_mode_writes_nothing(tmp_path, capsys):
+    cache, dest = tmp_path / "cache", tmp_path / "bundle"
+    cache.mkdir()
+    dest.mkdir()
+    pure = wheel(cache, "zeta-1.0-py3-none-any.whl", b"pure")[0]
+    src = tmp_path / "src.lock"
+    src.write_text("zeta==1.0\n")
+    argv = ["--python-versions", "3.12", str(src), str(dest / "requirements.lock"), pure]
+    assert hash_lock.main(["--check"] + argv) == 0 and capsys.readouterr().out == "changed\n"
+    assert sorted(os.listdir(str(dest))) == []
+    assert hash_lock.main(argv) == 0 and capsys.readouterr().out == "changed\n"
+    assert (dest / "zeta-1.0-py3-none-any.whl").read_bytes() == b"pure"
+    assert oct((dest / "zeta-1.0-py3-none-any.whl").stat().st_mode & 0o777) == "0o644"
+    assert hash_lock.main(argv) == 0 and capsys.readouterr().out == "unchanged\n"
+    (dest / "zeta-1.0-py3-none-any.whl").write_bytes(b"tampered")
+    assert hash_lock.main(["--check"] + argv) == 0 and capsys.readouterr().out == "changed\n"
+    assert hash_lock.main(argv) == 0 and capsys.readouterr().out == "changed\n"
+    assert (dest / "zeta-1.0-py3-none-any.whl").read_bytes() == b"pure"
+    assert sorted(os.listdir(str(dest))) == ["requirements.lock", "zeta-1.0-py3-none-any.whl"]

@@ -5,7 +5,10 @@
 its wheel, so the site installs with `pip install --require-hashes` and no wheel is trusted
 because of where it lies.
 
-usage: hash_lock.py --python-versions "3.12 3.13" <source lock> <output lock> <wheel> [<wheel> ...]
+usage: hash_lock.py [--check] --python-versions "3.12 3.13" <source lock> <output lock> <wheel> [<wheel> ...]
+
+The wheels (in the download cache) are copied beside the output lock, each only when its bytes
+differ; --check reports what would change and writes nothing.
 
 Each pin (name==version) must match one or more of the given wheels (one per Python version, or
 one pure wheel; names compared the way pip normalises them); a pin without a wheel or a wheel
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import sys
 
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\]+)\s*\\?\s*$")
@@ -73,26 +77,48 @@ def render(lock_text, wheels, versions):
     return "\n".join(lines) + "\n"
 
 
+def _write(path, data, check):
+    """Replace path with data (atomically, 0644) unless it holds those bytes; True when it changed."""
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return False
+    except OSError:
+        pass
+    if not check:
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    return True
+
+
+def _copy(src, dest, check):
+    """Copy a wheel into the bundle unless the same bytes are there; True when it changed."""
+    if os.path.isfile(dest) and os.path.getsize(dest) == os.path.getsize(src) and sha256(dest) == sha256(src):
+        return False
+    if not check:
+        tmp = dest + ".tmp"
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    return True
+
+
 def main(argv):
+    check = argv[:1] == ["--check"]
+    argv = argv[1:] if check else argv
     if len(argv) < 5 or argv[0] != "--python-versions":
         sys.stderr.write(__doc__)
         return 2
     versions, src, out, wheels = argv[1].split(), argv[2], argv[3], argv[4:]
     with open(src) as f:
         text = render(f.read(), wheels, versions)
-    try:
-        with open(out) as f:
-            if f.read() == text:
-                sys.stdout.write("unchanged\n")
-                return 0
-    except OSError:
-        pass
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-    sys.stdout.write("changed\n")
+    # The wheels go beside the lock (one pass, instead of a copy task per wheel).
+    changed = [w for w in wheels if _copy(w, os.path.join(os.path.dirname(out), os.path.basename(w)), check)]
+    changed += [out] if _write(out, text.encode(), check) else []
+    sys.stdout.write("changed\n" if changed else "unchanged\n")
     return 0
 
 
