@@ -66,6 +66,7 @@ versions=$(sed -n 's/^# llmops-python-versions: *//p' "$lock")
 [ -n "$versions" ] || die "$lock names no Python versions (no '# llmops-python-versions:' line): rebuild the bundle with this llmops.onprem"
 carried=$(echo "$versions" | sed 's/ /, /g')
 core=$(sed -n 's/^ansible-core==\([0-9]*\.[0-9]*\).*/\1/p' "$lock")
+needs=${core:+ansible-core $core needs 3.12 or later; }
 pyver() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
 carries() { case " $versions " in *" $1 "*) return 0 ;; esac; return 1; }
 hint="install one from the site's OS media (Ubuntu 24.04, RHEL 9: python3.12 and python3.12-venv where packaged separately; Debian 13: python3.13-venv) or pass --python /path/to/python3.X"
@@ -77,15 +78,15 @@ if [ -z "$python" ]; then
     if carries "$v"; then python=$c; break; fi
     seen="$seen, $(command -v "$c") is $v"
   done
-  [ -n "$python" ] || die "no Python on PATH that this bundle has wheels for (Python $carried, for ansible-core $core${seen:+; }${seen#, }; Debian 12's stock python3 is 3.11): $hint"
+  [ -n "$python" ] || die "no Python on PATH that this bundle has wheels for (Python $carried${core:+, for ansible-core $core}${seen:+; }${seen#, }; Debian 12's stock python3 is 3.11): $hint"
 fi
 if ! command -v "$python" >/dev/null 2>&1; then
-  die "$python not found. This bundle carries wheels for Python $carried (ansible-core $core needs 3.12 or later; Debian 12's python3 is 3.11): $hint"
+  die "$python not found. This bundle carries wheels for Python $carried (${needs}Debian 12's python3 is 3.11): $hint"
 fi
 python=$(command -v "$python")
 v=$(pyver "$python") || die "$python does not run as a Python interpreter"
 carries "$v" \
-  || die "$python is Python $v, and this bundle carries wheels for Python $carried only (ansible-core $core needs 3.12 or later; Debian 12's stock python3 is 3.11): $hint. Nothing was installed"
+  || die "$python is Python $v, and this bundle carries wheels for Python $carried only (${needs}Debian 12's stock python3 is 3.11): $hint. Nothing was installed"
 "$python" -c 'import venv, ensurepip' 2>/dev/null \
   || die "$python has no venv/ensurepip module: install python$v-venv (Debian/Ubuntu) or the equivalent"
 say "using $python (Python $v; the bundle carries wheels for $carried)"
