@@ -4,19 +4,21 @@
 # It runs from the directory llmops-verify.sh extracted and checked, never from the medium:
 #   sh llmops-verify.sh --key SITE_KEY --bundle /media/usb --extract ~/llmops-bootstrap
 #   sh ~/llmops-bootstrap/bootstrap.sh --inventory inventories/<site>
-# It needs Python 3.12 with its venv module (ansible-core 2.21 needs 3.12; Debian 12's stock
-# python3 is 3.11), and nothing else from the internet:
+# It needs a Python the bundle carries wheels for (python/requirements.lock names them, by default
+# 3.12 and 3.13; ansible-core 2.20+ needs 3.12, so Debian 12's stock python3, 3.11, is refused)
+# with its venv module, and nothing else from the internet:
 #   0. every file here against SHA256SUMS, which llmops-verify.sh wrote from the signed manifest,
 #      before anything is created;
-#   1. a venv from python/ (pip --no-index --no-deps --require-hashes: every wheel against the
-#      sha256 pinned in python/requirements.lock);
+#   1. a venv from python/ with that interpreter (pip --no-index --no-deps --require-hashes: every
+#      wheel against the sha256 pinned in python/requirements.lock; pip takes the wheels of its version);
 #   2. the collections from collections/ (ansible-galaxy --offline), each checked again first;
 #   3. checks that ansible-playbook runs and llmops.onprem resolves, then prints the site command.
 # Re-running is safe: a finished bootstrap of the same bundle content is recognised and skipped.
 #
 # Options (or environment):
 #   --prefix DIR      where the venv and collections go (LLMOPS_PREFIX; default ~/.local/share/llmops-onprem)
-#   --python PATH     the Python 3.12 to use (PYTHON; default python3.12 on PATH)
+#   --python PATH     the Python to use (PYTHON; default: python3 on PATH if the bundle has its
+#                     wheels, else the first python3.X on PATH that it has, newest first)
 #   --inventory PATH  inventory shown in the printed command (default inventories/<site>)
 set -eu
 
@@ -25,14 +27,14 @@ say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 here=$(cd "$(dirname "$0")" && pwd -P)
 prefix=${LLMOPS_PREFIX:-${HOME}/.local/share/llmops-onprem}
-python=${PYTHON:-python3.12}
+python=${PYTHON:-}
 inventory="inventories/<site>"
 while [ $# -gt 0 ]; do
   case $1 in
     --prefix) [ $# -ge 2 ] || die "--prefix needs a directory"; prefix=$2; shift 2 ;;
     --python) [ $# -ge 2 ] || die "--python needs a path"; python=$2; shift 2 ;;
     --inventory) [ $# -ge 2 ] || die "--inventory needs a path"; inventory=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -59,15 +61,35 @@ ncoll=$#
 bundle=$(sed -n 's/^bundle //p' VERIFIED)
 pubkey=$(sed -n 's/^public_key //p' VERIFIED)
 
-# ---- Python 3.12 -------------------------------------------------------------------------
+# ---- a Python the bundle has wheels for ---------------------------------------------------
+versions=$(sed -n 's/^# llmops-python-versions: *//p' "$lock")
+[ -n "$versions" ] || die "$lock names no Python versions (no '# llmops-python-versions:' line): rebuild the bundle with this llmops.onprem"
+carried=$(echo "$versions" | sed 's/ /, /g')
+core=$(sed -n 's/^ansible-core==\([0-9]*\.[0-9]*\).*/\1/p' "$lock")
+needs=${core:+ansible-core $core needs 3.12 or later; }
+pyver() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+carries() { case " $versions " in *" $1 "*) return 0 ;; esac; return 1; }
+hint="install one from the site's OS media (Ubuntu 24.04, RHEL 9: python3.12 and python3.12-venv where packaged separately; Debian 13: python3.13-venv) or pass --python /path/to/python3.X"
+if [ -z "$python" ]; then
+  seen=""
+  for c in python3 $(for v in $versions; do echo "python$v"; done | sort -t. -k2,2nr); do
+    command -v "$c" >/dev/null 2>&1 || continue
+    v=$(pyver "$c") || continue
+    if carries "$v"; then python=$c; break; fi
+    seen="$seen, $(command -v "$c") is $v"
+  done
+  [ -n "$python" ] || die "no Python on PATH that this bundle has wheels for (Python $carried${core:+, for ansible-core $core}${seen:+; }${seen#, }; Debian 12's stock python3 is 3.11): $hint"
+fi
 if ! command -v "$python" >/dev/null 2>&1; then
-  die "$python not found. ansible-core needs Python 3.12 (Debian 12's python3 is 3.11): install it from the site's OS media (Debian 13 / Ubuntu 24.04: apt-get install python3.12 python3.12-venv; RHEL 9: dnf install python3.12) or pass --python /path/to/python3.12"
+  die "$python not found. This bundle carries wheels for Python $carried (${needs}Debian 12's python3 is 3.11): $hint"
 fi
 python=$(command -v "$python")
-"$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' \
-  || die "$python is Python $("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])'), and ansible-core 2.21 and the bundle's wheels need Python 3.12 (Debian 12's stock python3 is 3.11): install python3.12 (Debian 13 / Ubuntu 24.04: python3.12 python3.12-venv; RHEL 9: python3.12) or pass --python /path/to/python3.12"
+v=$(pyver "$python") || die "$python does not run as a Python interpreter"
+carries "$v" \
+  || die "$python is Python $v, and this bundle carries wheels for Python $carried only (${needs}Debian 12's stock python3 is 3.11): $hint. Nothing was installed"
 "$python" -c 'import venv, ensurepip' 2>/dev/null \
-  || die "$python has no venv/ensurepip module: install python3.12-venv (Debian/Ubuntu) or the equivalent"
+  || die "$python has no venv/ensurepip module: install python$v-venv (Debian/Ubuntu) or the equivalent"
+say "using $python (Python $v; the bundle carries wheels for $carried)"
 
 # ---- already done? -----------------------------------------------------------------------
 venv=$prefix/venv

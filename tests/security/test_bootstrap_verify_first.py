@@ -8,6 +8,7 @@ openssl/sha256sum commands, `sh llmops-verify.sh`, `sh bootstrap.sh`. A refusal 
 cause and leave nothing behind: no extraction directory, no venv, no temporary files.
 """
 import base64
+import glob
 import os
 import re
 import shutil
@@ -66,7 +67,7 @@ def build(tmp, priv, name="bundle", collection=None, stale_lock=False):
     with open(os.path.join(tmp, name + ".src.lock"), "w") as f:
         f.write("probe==1.0\n")
     subprocess.run([sys.executable, os.path.join(ROOT, "roles", "bundle_python", "files", "hash_lock.py"),
-                    os.path.join(tmp, name + ".src.lock"), os.path.join(b, "python", "requirements.lock"),
+                    "--python-versions", "3.12 3.13", os.path.join(tmp, name + ".src.lock"), os.path.join(b, "python", "requirements.lock"),
                     os.path.join(b, WHEEL)], check=True, capture_output=True)
     if stale_lock:  # the lock pins another wheel than the one shipped (a broken or hostile build)
         make_wheel(os.path.join(b, WHEEL), payload=b"other")
@@ -171,7 +172,8 @@ def test_verified_extraction_holds_exactly_the_signed_bootstrap(site, form):
     # naming what the site needs, before it creates anything.
     r = bootstrap(site, dest, "--python", "/nonexistent/python3.12", "--prefix", os.path.join(site["home"], "p"))
     assert r.returncode == 1
-    assert "bootstrap: /nonexistent/python3.12 not found. ansible-core needs Python 3.12 (Debian 12's python3 is 3.11)" in r.stderr
+    assert ("bootstrap: /nonexistent/python3.12 not found. This bundle carries wheels for Python 3.12, 3.13 (Debian 12's python3 "
+            "is 3.11): install one from the site's OS media") in r.stderr
     assert not os.path.exists(os.path.join(site["home"], "p"))
 
 
@@ -326,14 +328,15 @@ def test_bootstrap_refuses_an_unlisted_wheel(site):
 
 
 def _python312():
-    for c in (os.environ.get("PYTHON312", ""), shutil.which("python3.12") or ""):
+    pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3")))
+    for c in [os.environ.get("PYTHON312", ""), shutil.which("python3.12") or ""] + pyenv:
         if c and subprocess.run([c, "-c", "import sys, venv, ensurepip; assert sys.version_info[:2] == (3, 12)"],
                                 capture_output=True, check=False).returncode == 0:
             return c
     return None
 
 
-@pytest.mark.skipif(_python312() is None, reason="needs python3.12 with venv (make setup installs one)")
+@pytest.mark.skipif(_python312() is None, reason="needs Python 3.12 with venv (PATH, PYTHON312 or pyenv; make setup needs one too)")
 def test_pip_requires_the_pinned_hash(site):
     """A wheel that matches the signed manifest but not the lock's pinned sha256 (a build whose
     lock and wheels disagree) is refused by pip --require-hashes: the probe is never installed."""

