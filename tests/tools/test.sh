@@ -81,6 +81,9 @@ build() {
     if tar -tzf "$tmp"/dist/llmops-onprem-*.tar.gz | grep -E '(^|/)\.private/|(^|/)\.cache/'; then
       echo "the tarball holds controller state or caches" >&2; exit 1
     fi
+    if tar -tzf "$tmp"/dist/llmops-onprem-*.tar.gz | grep -E '^tests/'; then
+      echo "the tarball holds the tests (galaxy.yml build_ignore)" >&2; exit 1
+    fi
     : > "$tmp/ansible.cfg"
     export ANSIBLE_COLLECTIONS_PATH=$tmp/collections ANSIBLE_CONFIG=$tmp/ansible.cfg
     ansible-galaxy collection install --offline --force -p "$tmp/collections" "$tmp"/dist/llmops-onprem-*.tar.gz >/dev/null

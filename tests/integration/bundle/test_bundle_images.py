@@ -8,7 +8,7 @@ import subprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 ANSIBLE = os.path.join(REPO, ".venv", "bin", "ansible")
-MKIMAGE = os.path.join(REPO, "tests", "cluster", "mkimage.py")
+MKIMAGE = os.path.join(REPO, "serving", "images", "mkimage.py")
 
 
 def image(tmp, name, content):

@@ -44,7 +44,7 @@ def build_and_load_images(kube):
         shutil.copy(REPO / "tests" / "integration" / "serving" / "fake_model_pull.py", stage)
         kube.run([Path(venv) / "bin" / "python", REPO / "tests" / "tools" / "make_model.py", stage / "model",
                   "--lora", stage / "model" / "lora" / "tiny-lora"])
-        kube.run(["python3", REPO / "tests" / "cluster" / "mkimage.py", "--tag", FAKE_PULL_IMAGE, "--layer", rootfs,
+        kube.run(["python3", REPO / "serving" / "images" / "mkimage.py", "--tag", FAKE_PULL_IMAGE, "--layer", rootfs,
                   "--add", "%s:/opt/fake-model-pull:0755" % stage, "--env", "PYTHONUNBUFFERED=1",
                   "--env", "PYTHONDONTWRITEBYTECODE=1",
                   "--entrypoint", '["/usr/bin/python3", "/opt/fake-model-pull/fake_model_pull.py"]',

@@ -146,7 +146,7 @@ def psql_image(kube, tmp_path_factory):
                                         os.path.join(os.path.dirname(parts[2]), parts[0])))
         elif parts and parts[0].startswith("/"):   # the dynamic loader
             adds.append("%s:%s:0755" % (os.path.realpath(parts[0]), parts[0]))
-    cmd = ["python3", kube.CLUSTER / "mkimage.py", "--tag", PSQL_IMAGE, "--output", out,
+    cmd = ["python3", kube.REPO / "serving" / "images" / "mkimage.py", "--tag", PSQL_IMAGE, "--output", out,
            "--env", "HOME=/tmp", "--user", "65534:65534"]
     for a in adds:
         cmd += ["--add", a]
