@@ -266,9 +266,12 @@ def test_uninstall_removes_the_cluster_stages_objects_and_keeps_the_controllers_
     """playbooks/uninstall.yml's cluster stages (issue 18): the CRDs gpu_operator applied (found by their field manager)
     and the stack namespace with its Secrets go; check mode lists them first and changes nothing; the secrets on the
     controller stay; a second run changes nothing. Limited to the controller: the inventory's service host is this
-    machine (a local connection), whose packages are not the test's to remove."""
+    machine (a local connection), whose packages are not the test's to remove. The check-mode run and the second run
+    take the two stages that hold objects here (each kubernetes.core call costs seconds); the run between takes all
+    four cluster stages (vllm_serving's own release and Secret: test_serving_role.py)."""
     ns = site["namespace"]
-    args = ["--tags", "vllm_serving,model_engine,gpu_operator,cluster_secrets", "--limit", "localhost"]
+    args = ["--tags", "gpu_operator,cluster_secrets", "--limit", "localhost"]
+    every = ["--tags", "vllm_serving,model_engine,gpu_operator,cluster_secrets", "--limit", "localhost"]
     before = crd_names(kube)
     assert set(APPLIED) <= set(before)
 
@@ -281,7 +284,7 @@ def test_uninstall_removes_the_cluster_stages_objects_and_keeps_the_controllers_
     assert "cluster_secrets: record llmops_site.cluster_secrets" in report, report
     assert crd_names(kube) == before and not namespace_absent(kube, ns)
 
-    rc, out = site_yml(kube, site, *args, playbook="uninstall.yml")
+    rc, out = site_yml(kube, site, *every, playbook="uninstall.yml")
     assert rc == 0, out[-6000:]
     assert "uninstall: localhost: removed " in out, out[-3000:]
     assert crd_names(kube) == sorted(set(before) - set(APPLIED))
