@@ -43,6 +43,8 @@ MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_OCI_INDEX, MT_DOCKER_MANIFEST, MT_DOCKER_LIST)
 INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
+# The most a manifest, an index or a tag list may weigh here (distribution refuses manifests over 4 MiB).
+MANIFEST_LIMIT = 4 << 20
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 
 # Grammar of distribution/reference (docker/distribution reference/regexp.go).
@@ -402,13 +404,17 @@ class Registry(object):
                               "setting)" % (self.host, url.split("?", 1)[0], self.netloc), kind="protocol")
         return u.netloc, u.path + ("?" + u.query if u.query else "")
 
-    def _send(self, method, url, headers, body):
+    def _send(self, method, url, headers, body, limit=None):
         netloc, path = self._target(url)
         c = self._conn(netloc)
         try:
             c.request(method, path, body=body, headers=headers)
             r = c.getresponse()
-            data = r.read()
+            data = r.read() if limit is None else r.read(limit + 1)
+            if limit is not None and len(data) > limit:
+                self._drop(netloc)
+                raise OnpremError("%s %s on %s: the answer is larger than the %d bytes a manifest may have; refused"
+                                  % (method, path.split("?", 1)[0], self.host, limit), kind="protocol")
         except ssl.SSLCertVerificationError as e:
             self._drop(netloc)
             raise OnpremError("TLS verification of https://%s failed: %s; give the site CA (ca_path) that signed "
@@ -423,7 +429,7 @@ class Registry(object):
             self._drop(netloc)
         return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
 
-    def request(self, method, url, headers=None, body=None, ok=(200,), retry=True):
+    def request(self, method, url, headers=None, body=None, ok=(200,), retry=True, limit=None):
         """One request with auth. With ``retry``, a transient failure of an idempotent request (GET, HEAD, PUT,
         DELETE) is tried again (module_utils/_retry.py); a POST never is: the registry may have opened an upload
         session or mounted a blob before its answer was lost. The body must be bytes."""
@@ -435,9 +441,9 @@ class Registry(object):
             if auth:
                 h["Authorization"] = auth
             try:
-                status, rh, data = self._send(method, url, h, body)
+                status, rh, data = self._send(method, url, h, body, limit)
             except OnpremError as e:
-                if tries.again(exc=e):
+                if e.kind != "protocol" and tries.again(exc=e):
                     continue
                 raise
             if status == 401 and self._bearer is not None and not renewed:
@@ -613,6 +619,45 @@ class Registry(object):
         # The PUT of a blob by its digest: a transient failure is retried (the blob is the same whichever try lands).
         self.request("PUT", location + sep + urlencode([("digest", digest)]),
                      headers={"Content-Length": "0"}, body=b"", ok=(201,))
+
+    def get_manifest(self, repository, reference):
+        """(media type, body) of repository:reference or @digest, or None when the registry has none; the body is
+        read up to MANIFEST_LIMIT bytes and, asked by digest, checked against it."""
+        status, h, data = self.request("GET", "/v2/%s/manifests/%s" % (self._repo(repository), reference),
+                                       headers={"Accept": ", ".join(MANIFEST_TYPES)}, ok=(200, 404), limit=MANIFEST_LIMIT)
+        if status == 404:
+            return None
+        if reference.startswith("sha256:") and "sha256:" + hashlib.sha256(data).hexdigest() != reference:
+            raise OnpremError("the registry %s answered %s@%s with a manifest of another digest: refused"
+                              % (self.host, repository, reference), kind="protocol")
+        return (h.get("content-type") or "").split(";", 1)[0].strip(), data
+
+    def tags(self, repository):
+        """The tags of a repository (one page of at most 10000; a registry holding more is refused)."""
+        status, _h, data = self.request("GET", "/v2/%s/tags/list?n=10000" % self._repo(repository), ok=(200, 404),
+                                        limit=MANIFEST_LIMIT)
+        if status == 404:
+            return []
+        try:
+            tags = json.loads(data.decode("utf-8")).get("tags") or []
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise OnpremError("the registry %s answered the tag list of %s with something that is not JSON"
+                              % (self.host, repository), kind="protocol")
+        if len(tags) >= 10000:
+            raise OnpremError("%s holds 10000 tags or more in %s: refused, this collection does not page tag lists"
+                              % (self.host, repository), kind="protocol")
+        return [t for t in tags if isinstance(t, str)]
+
+    def delete_manifest(self, repository, digest):
+        """Delete a manifest by digest (its tags go with it). True when it was there; a registry that does not allow
+        deletes (storage.delete.enabled) is named."""
+        status, _h, data = self.request("DELETE", "/v2/%s/manifests/%s" % (self._repo(repository), digest),
+                                        ok=(202, 404, 405))
+        if status == 405:
+            raise OnpremError("the registry %s does not allow deleting manifests (HTTP 405 %s): set storage.delete.enabled "
+                              "in its configuration (the registry role does)" % (self.host, _error_text(data)),
+                              kind="protocol", status=405)
+        return status == 202
 
     def put_manifest(self, repository, reference, media_type, data):
         _s, h, _d = self.request("PUT", "/v2/%s/manifests/%s" % (self._repo(repository), reference),
