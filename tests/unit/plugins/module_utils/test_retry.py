@@ -97,7 +97,7 @@ class Scripted(_oci.Registry):
         self.script, self.sent = list(script), []
         self._sleep = Sleeps()
 
-    def _send(self, method, url, headers, body):
+    def _send(self, method, url, headers, body, limit=None):
         self.sent.append((method, url))
         step = self.script.pop(0)
         if isinstance(step, BaseException):
