@@ -11,8 +11,8 @@ short_description: Remove from the site registry the images an earlier bundle pu
 version_added: 0.1.0
 description:
   - The upgrade's clean-up of the site registry (docs/lifecycle.md, "Upgrade"). O(images) are the images an earlier push
-    put there (C(llmops_site.image_mirror.pushed) of that run: C(<registry>/<repository>:<tag>@<digest>)), O(keep) the
-    images of the current bundle. Each manifest of O(images) that O(keep) does not name is deleted by its digest
+    put there (C(llmops_site.image_mirror.pushed) of that run, each C(<registry>/<repository>:<tag>@<digest>)), O(keep)
+    the images of the current bundle. Each manifest of O(images) that O(keep) does not name is deleted by its digest
     (C(DELETE /v2/<repository>/manifests/<digest>)), with the tags that point at it; for an index, its child manifests
     that no kept image uses go too.
   - Nothing the collection did not push is removed. A manifest that a tag outside O(images) and O(keep) points at (a
