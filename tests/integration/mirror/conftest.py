@@ -23,6 +23,14 @@ def registry(tmp_path_factory):
     reg.stop()
 
 
+@pytest.fixture(scope="module")
+def own_registry(tmp_path_factory):
+    """A registry of the test file's own, for tests whose garbage collection must not touch other files' blobs."""
+    reg = start_registry(tmp_path_factory.mktemp("own-registry"))
+    yield reg
+    reg.stop()
+
+
 def _env():
     return dict(os.environ, PYTHONPATH=str(REPO / ".cache" / "collections"))
 

@@ -12,18 +12,14 @@ import uuid
 import mirror_layouts as L
 import pytest
 from conftest import MODULE, _env, write_args
-from registry_server import start_registry
 
 PRUNE = MODULE.parent / "oci_prune.py"
 MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A registry of this file's own: its garbage collection must not touch other tests' blobs."""
-    reg = start_registry(tmp_path_factory.mktemp("prune-registry"))
-    yield reg
-    reg.stop()
+def registry(own_registry):
+    return own_registry
 
 
 def prune(tmp_path, args, check_mode=False):

@@ -13,7 +13,6 @@ from pathlib import Path
 import mirror_layouts as L
 import pytest
 import yaml
-from registry_server import start_registry
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = REPO / ".venv" / "bin"
@@ -21,10 +20,8 @@ MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = start_registry(tmp_path_factory.mktemp("prune-play-registry"))
-    yield reg
-    reg.stop()
+def registry(own_registry):
+    return own_registry
 
 
 def playbook(inv, path, *args):
