@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, ".cache", "collections"))
 
-from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint  # noqa: E402
+from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint, _files  # noqa: E402
 from ansible_collections.llmops.onprem.plugins.modules import checkpoint_sync  # noqa: E402
 
 KEY = ("llmops-bench", "bench-secret-0123456789abcdefghijkl")
@@ -265,7 +265,7 @@ class Bench(object):
         t = time.process_time()
         for dirpath, _dirs, files in os.walk(source):
             for name in files:
-                _checkpoint.sha256_file(os.path.join(dirpath, name))
+                _files.sha256_file(os.path.join(dirpath, name))
         hash_cpu = time.process_time() - t
         peers = [r for tool in ("s5cmd sync", "rclone copy") for r in runs[tool]]
         cheapest = min(peers, key=lambda r: r.cpu + r.server)
