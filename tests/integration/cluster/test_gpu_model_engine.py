@@ -119,6 +119,7 @@ def site(kube, tmp_path_factory, gpu_node, postgres_port):
         llmops_kubeconfig=kube.kubeconfig, cluster_secrets_namespace=ns,
         llmops_gpu_layer=True, gpu_operator_chart=str(GPU_CHART), gpu_operator_helm_binary=kube.HELM,
         gpu_operator_bundle_images=[],
+        vllm_serving_helm_binary=kube.HELM,
         model_engine_enabled=True, model_engine_chart=str(ME_CHART), model_engine_helm_binary=kube.HELM,
         model_engine_bundle_images=[], model_engine_endpoint_namespace=ns + "-ep",
         model_engine_images={"frameworks": {"vllm": "0.11.0"}})))
