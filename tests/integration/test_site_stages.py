@@ -201,7 +201,7 @@ def test_the_exclusive_default_is_off_for_nodes_and_on_for_service_hosts(tmp_pat
 
 # Issue 13 item 2 with issue 20 item 2: every stage is one tag, its hand-offs are records in the state file.
 STAGES = ["preflight", "bundle_import", "packages_repo", "pki", "redis", "registry", "image_mirror", "nvidia_driver", "postgres",
-          "minio", "checkpoints", "cluster_secrets", "gpu_operator", "model_engine", "vllm_serving", "summary", "verify"]
+          "minio", "checkpoints", "cluster_secrets", "gpu_operator", "model_engine", "vllm_serving", "prune", "summary", "verify"]
 STATE = os.path.join(".private", "site-state.json")
 
 

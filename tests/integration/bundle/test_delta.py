@@ -17,11 +17,8 @@ import sys
 import pytest
 
 from ansible_collections.llmops.onprem.plugins.module_utils import _bundle as B
-from ansible_collections.llmops.onprem.plugins.module_utils import _debrepo
-from ansible_collections.llmops.onprem.plugins.modules import bundle_pack, bundle_seal
 
 import lab_bundle
-import mirror_layouts
 
 REPO = lab_bundle.REPO
 ANSIBLE = os.path.join(REPO, ".venv", "bin", "ansible")
@@ -71,41 +68,6 @@ def snapshot(root):
     return out
 
 
-def bundle2(lab, tmp):
-    """Bundle 2 from bundle 1's sources: one image changed (its own layer), one checkpoint shard rewritten,
-    one package at a new version (lab-free 0.5-3); sealed with the same key and packed."""
-    root = tmp / "bundle2"
-    shutil.copytree(str(lab["root"]), str(root), ignore=shutil.ignore_patterns(B.MANIFEST, B.SIGNATURE))
-    layout = str(root / "images")
-    old = json.loads((root / "images" / "index.json").read_text())
-    ref = lab_bundle.IMAGES[1]
-    old_desc = [m for m in old["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == ref][0]
-    old_manifest = json.loads((root / "images" / "blobs" / "sha256" / old_desc["digest"].split(":")[1]).read_text())
-    base = old_manifest["layers"][0]
-    desc = mirror_layouts.image(layout, ref, [base, mirror_layouts.layer(layout, 20 * 1024 + 7, seed=99)])
-    for gone in [old_desc["digest"], old_manifest["config"]["digest"], old_manifest["layers"][1]["digest"]]:
-        os.unlink(str(root / "images" / "blobs" / "sha256" / gone.split(":")[1]))
-    images = [i if i["ref"] != ref else {"ref": ref, "digest": desc["digest"]} for i in lab["images"]]
-    (root / "models" / "tiny" / "model.safetensors").write_bytes(os.urandom(600 * 1024))
-    repo = root / "packages" / "debian-12"
-    os.unlink(str(repo / "pool" / "lab-free_0.5-2_amd64.deb"))
-    (tmp / "v2").mkdir()
-    lab_bundle.deb(tmp / "v2", repo / "pool", "lab-free", "0.5-3", "This is free software, see the GNU GPL.\n")
-    (repo / "Packages").write_bytes(_debrepo.packages_index(lab_bundle._run, str(repo)))
-    (repo / "packages.lock").write_text("lab-free=0.5-3\nlab-tool=1:2.0-1\n")
-    # The wheels pinned by sha256, as bundle_python writes them (llmops-verify.sh requires the pins).
-    py = root / "python"
-    (py / "requirements.lock").write_text("".join(
-        "%s==%s --hash=sha256:%s\n" % (n, v, hashlib.sha256((py / w).read_bytes()).hexdigest())
-        for n, v, w in (("demo-lib", "1.2.0", "demo_lib-1.2.0-py3-none-any.whl"), ("other-pkg", "0.3", "other_pkg-0.3-py3-none-any.whl"))))
-    bundle_seal.run(dict(path=str(root), private_key=lab["priv"], spec={"name": "lab-2"}, versions={"vllm": "0.34.1"},
-                         images=images), False)
-    media = tmp / "media2"
-    bundle_pack.run(dict(src=str(root), dest=str(media), private_key=lab["priv"], segment_size=SEG, read_back=True,
-                         progress_file=None), False)
-    return root, media
-
-
 def unwritten(receipt):
     return {k: v for k, v in json.loads(receipt.read_text()).items() if k != "written"}
 
@@ -118,7 +80,7 @@ def media_bytes(media):
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("delta")
     lab = lab_bundle.build(tmp, segment_size=SEG)
-    root2, media2 = bundle2(lab, tmp)
+    root2, media2 = lab_bundle.build_v2(lab, tmp)
     return dict(lab, root2=root2, media2=media2, tmp=tmp)
 
 
