@@ -33,6 +33,8 @@ from ansible_collections.llmops.onprem.plugins.module_utils._s3_endpoint import 
 
 META_SHA = "sha256"
 MiB = 1024 * 1024
+# One CopyObject copies at most 5 GiB (S3); a larger file is uploaded, not copied.
+COPY_LIMIT = 5 * 1024 * MiB
 CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")
 
 
@@ -193,6 +195,23 @@ class Store(object):
                     fut.result()
         except (ClientError, BotoCoreError) as e:
             raise self.error(e, "uploading to s3://%s/%s" % (self.bucket, self.prefix))
+
+    def copy_in(self, source_prefix, files):
+        """Server-side copies (CopyObject) into this prefix of objects under ``source_prefix`` (same bucket):
+        [{path, size, sha256, source}], ``source`` being the path under the source prefix, each at most COPY_LIMIT bytes
+        (S3's limit for one CopyObject). No byte crosses the network; each copy is written with the file's sha256
+        metadata."""
+        start = source_prefix.strip("/")
+
+        def one(f):
+            what = "copying s3://%s/%s/%s to s3://%s/%s" % (self.bucket, start, f["source"], self.bucket, self.key(f["path"]))
+            self.call(what, self.client.copy_object, Bucket=self.bucket, Key=self.key(f["path"]),
+                      CopySource={"Bucket": self.bucket, "Key": "%s/%s" % (start, f["source"])},
+                      Metadata={META_SHA: f["sha256"]}, MetadataDirective="REPLACE")
+
+        if files:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.parallel, len(files))) as pool:
+                list(pool.map(one, files))
 
     def put_bytes(self, rel, data):
         self.call("writing s3://%s/%s" % (self.bucket, self.key(rel)), self.client.put_object, Bucket=self.bucket,

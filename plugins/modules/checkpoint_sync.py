@@ -71,6 +71,17 @@ options:
       - Delete objects under the prefix that are not part of the checkpoint.
     type: bool
     default: false
+  copy_from:
+    description:
+      - Prefixes in the same bucket that hold an earlier version of this checkpoint (an upgrade's previous
+        C(<model>/<manifest digest>)). A file to upload whose object under one of them has the same path, size and sha256
+        metadata is copied inside the object store (server-side C(CopyObject), for a file of at most 5 GiB) instead
+        of uploaded, so a new version that changes one shard uploads that shard only. Listed in RV(copied).
+      - The copy is trusted as the uploads' skip is, by the source object's sha256 metadata; the in-cluster downloader
+        checks every byte's sha256 against the manifest in any case.
+    type: list
+    elements: str
+    default: []
   verify:
     description:
       - Read every object of the checkpoint back and compare the sha256 of its bytes with the manifest, not only the
@@ -139,6 +150,16 @@ uploaded:
   type: list
   elements: str
   sample: [model-00002-of-00002.safetensors]
+copied:
+  description: Files copied inside the object store from a prefix of O(copy_from) (in check mode, that would be).
+  returned: always
+  type: list
+  elements: str
+  sample: [model-00001-of-00002.safetensors, config.json]
+bytes_copied:
+  description: Bytes of RV(copied), copied server-side (none crossed the network).
+  returned: always
+  type: int
 deleted:
   description: Objects deleted (in check mode, that would be deleted), relative to the prefix.
   returned: always
@@ -232,7 +253,7 @@ from ansible_collections.llmops.onprem.plugins.module_utils._checkpoint import (
     MANIFEST_KEY, CheckpointError, build_manifest, canonical_bytes, hash_files, list_files, load_manifest,
     manifest_digest)
 from ansible_collections.llmops.onprem.plugins.module_utils._checkpoint_s3 import (
-    BOTO3_IMPORT_ERROR, HAS_BOTO3, Progress, Store)
+    BOTO3_IMPORT_ERROR, COPY_LIMIT, HAS_BOTO3, Progress, Store)
 from ansible_collections.llmops.onprem.plugins.module_utils._s3_endpoint import (
     OnpremError, bucket_name_problems, endpoint_argument_spec)
 
@@ -246,6 +267,7 @@ def argument_spec():
         bucket=dict(type="str", required=True),
         prefix=dict(type="str", required=True),
         delete=dict(type="bool", default=False),
+        copy_from=dict(type="list", elements="str", default=[]),
         verify=dict(type="bool", default=False),
         parallel=dict(type="int", default=16),
         part_size=dict(type="int", default=64),
@@ -320,6 +342,21 @@ def reupload(todo, manifest, corrupt):
     return dict(todo, upload=upload)
 
 
+def plan_copies(todo, sources):
+    """Pure: (copies {source prefix: [file + source path]}, plan without those files) from the source prefixes'
+    objects ({prefix: {rel: {size, sha256}}}, in the order given): a file to upload whose object under a source has the
+    same path, size and sha256 is copied from the first such source."""
+    copies, upload = {}, []
+    for f in todo["upload"]:
+        for prefix, objects in sources:
+            if f["size"] <= COPY_LIMIT and objects.get(f["path"]) == dict(size=f["size"], sha256=f["sha256"]):
+                copies.setdefault(prefix, []).append(dict(f, source=f["path"]))
+                break
+        else:
+            upload.append(f)
+    return copies, dict(todo, upload=upload)
+
+
 def diff(manifest, remote, todo):
     before = dict((r, v["sha256"] or "(size %d, no sha256)" % v["size"]) for r, v in remote.items()
                   if not r.startswith(".llmops/"))
@@ -350,8 +387,17 @@ def run(p, check_mode, store_factory=Store):
         pending = set(f["path"] for f in todo["upload"])
         corrupt = store.read_back([f for f in manifest["files"] if f["path"] not in pending])
         todo = reupload(todo, manifest, corrupt)
+    copies = {}
+    sources = [c.strip("/") for c in p.get("copy_from") or [] if c.strip("/") and c.strip("/") != p["prefix"].strip("/")]
+    if sources and todo["upload"]:
+        pending = [f["path"] for f in todo["upload"]]
+        copies, todo = plan_copies(todo, [
+            (src, store_factory(p["endpoint_url"], p["access_key"], p["secret_key"], p["region"], p.get("ca_path"),
+                                p["timeout"], p["bucket"], src, parallel=p["parallel"]).describe(pending))
+            for src in sources])
+    copied = sorted(f["path"] for files in copies.values() for f in files)
     to_upload_bytes = sum(f["size"] for f in todo["upload"])
-    changed = bool(todo["upload"] or todo["manifest"] or todo["delete"] or todo["abort"])
+    changed = bool(todo["upload"] or copied or todo["manifest"] or todo["delete"] or todo["abort"])
     progress = Progress(to_upload_bytes, len(todo["upload"]), None if check_mode else p["progress_file"],
                         what="%s -> s3://%s/%s" % (p["src"], p["bucket"], p["prefix"].strip("/")))
     verified = False
@@ -359,6 +405,8 @@ def run(p, check_mode, store_factory=Store):
         with progress:
             if todo["abort"]:
                 store.abort_uploads(todo["abort"])
+            for src, files in sorted(copies.items()):
+                store.copy_in(src, files)
             if todo["upload"]:
                 store.upload(p["src"], todo["upload"], progress)
             if todo["manifest"]:
@@ -367,7 +415,7 @@ def run(p, check_mode, store_factory=Store):
                 store.delete(todo["delete"])
             if p["verify"]:
                 progress.set_phase("verify")
-                bad = store.read_back(todo["upload"])
+                bad = store.read_back(todo["upload"] + [f for files in copies.values() for f in files])
                 if bad:
                     raise CheckpointError("read-back verification failed: s3://%s/%s returned other bytes than the manifest "
                                           "for %s right after uploading them again; the object store does not keep what it "
@@ -379,10 +427,12 @@ def run(p, check_mode, store_factory=Store):
         bucket=p["bucket"],
         prefix=p["prefix"].strip("/"),
         uploaded=[f["path"] for f in todo["upload"]],
+        copied=copied,
+        bytes_copied=sum(f["size"] for files in copies.values() for f in files),
         corrupt=corrupt,
         deleted=todo["delete"],
         extra=todo["extra"],
-        skipped_files=len(manifest["files"]) - len(todo["upload"]),
+        skipped_files=len(manifest["files"]) - len(todo["upload"]) - len(copied),
         aborted_uploads=[k for k, _u in todo["abort"]],
         manifest_uploaded=todo["manifest"],
         bytes_uploaded=0 if check_mode else progress.done_bytes,

@@ -102,6 +102,18 @@ def _run(argv, cwd=None):
     return p.returncode, p.stdout, p.stderr
 
 
+def safetensors(size):
+    """A valid safetensors file of exactly `size` bytes: one uint8 tensor of random bytes (the checkpoints stage checks
+    the layout: an 8-byte header length, a JSON header, the data)."""
+    header = b""
+    for _ in range(2):  # the data length depends on the header's, which names it
+        n = size - 8 - len(header)
+        header = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+        header += b" " * (-len(header) % 8)
+    n = size - 8 - len(header)
+    return len(header).to_bytes(8, "little") + header + os.urandom(n)
+
+
 def build(tmp, segment_size="256KiB"):
     """The lab bundle in tmp/bundle and its segments in tmp/media; returns a dict of paths and facts."""
     priv, pub = keypair(tmp / "keys")
@@ -133,7 +145,7 @@ def build(tmp, segment_size="256KiB"):
     model.mkdir(parents=True)
     (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     (model / "tokenizer.json").write_text('{"model": {}}')
-    (model / "model.safetensors").write_bytes(os.urandom(600 * 1024))  # split across segments
+    (model / "model.safetensors").write_bytes(safetensors(600 * 1024))  # split across segments
     shutil.copy(os.path.join(REPO, "bundle", "llmops-verify.sh"), str(root / "llmops-verify.sh"))
     shutil.copy(os.path.join(REPO, "bundle", "bootstrap.sh"), str(root / "bootstrap.sh"))
     bundle_seal.run(dict(path=str(root), private_key=priv, spec={"name": "lab"}, versions={"vllm": "0.34.0"}, images=images), False)
@@ -158,7 +170,7 @@ def build_v2(lab, tmp, segment_size="256KiB"):
     for gone in [old_desc["digest"], old_manifest["config"]["digest"], old_manifest["layers"][1]["digest"]]:
         os.unlink(str(root / "images" / "blobs" / "sha256" / gone.split(":")[1]))
     images = [i if i["ref"] != ref else {"ref": ref, "digest": desc["digest"]} for i in lab["images"]]
-    (root / "models" / "tiny" / "model.safetensors").write_bytes(os.urandom(600 * 1024))
+    (root / "models" / "tiny" / "model.safetensors").write_bytes(safetensors(600 * 1024))
     repo = root / "packages" / "debian-12"
     os.unlink(str(repo / "pool" / "lab-free_0.5-2_amd64.deb"))
     (tmp / "v2").mkdir()

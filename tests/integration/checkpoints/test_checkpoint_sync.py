@@ -256,3 +256,31 @@ def test_checkpoint_corrupt_advice_works_verify_reuploads_corrupt_objects(s3, ck
     assert rc == 0, (out, err)
     again = run_module_process(dict(sync_args(s3, ckpt, "m9"), verify=True))
     assert again["changed"] is False and again["corrupt"] == []
+
+
+def test_a_new_version_copies_the_unchanged_files_from_the_earlier_prefix_in_the_store(s3, tmp_path):
+    """An upgrade (copy_from): the new content-addressed prefix gets the shared files by server-side copy (CopyObject,
+    also for a file above the multipart part size), only the changed shard is uploaded; the copies carry the sha256."""
+    src = make_checkpoint(str(tmp_path / "v"), shard_bytes=(6 << 20, 4096), seed=7)
+    old = run_module_process(sync_args(s3, src, "up/v1", name="up", part_size=5))
+    assert len(old["uploaded"]) == 5 and old["copied"] == []
+    shard = os.path.join(src, "model-00002-of-00002.safetensors")
+    with open(shard, "r+b") as fh:
+        fh.seek(-100, os.SEEK_END)
+        fh.write(os.urandom(100))
+    args = sync_args(s3, src, "up/v2", name="up", part_size=5, copy_from=["up/v1", "up/missing", "up/v2"])
+    check = run_module_process(args, check=True)
+    assert check["changed"] and check["uploaded"] == ["model-00002-of-00002.safetensors"], check
+    assert check["copied"] == ["config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
+                               "tokenizer.json"] and s3.objects("up/v2") == {}
+    new = run_module_process(args)
+    assert new["uploaded"] == check["uploaded"] and new["copied"] == check["copied"], new
+    assert new["bytes_uploaded"] == os.path.getsize(shard) and new["bytes_copied"] == new["bytes_total"] - os.path.getsize(shard)
+    head = s3.client().head_object(Bucket=BUCKET, Key="up/v2/model-00001-of-00002.safetensors")
+    assert head["ContentLength"] == os.path.getsize(os.path.join(src, "model-00001-of-00002.safetensors"))
+    assert {k.lower(): v for k, v in head["Metadata"].items()}["sha256"] == _files.sha256_file(os.path.join(src, "model-00001-of-00002.safetensors"))
+    body = s3.client().get_object(Bucket=BUCKET, Key="up/v2/model-00001-of-00002.safetensors")["Body"].read()
+    with open(os.path.join(src, "model-00001-of-00002.safetensors"), "rb") as fh:
+        assert body == fh.read()
+    again = run_module_process(args)
+    assert not again["changed"] and again["copied"] == [] and again["uploaded"] == []
