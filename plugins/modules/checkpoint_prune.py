@@ -15,7 +15,7 @@ description:
     Every object under each such prefix is deleted, and any multipart upload left open under it is aborted.
   - Only prefixes this collection names are touched - C(<model>/<manifest digest>), the digest being the entry's
     C(digest). Anything else is kept and named in RV(kept), and so is a prefix O(keep) names (the current bundle's) and
-    one whose digest a pod still references (O(in_use)): the old pods of a roll may still be reading it.
+    one whose digest a pod still references (O(in_use)) - the old pods of a roll may still be reading it.
   - Check mode lists what would go (with the object count and bytes) and deletes nothing; a second run finds nothing.
   - The module runs where the task runs and needs boto3 there (the checkpoints role runs it on the controller).
 extends_documentation_fragment:

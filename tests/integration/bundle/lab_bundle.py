@@ -105,13 +105,16 @@ def _run(argv, cwd=None):
 def safetensors(size):
     """A valid safetensors file of exactly `size` bytes: one uint8 tensor of random bytes (the checkpoints stage checks
     the layout: an 8-byte header length, a JSON header, the data)."""
-    header = b""
-    for _ in range(2):  # the data length depends on the header's, which names it
-        n = size - 8 - len(header)
-        header = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
-        header += b" " * (-len(header) % 8)
-    n = size - 8 - len(header)
-    return len(header).to_bytes(8, "little") + header + os.urandom(n)
+    def header(n):
+        h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+        return h + b" " * (-len(h) % 8)
+
+    # The data length depends on the header's length, which names it: a second pass settles it.
+    h = header(size - 8 - len(header(size)))
+    n = size - 8 - len(h)
+    h = header(n)
+    assert 8 + len(h) + n == size
+    return len(h).to_bytes(8, "little") + h + os.urandom(n)
 
 
 def build(tmp, segment_size="256KiB"):
