@@ -231,8 +231,9 @@ def stage_rows(stages, records=None, before=None, skipped=None, selected=None, w
     state that overrides the computed one.
 
     state with ``this_run``: ``skipped: <reason>``; ``not run (not selected by the tags)``; ``changed`` when the
-    stage's record differs from the one the run started with (a first run, or a new value); ``done`` otherwise (the
-    record is the same, or the stage ran and records nothing). Without ``this_run`` (a report read any time):
+    stage's record differs from the one the run started with (a first run, or a new value; its values of the run,
+    ``_PER_RUN``, aside: ``site_changes`` says what changed); ``done`` otherwise (the record is the same, or the stage
+    ran and records nothing). Without ``this_run`` (a report read any time):
     ``recorded`` (the stage has a record), else ``skipped: <reason>`` or ``no record``."""
     records, before, skipped, where, states = records or {}, before or {}, skipped or {}, where or {}, states or {}
     rows = []
