@@ -293,6 +293,10 @@ def short_value(value):
     return text if len(text) <= _LONG else text[:_LONG // 2 - 6] + "\u2026" + text[-(_LONG // 2 + 5):]
 
 
+def _raw(value):
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _scalar(value):
     return not isinstance(value, (dict, list, tuple))
 
@@ -339,12 +343,13 @@ def _changes(path, before, after, out):
     if isinstance(before, (list, tuple)) and isinstance(after, (list, tuple)):
         if all(_scalar(x) for x in list(before) + list(after)):
             # A list of scalars is a set: what came, what went.
-            b, a = set(short_value(x) for x in before), set(short_value(x) for x in after)
-            if a == b:
+            b, a = dict((_raw(x), x) for x in before), dict((_raw(x), x) for x in after)
+            if set(a) == set(b):
                 # Only the order or the duplicates differ.
                 out.append("%s: the same %d item(s), in another order" % (path or "record", len(a)))
             else:
-                out.append("%s: %s" % (path or "record", ", ".join(["+" + x for x in sorted(a - b)] + ["-" + x for x in sorted(b - a)])))
+                out.append("%s: %s" % (path or "record", ", ".join(
+                    sorted("+" + short_value(a[k]) for k in set(a) - set(b)) + sorted("-" + short_value(b[k]) for k in set(b) - set(a)))))
             return
         if all(isinstance(x, dict) for x in list(before) + list(after)):
             key = _identity(before, after)
@@ -363,7 +368,11 @@ def _changes(path, before, after, out):
             else:
                 _changes(p, bm[k], am[k], out)
         return
-    out.append("%s %s -> %s" % (path or "record", short_value(before), short_value(after)))
+    old, new = short_value(before), short_value(after)
+    if old == new:
+        # Values that read the same (16 and "16", or long ones cut alike): as JSON, whole.
+        old, new = _raw(before), _raw(after)
+    out.append("%s %s -> %s" % (path or "record", old, new))
 
 
 def record_changes(before, after, stage=None, cap=CHANGES_CAP):

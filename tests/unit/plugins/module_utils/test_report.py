@@ -248,6 +248,12 @@ def test_elements_without_a_distinct_name_are_matched_by_index_and_types_may_cha
     assert _report.record_changes({"l": [{"ref": "r1", "d": D1}, {"ref": "r2", "d": D1}]},
                                   {"l": [{"ref": "r2", "d": D2}]}) == ["l[r1] removed", "l[r2].d 3f0c9d2e1a7b\u2026 -> 9b1f0a2c3d4e\u2026"]
     assert _report.record_changes({"v": "a"}, {"v": ["a", "b"]}) == ['v a -> ["a","b"]']
+    # values that would read the same are shown whole, as JSON
+    assert _report.record_changes({"files_total": 16}, {"files_total": "16"}) == ['files_total 16 -> "16"']
+    long_a, long_b = "/srv/" + "a" * 80 + "/x", "/srv/" + "a" * 40 + "b" + "a" * 39 + "/x"
+    assert _report.record_changes({"p": long_a}, {"p": long_b}) == ['p "%s" -> "%s"' % (long_a, long_b)]
+    assert _report.record_changes({"l": [long_a]}, {"l": [long_b]}) == [
+        "l: +%s, -%s" % (_report.short_value(long_b), _report.short_value(long_a))]
 
 
 def test_values_are_shortened_digests_to_12_hex_and_long_text_in_the_middle():
