@@ -14,23 +14,23 @@ name: site_changes
 short_description: What changed in each stage's record in this run, one line per stage
 version_added: 1.0.0
 description:
-  - The change report of the end-of-run summary (P(llmops.onprem.site_summary#role)) - after an upgrade (C(site.yml) with a
+  - "The change report of the end-of-run summary (P(llmops.onprem.site_summary#role)) - after an upgrade (C(site.yml) with a
     newer bundle), what each stage changed. Compares each stage's record now (C(llmops_site.<stage>)) with the one the run
     started with (O(before), the site's state file as the run loaded it): the stages whose state in the stage table
-    (P(llmops.onprem.site_stages#filter)) is C(changed).
-  - One line per stage whose record differs - C(<stage>: <change>; <change>) - in O(stages) order (a stage once; a row
-    such as C(image_mirror (push)) names the stage C(image_mirror); C(gpu_operator) is the record C(gpu)), then the
-    other records by name; C(<stage>: first run (no earlier record)) for a stage with no earlier record; nothing for a
-    stage whose record is the same, nor for C(preflight) (a reading of the run, never in the state file).
-  - A change - nested mappings flattened into dotted paths (C(checkpoints.tiny.digest)); a list of mappings matched by
+    (P(llmops.onprem.site_stages#filter)) is C(changed)."
+  - "One line per stage whose record differs - C(<stage>: <change>; <change>) - in O(stages) order (a stage once; a row
+    such as 'image_mirror (push)' names the stage C(image_mirror); C(gpu_operator) is the record C(gpu)), then the
+    other records by name; '<stage>: first run (no earlier record)' for a stage with no earlier record; nothing for a
+    stage whose record is the same, nor for C(preflight) (a reading of the run, never in the state file)."
+  - "A change - nested mappings flattened into dotted paths (C(checkpoints.tiny.digest)); a list of mappings matched by
     the first of C(name), C(ref), C(prefix), C(stage), C(path), C(node) that every element has, else by index
     (C(synced[tiny].digest 3f0c9d2e1a7b… -> 9b1f0a2c3d4e…)); a list of scalars compared as a set
     (C(pushed: +<new>, -<old>)); an element or key that came or went (C(synced[model-b] added),
-    C(helm removed (was <value>))). Digests (64 hex, also inside a reference) are cut to 12 hex and C(…), other values
-    to 60 characters.
-  - The values of a record that are readings of the run that wrote it - C(checkpoints) C(bytes_uploaded), C(uploaded),
-    C(read_back); C(image_mirror) C(bytes_moved); C(vllm_serving) C(seconds), C(steps) - are no change.
-  - At most O(cap) changes per stage, then C(and N more).
+    'helm removed (was <value>)'). Digests (64 hex, also inside a reference) are cut to 12 hex and C(…); a value longer
+    than 60 characters is cut in the middle (its start and its end stay)."
+  - "The values of a record that are readings of the run that wrote it - C(checkpoints) C(bytes_uploaded), C(uploaded),
+    C(read_back); C(image_mirror) C(bytes_moved); C(vllm_serving) C(seconds), C(steps) - are no change."
+  - "At most O(cap) changes per stage, then C(and N more)."
 positional: before, stages
 options:
   _input:
@@ -51,9 +51,9 @@ options:
     default: 8
   pending:
     description:
-      - Check mode - stage name to the values a real run would record, for a stage that records nothing in check mode
+      - "Check mode - stage name to the values a real run would record, for a stage that records nothing in check mode
         (C(bundle_import) imports nothing there; its verification result says what it would import). Combined over the
-        stage's record; its line reads C(<stage> (check mode, a real run would record): <change>; ...).
+        stage's record; its line reads '<stage> (check mode, a real run would record): <change>; ...'."
     type: dict
     default: {}
 """

@@ -335,8 +335,8 @@ def test_the_stage_table_and_the_change_lines_agree_on_values_of_the_run():
     (({}, {}, "pki"), {}, "site_changes: stages must be a list of stage names, got 'pki'"),
     (({}, {}, [1]), {}, "site_changes: stages must be a list of stage names, got [1]"),
     (({}, {}), {"cap": -1}, "site_changes: cap must be a whole number, 0 or more, got -1"),
-    (({}, {}), {"pending": ["bundle_import"]}, "site_changes: pending must be a mapping of stage name to the values a real "
-                                                "run would record, got ['bundle_import']"),
+    (({}, {}), {"pending": ["bundle_import"]},
+     "site_changes: pending must be a mapping of stage name to the values a real run would record, got ['bundle_import']"),
 ])
 def test_bad_input_to_the_change_report_is_refused_by_name(args, kwargs, message):
     with pytest.raises(AnsibleFilterError) as e:
