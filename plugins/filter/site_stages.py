@@ -18,7 +18,9 @@ description:
     table and that the site verification report (P(llmops.onprem.verify#role)) shows as its stage table.
   - State - C(skipped - <reason>) for a stage with a reason in O(skipped); C(not run (not selected by the tags)) for a
     stage outside O(selected); C(changed) when the stage's record (C(llmops_site.<stage>)) differs from the one the run
-    started with (O(before), the site's state file as the run loaded it); C(done) otherwise.
+    started with (O(before), the site's state file as the run loaded it) in more than the values it holds about the run
+    that wrote it (the bytes moved or uploaded, the seconds waited; P(llmops.onprem.site_changes#filter) says what
+    changed); C(done) otherwise.
   - Where - O(where) for the stage when given, else what its record says (the CA file, a service's URL and host, the
     object store prefixes, the served models' URLs, ...), else C(-).
   - With O(table=true) returns the rows as aligned text lines (a header, then one line per stage).

@@ -16,6 +16,8 @@ Private to this collection: the API may change without notice.
 from __future__ import annotations
 
 import html
+import json
+import re
 
 SCHEMA = "llmops.onprem/verify-report/v1"
 STATUSES = ("ok", "warn", "fail", "skipped")
@@ -197,6 +199,26 @@ def _where(stage, rec):
 _READINGS = ("preflight",)
 # A stage whose record is kept under another name.
 _RECORD_OF = {"gpu_operator": "gpu"}
+# Values of a record that are readings of the run that wrote it (bytes moved, seconds waited; in check mode 0 or
+# none), not of what the site holds: they differ from run to run, so they are no change (stage_rows' "changed",
+# record_changes). Stage to the keys, at any depth of its record.
+_PER_RUN = {"checkpoints": ("bytes_uploaded", "read_back", "uploaded"),
+            "image_mirror": ("bytes_moved",),
+            "vllm_serving": ("seconds", "steps")}
+
+
+def _without(value, keys):
+    if isinstance(value, dict):
+        return dict((k, _without(v, keys)) for k, v in value.items() if k not in keys)
+    if isinstance(value, (list, tuple)):
+        return [_without(v, keys) for v in value]
+    return value
+
+
+def _stable(stage, rec):
+    """A stage's record without its values of the run (``_PER_RUN``): what a change is measured on."""
+    keys = _PER_RUN.get(stage)
+    return _without(rec, keys) if keys and rec is not None else rec
 
 
 def stage_rows(stages, records=None, before=None, skipped=None, selected=None, where=None, states=None, this_run=True):
@@ -209,8 +231,9 @@ def stage_rows(stages, records=None, before=None, skipped=None, selected=None, w
     state that overrides the computed one.
 
     state with ``this_run``: ``skipped: <reason>``; ``not run (not selected by the tags)``; ``changed`` when the
-    stage's record differs from the one the run started with (a first run, or a new value); ``done`` otherwise (the
-    record is the same, or the stage ran and records nothing). Without ``this_run`` (a report read any time):
+    stage's record differs from the one the run started with (a first run, or a new value; its values of the run,
+    ``_PER_RUN``, aside: ``site_changes`` says what changed); ``done`` otherwise (the record is the same, or the stage
+    ran and records nothing). Without ``this_run`` (a report read any time):
     ``recorded`` (the stage has a record), else ``skipped: <reason>`` or ``no record``."""
     records, before, skipped, where, states = records or {}, before or {}, skipped or {}, where or {}, states or {}
     rows = []
@@ -228,7 +251,7 @@ def stage_rows(stages, records=None, before=None, skipped=None, selected=None, w
             state = "no record"
         elif selected is not None and stage not in selected:
             state = "not run (not selected by the tags)" + ("; recorded by an earlier run" if rec is not None else "")
-        elif rec is not None and key not in _READINGS and before.get(key) != rec:
+        elif rec is not None and key not in _READINGS and _stable(key, before.get(key)) != _stable(key, rec):
             state = "changed"
         else:
             state = "done"
@@ -241,3 +264,181 @@ def text_table(rows, columns=("stage", "state", "where")):
     cells = [list(columns)] + [[_text(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns) - 1)]
     return ["  ".join([r[i].ljust(widths[i]) for i in range(len(columns) - 1)] + [r[-1]]).rstrip() for r in cells]
+
+
+# ---- what changed in a stage's record (the summary's change report of an upgrade) ----------------------------
+
+# The field that names an element of a list of mappings (the first one every element has, with distinct values).
+IDENTITY_KEYS = ("name", "ref", "prefix", "stage", "path", "node")
+# At most this many changes per stage, then "and N more".
+CHANGES_CAP = 8
+_LONG = 60
+_HEX64 = re.compile(r"(?<![0-9a-fA-F])([0-9a-fA-F]{12})[0-9a-fA-F]{52}(?![0-9a-fA-F])")
+
+
+def short_value(value):
+    """A value as a change line shows it: a sha256 digest (64 hex, also inside a reference) cut to 12 hex and ``…``,
+    anything else longer than 60 characters cut in the middle (its first 24 and last 35, ``…`` between); null, true
+    and false as in JSON; a mapping or list as compact JSON (then cut)."""
+    if value is None or isinstance(value, bool):
+        text = json.dumps(value)
+    elif isinstance(value, (dict, list, tuple)):
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    elif isinstance(value, str):
+        text = value if value else '""'
+    else:
+        text = str(value)
+    text = _HEX64.sub("\\1\u2026", text)
+    # Both ends stay: a path's or a reference's start and its last part (the file, the tag).
+    return text if len(text) <= _LONG else text[:_LONG // 2 - 6] + "\u2026" + text[-(_LONG // 2 + 5):]
+
+
+def _raw(value):
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _scalar(value):
+    return not isinstance(value, (dict, list, tuple))
+
+
+def _join(path, key):
+    return "%s.%s" % (path, key) if path else "%s" % (key,)
+
+
+def _sort_key(value):
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+
+
+def _identity(before, after):
+    """The field that names the elements of two lists of mappings, or None (they are then matched by index)."""
+    items = list(before) + list(after)
+    for key in IDENTITY_KEYS:
+        if all(key in x and _scalar(x[key]) for x in items) and all(
+                len(set(json.dumps(x[key], sort_keys=True) for x in side)) == len(side) for side in (before, after)):
+            return key
+    return None
+
+
+def _added(path, value):
+    return "%s added: %s" % (path, short_value(value)) if _scalar(value) else "%s added" % path
+
+
+def _removed(path, value):
+    return "%s removed (was %s)" % (path, short_value(value)) if _scalar(value) else "%s removed" % path
+
+
+def _changes(path, before, after, out):
+    if before == after:
+        return
+    if isinstance(before, dict) and isinstance(after, dict):
+        for k in sorted(set(before) | set(after), key=_sort_key):
+            p = _join(path, k)
+            if k not in before:
+                out.append(_added(p, after[k]))
+            elif k not in after:
+                out.append(_removed(p, before[k]))
+            else:
+                _changes(p, before[k], after[k], out)
+        return
+    if isinstance(before, (list, tuple)) and isinstance(after, (list, tuple)):
+        if all(_scalar(x) for x in list(before) + list(after)):
+            # A list of scalars is a set: what came, what went.
+            b, a = dict((_raw(x), x) for x in before), dict((_raw(x), x) for x in after)
+            if set(a) == set(b):
+                # Only the order or the duplicates differ.
+                out.append("%s: the same %d item(s), in another order" % (path or "record", len(a)))
+            else:
+                out.append("%s: %s" % (path or "record", ", ".join(
+                    sorted("+" + short_value(a[k]) for k in set(a) - set(b)) + sorted("-" + short_value(b[k]) for k in set(b) - set(a)))))
+            return
+        if all(isinstance(x, dict) for x in list(before) + list(after)):
+            key = _identity(before, after)
+        else:
+            key = None
+        if key is None:
+            bm, am = dict(enumerate(before)), dict(enumerate(after))
+        else:
+            bm, am = dict((x[key], x) for x in before), dict((x[key], x) for x in after)
+        for k in sorted(set(bm) | set(am), key=_sort_key):
+            p = "%s[%s]" % (path, short_value(k) if key is not None else k)
+            if k not in bm:
+                out.append(_added(p, am[k]))
+            elif k not in am:
+                out.append(_removed(p, bm[k]))
+            else:
+                _changes(p, bm[k], am[k], out)
+        return
+    old, new = short_value(before), short_value(after)
+    if old == new:
+        # Values that read the same (16 and "16", or long ones cut alike): as JSON, whole.
+        old, new = _raw(before), _raw(after)
+    out.append("%s %s -> %s" % (path or "record", old, new))
+
+
+def record_changes(before, after, stage=None, cap=CHANGES_CAP):
+    """How one stage's record changed, as short lines, in a fixed order (keys sorted; a list's elements by their name).
+
+    Nested mappings are flattened into dotted paths (``checkpoints.tiny.digest``); a list of mappings is matched by
+    the first field of ``IDENTITY_KEYS`` every element has (``synced[tiny].digest 3f0c9d2e1a7b… -> 9b1f0a2c3d4e…``),
+    else by index (``nodes[0]``); a list of scalars is compared as a set (``pushed: +<new>, -<old>``); an element or
+    key that came or went: ``synced[model-b] added``, ``helm removed (was /b/binaries/helm)``. Digests are shortened
+    (``short_value``). With ``stage``, its values of the run (``_PER_RUN``: bytes moved, seconds waited) are no
+    change. ``before`` None: ``first run (no earlier record)``; ``after`` None: ``record removed``. At most ``cap``
+    lines, the last then ``and N more``. The same records give ``[]``."""
+    if before is None and after is None:
+        return []
+    if before is None:
+        return ["first run (no earlier record)"]
+    if after is None:
+        return ["record removed"]
+    out = []
+    _changes("", _stable(stage, before), _stable(stage, after), out)
+    if cap and len(out) > cap:
+        out = out[:cap] + ["and %d more" % (len(out) - cap)]
+    return out
+
+
+def site_changes(records, before, stages=None, cap=CHANGES_CAP, pending=None):
+    """``<stage>: <change>; <change>`` for each stage whose record differs from the one the run started with (``stages``'
+    order, then the other records by name; each stage once: ``image_mirror (push)`` is ``image_mirror``; a stage
+    named by another record name - gpu_operator's ``gpu`` - is shown under the stage's name), ``<stage>: first run (no
+    earlier record)`` for a stage with no earlier record; nothing for a reading (``_READINGS``) or the same record.
+
+    ``pending``: stage to the values a real run would record, for a stage that records nothing in check mode (the
+    bundle import): combined over its record, its line reads ``<stage> (check mode, a real run would record): ...``."""
+    if not isinstance(records, dict):
+        raise ReportError("the records (llmops_site) must be a mapping of stage name to record, got %s: %r"
+                          % (type(records).__name__, records))
+    if not isinstance(before, dict):
+        raise ReportError("the earlier records (the state file as the run loaded it) must be a mapping of stage name to "
+                          "record, got %s: %r" % (type(before).__name__, before))
+    if stages is not None and (not isinstance(stages, (list, tuple)) or not all(isinstance(s, str) for s in stages)):
+        raise ReportError("stages must be a list of stage names, got %r" % (stages,))
+    if pending is not None and not isinstance(pending, dict):
+        raise ReportError("pending must be a mapping of stage name to the values a real run would record, got %r" % (pending,))
+    pending = pending or {}
+    for what, recs in (("record", records), ("earlier record", before), ("pending record", pending)):
+        for name in sorted(recs, key=str):
+            if recs[name] is not None and not isinstance(recs[name], dict):
+                raise ReportError("the %s of stage %s is not a mapping: %r" % (what, name, recs[name]))
+    names, keys = [], []
+    stage_of = dict((v, k) for k, v in _RECORD_OF.items())
+    for stage in list(stages or []) + sorted(set(records) | set(before) | set(pending), key=str):
+        base = stage.split(" ", 1)[0]
+        key = _RECORD_OF.get(base, base)
+        if key in keys or key in _READINGS:
+            continue
+        names.append(stage_of.get(key, key))
+        keys.append(key)
+    lines = []
+    for name, key in zip(names, keys):
+        if key not in records and key not in before and key not in pending:
+            continue
+        now = records.get(key)
+        if key in pending:
+            now = dict(now or {})
+            now.update(pending[key] or {})
+        changes = record_changes(before.get(key), now, key, cap)
+        if changes:
+            lines.append("%s%s: %s" % (name, " (check mode, a real run would record)" if key in pending else "", "; ".join(changes)))
+    return lines

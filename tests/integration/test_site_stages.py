@@ -52,6 +52,12 @@ def summary(stdout):
     return ["%s: %s" % (stage, state) for stage, state, _where in table(stdout) if state.startswith("skipped: ")]
 
 
+def changes(stdout):
+    """The summary's change report: what changed in this run, per stage (or that nothing did)."""
+    part = stdout.split("site_summary : Print what changed in this run, per stage]", 1)[1]
+    return json.loads(re.search(r"ok: \[localhost\] => (\{.*?\n\})", part, re.S).group(1))["msg"]
+
+
 def details(stdout):
     """The summary's lines of where things are, in detail (after the table)."""
     part = stdout.split("site_summary : Print where things are]", 1)[1]
@@ -297,7 +303,79 @@ def test_a_stage_run_alone_reads_what_earlier_runs_recorded(tmp_path):
             "Kubernetes secret llmops-redis)") in [re.sub(r"\s+", " ", line) for line in lines]
     assert "Site CA (controller): /site/.private/pki/ca.crt" in lines
     assert "PLAY [Stage redis" not in r.stdout or "skipping" in r.stdout
+    assert changes(r.stdout) == ["No stage's record changed in this run."]  # read, not changed
     assert snapshot(str(tmp_path)) == before  # loading the records writes nothing
+
+
+def tiny_bundle(tmp_path, name, payload, priv):
+    """A signed bundle of one binary (and the root tooling), packed into segments; its media directory."""
+    from ansible_collections.llmops.onprem.plugins.modules import bundle_pack, bundle_seal
+    root = tmp_path / name / "bundle"
+    (root / "binaries").mkdir(parents=True)
+    (root / "binaries" / "tool").write_bytes(payload)
+    for tool in ("llmops-verify.sh", "bootstrap.sh"):
+        with open(os.path.join(ROOT, "bundle", tool), "rb") as f:
+            (root / tool).write_bytes(f.read())
+    bundle_seal.run(dict(path=str(root), private_key=priv, spec={"name": name}, versions={}, images=[]), False)
+    media = tmp_path / name / "media"
+    bundle_pack.run(dict(src=str(root), dest=str(media), private_key=priv, segment_size="256KiB", read_back=True,
+                         progress_file=None), False)
+    return str(media)
+
+
+def test_the_summary_says_what_changed_per_stage_in_an_upgrade(tmp_path):
+    """Issue 18 item 1: site.yml with a newer bundle is the upgrade, and the summary says what each stage's record
+    changed. Bundle 1 imported (a first run of bundle_import), bundle 2 in check mode (nothing imported, nothing
+    written: the lines say what the real run then prints), bundle 2 (its manifest, size, time and medium replace
+    bundle 1's), bundle 2 again (nothing changed, changed=0)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    key = ed25519.Ed25519PrivateKey.generate()
+    (tmp_path / "keys").mkdir()
+    priv, pub = tmp_path / "keys" / "site.pem", tmp_path / "keys" / "site.pub.pem"
+    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    one = tiny_bundle(tmp_path, "one", os.urandom(3000), str(priv))
+    two = tiny_bundle(tmp_path, "two", os.urandom(5000), str(priv))
+    inv = site(tmp_path, "bundle_import_public_key: %s\n" % pub)
+    state = os.path.join(inv, STATE)
+
+    def run(bundle, *extra):
+        r = ansible("ansible-playbook", inv, "playbooks/site.yml", "--tags", "bundle_import,summary", "-e", "llmops_bundle=" + bundle,
+                    *extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r
+
+    r = run(one)
+    assert changes(r.stdout) == ["What changed in this run, per stage:", "bundle_import: first run (no earlier record)"]
+    assert [row[1] for row in table(r.stdout) if row[0] == "bundle_import"] == ["changed"]
+    with open(state, encoding="utf-8") as f:
+        first = json.load(f)["bundle_import"]
+    before = snapshot(inv)
+    checked = changes(run(two, "--check").stdout)
+    assert snapshot(inv) == before  # check mode imports and writes nothing
+    r = run(two)
+    with open(state, encoding="utf-8") as f:
+        second = json.load(f)["bundle_import"]
+    assert first["manifest_sha256"] != second["manifest_sha256"] and first["bytes_total"] != second["bytes_total"]
+    lines = changes(r.stdout)
+    assert lines[0] == "What changed in this run, per stage:" and len(lines) == 2, lines
+    assert lines[1].startswith("bundle_import: "), lines
+    parts = lines[1][len("bundle_import: "):].split("; ")
+    expected = ["bytes_total %s -> %s" % (first["bytes_total"], second["bytes_total"]),
+                "manifest_sha256 %s\u2026 -> %s\u2026" % (first["manifest_sha256"][:12], second["manifest_sha256"][:12]),
+                # a long path keeps both ends: where it is and which medium
+                "src %s\u2026%s -> %s\u2026%s" % (one[:24], one[-35:], two[:24], two[-35:])]
+    if first["created"] != second["created"]:
+        expected.insert(1, "created %s -> %s" % (first["created"], second["created"]))
+    assert parts == expected, lines
+    assert [row[1] for row in table(r.stdout) if row[0] == "bundle_import"] == ["changed"]
+    # Check mode said the same, from the bundle's verification (it records nothing itself).
+    assert checked == [lines[0], "bundle_import (check mode, a real run would record): " + "; ".join(parts)], checked
+    r = run(two)
+    assert changes(r.stdout) == ["No stage's record changed in this run."]
+    assert [row[1] for row in table(r.stdout) if row[0] == "bundle_import"] == ["done"]
+    assert re.search(r"localhost\s+: ok=\d+\s+changed=0\s", r.stdout), r.stdout
 
 
 def test_a_state_file_that_is_not_a_mapping_is_refused(tmp_path):

@@ -38,6 +38,10 @@ def test_check_mode_names_the_reason_the_bundle_stages_are_skipped(tmp_path):
                            "pki: skipped: the inventory has no hosts"]
     assert "checkpoints: skipped: no imported bundle (check mode imports nothing)" in skipped
     assert ("bundle_import", "done", "check mode, NOT imported into %s" % (site / ".bundle")) in rows
+    # What the run would change: the import it would record, from the bundle's verification (nothing recorded here).
+    part = r.stdout.split("site_summary : Print what changed in this run, per stage]", 1)[1]
+    assert json.loads(re.search(r"ok: \[localhost\] => (\{.*?\n\})", part, re.S).group(1))["msg"] == [
+        "What changed in this run, per stage:", "bundle_import (check mode, a real run would record): first run (no earlier record)"]
     # The verification report ran last, in check mode: its lines printed, nothing written.
     assert "Report: not written (check mode)" in r.stdout
     assert snapshot(str(tmp_path)) == before
