@@ -29,7 +29,8 @@ description:
     'helm removed (was <value>)'). Digests (64 hex, also inside a reference) are cut to 12 hex and C(…); a value longer
     than 60 characters is cut in the middle (its start and its end stay)."
   - "The values of a record that are readings of the run that wrote it - C(checkpoints) C(bytes_uploaded), C(uploaded),
-    C(read_back); C(image_mirror) C(bytes_moved); C(vllm_serving) C(seconds), C(steps) - are no change."
+    C(read_back), C(bytes_copied), C(copied); C(image_mirror) C(bytes_moved); C(vllm_serving) C(seconds), C(steps) - are no
+    change (and the site's state file does not keep them, P(llmops.onprem.site_records_stable#filter))."
   - "At most O(cap) changes per stage, then C(and N more)."
 positional: before, stages
 options:

@@ -202,7 +202,7 @@ _RECORD_OF = {"gpu_operator": "gpu"}
 # Values of a record that are readings of the run that wrote it (bytes moved, seconds waited; in check mode 0 or
 # none), not of what the site holds: they differ from run to run, so they are no change (stage_rows' "changed",
 # record_changes). Stage to the keys, at any depth of its record.
-_PER_RUN = {"checkpoints": ("bytes_uploaded", "read_back", "uploaded"),
+_PER_RUN = {"checkpoints": ("bytes_copied", "bytes_uploaded", "copied", "read_back", "uploaded"),
             "image_mirror": ("bytes_moved",),
             "vllm_serving": ("seconds", "steps")}
 
@@ -219,6 +219,14 @@ def _stable(stage, rec):
     """A stage's record without its values of the run (``_PER_RUN``): what a change is measured on."""
     keys = _PER_RUN.get(stage)
     return _without(rec, keys) if keys and rec is not None else rec
+
+
+def stable_records(records):
+    """The stages' records without their values of the run (``_PER_RUN``): what the site's state file keeps, so that a
+    run that changes nothing leaves the file as it was."""
+    if not isinstance(records, dict):
+        raise ReportError("the records must be a mapping of stage name to record, got %r" % (records,))
+    return dict((key, _stable(key, rec)) for key, rec in records.items())
 
 
 def stage_rows(stages, records=None, before=None, skipped=None, selected=None, where=None, states=None, this_run=True):

@@ -87,6 +87,11 @@ def run(inv, playbook, *args):
     return out, int(re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", out).group(1))
 
 
+def human(n):
+    """ansible's human_readable for the sizes here (KB)."""
+    return "%.2f KB" % (n / 1024.0)
+
+
 def record(inv):
     return json.loads((inv / ".private" / "site-state.json").read_text())
 
@@ -119,9 +124,12 @@ def test_upgrade_moves_what_changed_keeps_it_for_a_rollback_then_prunes_and_then
     two = record(inv)
     [new_ckpt] = two["checkpoints"]["synced"]
     assert new_ckpt["prefix"] != old_ckpt["prefix"]
-    # The one shard that changed crosses the network; the files bundle 1 already put there are copied inside the store.
-    assert (new_ckpt["uploaded"], new_ckpt["bytes_uploaded"]) == (1, 600 * 1024), new_ckpt
-    assert (new_ckpt["copied"], new_ckpt["bytes_copied"]) == (2, new_ckpt["bytes"] - 600 * 1024), new_ckpt
+    # The one shard that changed crosses the network; the files bundle 1 already put there are copied inside the store
+    # (the summary says so; the state file keeps no reading of the run).
+    assert "bytes_uploaded" not in new_ckpt and "bytes_copied" not in new_ckpt
+    assert ("Checkpoint tiny: s3://%s/%s (3 files, %s, sha256-verified; this run uploaded 600.00 KB and copied %d.00 Bytes "
+            "inside the store)" % (BUCKET, new_ckpt["prefix"], human(new_ckpt["bytes"]), new_ckpt["bytes"] - 600 * 1024)) in out, \
+        out[-4000:]
     assert two["checkpoints"]["superseded"] == [{k: old_ckpt[k] for k in ("name", "bucket", "prefix", "digest")}]
     assert two["image_mirror"]["superseded"] == [old_image], two["image_mirror"]
     assert len(two["image_mirror"]["pushed"]) == 2 and old_image not in two["image_mirror"]["pushed"]

@@ -10,6 +10,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.onprem.plugins.filter.site_changes import FilterModule as ChangesFilters, site_changes
+from ansible_collections.llmops.onprem.plugins.filter.site_records_stable import site_records_stable
 from ansible_collections.llmops.onprem.plugins.filter.site_stages import FilterModule as StagesFilters, site_stages
 from ansible_collections.llmops.onprem.plugins.filter.verify_report import FilterModule as ReportFilters, verify_report
 from ansible_collections.llmops.onprem.plugins.module_utils import _egress, _report
@@ -346,3 +347,21 @@ def test_bad_input_to_the_change_report_is_refused_by_name(args, kwargs, message
 
 def test_the_change_filter_is_registered():
     assert ChangesFilters().filters() == {"site_changes": site_changes}
+
+
+def test_the_state_file_keeps_no_reading_of_the_run():
+    records = {
+        "checkpoints": {"synced": [{"name": "tiny", "digest": "d", "bytes": 9, "bytes_uploaded": 9, "uploaded": 1,
+                                    "bytes_copied": 0, "copied": 0, "read_back": False}], "superseded": []},
+        "image_mirror": {"pushed": ["r/a:1@sha256:x"], "bytes_moved": 5},
+        "vllm_serving": {"endpoints": [{"model": "m", "ready": True, "steps": [{"step": "health", "seconds": 1.5}]}]},
+        "redis": {"url": "rediss://h:6379/0", "seconds": 3},
+    }
+    assert site_records_stable(records) == {
+        "checkpoints": {"synced": [{"name": "tiny", "digest": "d", "bytes": 9}], "superseded": []},
+        "image_mirror": {"pushed": ["r/a:1@sha256:x"]},
+        "vllm_serving": {"endpoints": [{"model": "m", "ready": True}]},
+        "redis": {"url": "rediss://h:6379/0", "seconds": 3},  # only the stages' own readings go
+    }
+    with pytest.raises(AnsibleFilterError, match="site_records_stable: the records must be a mapping"):
+        site_records_stable(["not", "a", "mapping"])
