@@ -140,45 +140,9 @@ class Kube:
         assert pod.status.phase == "Succeeded", "pod %s failed: %s\n%s" % (name, pod.status, log)
         return log
 
-    def clear_namespace(self, name, timeout=60):
-        """A teardown's shortcut before a namespace's deletion: its Deployments, ReplicaSets and StatefulSets go
-        first, orphaning their pods (a controller being deleted makes no replacement), then every pod with a 1 s
-        grace period, and the pods' end is awaited (at most `timeout` s; a pod still there is left to the
-        namespace's deletion). Without it the deletion waits for each pod's own grace period (busybox as PID 1
-        ignores SIGTERM; a serving pod drains for up to a minute), and Kubernetes 1.20's namespace controller
-        looks again only after the longest terminationGracePeriodSeconds among the pods' specs. Only for
-        teardowns: a drain under test is each test's to prove in its body. An API error here is left to the
-        deletion, which reports its own."""
-        from kubernetes.client.rest import ApiException
-
-        def each(listed, delete, **kw):
-            try:
-                for obj in listed(name).items:
-                    try:
-                        delete(obj.metadata.name, name, **kw)
-                    except ApiException as e:
-                        if e.status != 404:
-                            raise
-            except ApiException:
-                return False
-            return True
-        ok = each(self.apps.list_namespaced_deployment, self.apps.delete_namespaced_deployment, propagation_policy="Orphan") \
-            and each(self.apps.list_namespaced_stateful_set, self.apps.delete_namespaced_stateful_set, propagation_policy="Orphan") \
-            and each(self.apps.list_namespaced_replica_set, self.apps.delete_namespaced_replica_set, propagation_policy="Orphan") \
-            and each(self.core.list_namespaced_pod, self.core.delete_namespaced_pod, grace_period_seconds=1)
-        deadline = time.monotonic() + timeout
-        while ok and time.monotonic() < deadline:
-            try:
-                if not self.core.list_namespaced_pod(name).items:
-                    return
-            except ApiException:
-                return
-            time.sleep(0.5)
-
     def delete_namespace(self, name, timeout=180):
         from kubernetes.client.rest import ApiException
 
-        self.clear_namespace(name)
         try:
             self.core.delete_namespace(name)
         except ApiException as e:

@@ -237,16 +237,44 @@ def fake_gpus(kube, count):
     return before
 
 
+def delete_pods_now(kube, ns):
+    """Delete every pod of a namespace with a 1 s grace period (a teardown's, before the namespace goes). The
+    Deployments and ReplicaSets go first, orphaning their pods: a controller being deleted makes no replacement
+    (one would start its engine, preStop included, just as the namespace's deletion waits for it). Kubernetes
+    1.20's kubelet does not shorten a termination it has begun, so this comes before the namespace's deletion."""
+    from kubernetes.client.rest import ApiException
+
+    def each(listed, delete, **kw):
+        try:
+            items = listed(ns).items
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        for obj in items:
+            try:
+                delete(obj.metadata.name, ns, **kw)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+    each(kube.apps.list_namespaced_deployment, kube.apps.delete_namespaced_deployment, propagation_policy="Orphan")
+    each(kube.apps.list_namespaced_replica_set, kube.apps.delete_namespaced_replica_set, propagation_policy="Orphan")
+    each(kube.core.list_namespaced_pod, kube.core.delete_namespaced_pod, grace_period_seconds=1)
+
+
 class CacheDir(object):
     """A hostPath cache on this (single) node (pods write it as 65534).
 
-    remove(kube, namespace) deletes the namespace first (its pods with a 1 s grace period, conftest's
-    clear_namespace): a pod still running would make the hostPath (DirectoryOrCreate) again."""
+    remove(kube, namespace) deletes the namespace first: a pod still running would make the
+    hostPath (DirectoryOrCreate) again. Its pods go with a 1 s grace period before that: the chart's
+    drain (a preStop wait, then vLLM's own deadline, up to a minute) is each test's to prove in its body,
+    and in the teardown it only held the namespace's deletion."""
 
     def __init__(self):
         self.path = Path(tempfile.mkdtemp(prefix="llmops-serving-cache-"))
         os.chmod(self.path, 0o755)
 
     def remove(self, kube, namespace):
+        delete_pods_now(kube, namespace)
         kube.delete_namespace(namespace)
         subprocess.run(["rm", "-rf", str(self.path)], check=False)
