@@ -112,8 +112,10 @@ class Kube:
         return p
 
     def busybox_pod(self, name, command, resources=None, **spec):
-        """A one-shot pod running `command` in the local busybox image."""
+        """A one-shot pod running `command` in the local busybox image. busybox as PID 1 ignores SIGTERM: a pod
+        still running when its namespace goes would hold the deletion for the default 30 s, so 1 s unless given."""
         k8s = self.k8s
+        spec.setdefault("termination_grace_period_seconds", 1)
         container = k8s.V1Container(name="main", image=BUSYBOX, image_pull_policy="Never",
                                     command=command, resources=resources)
         return k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=name),

@@ -8,6 +8,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,9 +32,17 @@ DIGEST_A = "a" * 64
 DIGEST_B = "b" * 64
 
 
+# The clusters (kubeconfig paths) this test session loaded the images into: a cluster keeps them for its life (no
+# test removes them), so each further module's `images` fixture costs nothing instead of about a minute of model
+# build and image import.
+_LOADED = set()
+
+
 def build_and_load_images(kube):
     """Build (or reuse the cached) real engine image and the stand-in downloader image, which carries a real
-    tiny model and its LoRA adapter, and import both into the cluster."""
+    tiny model and its LoRA adapter, and import both into the cluster (once per cluster and test session)."""
+    if kube.kubeconfig in _LOADED:
+        return
     tmp = Path(tempfile.mkdtemp(prefix="serving-images-"))
     try:
         p = kube.run([REPO / "serving" / "images" / "build.sh", "vllm-cpu"])
@@ -50,6 +61,7 @@ def build_and_load_images(kube):
                   "--entrypoint", '["/usr/bin/python3", "/opt/fake-model-pull/fake_model_pull.py"]',
                   "--user", "65534:65534", "--output", tmp / "fake.tar"])
         kube.run([REPO / "tests" / "cluster" / "load-image.sh", engine_tar, tmp / "fake.tar"])
+        _LOADED.add(kube.kubeconfig)
     finally:
         shutil.rmtree(tmp)
 
@@ -143,6 +155,73 @@ def assert_ready(result, name=None):
     return entry
 
 
+def post(url, body, key=API_KEY, timeout=60):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - the test's own pod
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class RequestLoop(object):
+    """A completion request loop against a Service's URL for a roll (test_serving_chart.py, test_serving_role.py):
+    ``with RequestLoop(url, model, key) as loop:`` posts about 2 requests a second until the block ends; every
+    answer's status goes to ``codes`` (None for a request that failed without one), every one that is not 200
+    to ``failures`` as (code, body). On leaving the block the loop is stopped and joined (at most 60 s);
+    ``alive()`` then says whether it failed to stop."""
+
+    def __init__(self, url, model, key=API_KEY):
+        self.url, self.model, self.key = url, model, key
+        self.codes, self.failures = [], []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop)
+
+    def _loop(self):
+        # Until the test says stop (no count cap: a cap of 5000 requests ended the loop during a slow roll on a
+        # loaded node, before the pod was ready, and the wait for answers after the roll then saw none).
+        while not self.stop.is_set():
+            try:
+                code, body = post(self.url, {"model": self.model, "prompt": "roll", "max_tokens": 2, "temperature": 0},
+                                  key=self.key, timeout=30)
+            except Exception as e:  # noqa: BLE001 - every way a request can fail is a failed request, not a dead loop
+                # (http.client's IncompleteRead and BadStatusLine, a cut JSON body: not OSError)
+                code, body = None, "%s: %s" % (type(e).__name__, e)
+            self.codes.append(code)
+            if code != 200:
+                self.failures.append((code, body))
+            # Pacing, not a synchronisation: about 2 requests a second. 20 a second kept the old engine so busy that
+            # the new pod's engine, starting on the same 2 cores, did not get ready within 600 s.
+            self.stop.wait(0.5)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(60)
+        return False
+
+    def alive(self):
+        return self.thread.is_alive()
+
+    def answered_after_roll(self, kube, count=20, timeout=60):
+        """Wait until ``count`` more requests got an answer (or one failed: the caller's assertion then shows it)."""
+        after = len(self.codes)
+        kube.wait_for("%d more requests answered after the roll" % count,
+                      lambda: len(self.codes) >= after + count or self.failures, timeout=timeout)
+
+
+def engine_requests(pod):
+    """The requests a pod's engine has answered (vLLM's vllm:request_success_total, all finish reasons), read from
+    the pod's /metrics: which pod served a Service's requests."""
+    with urllib.request.urlopen("http://%s:8000/metrics" % pod.status.pod_ip, timeout=10) as r:  # noqa: S310
+        text = r.read().decode()
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("vllm:request_success_total{"))
+
+
 def live_pods(kube, ns, selector):
     """The pods of a selector that are not on their way out (deletionTimestamp unset, not finished),
     the same rule as endpoint_ready's live_pods()."""
@@ -158,16 +237,44 @@ def fake_gpus(kube, count):
     return before
 
 
+def delete_pods_now(kube, ns):
+    """Delete every pod of a namespace with a 1 s grace period (a teardown's, before the namespace goes). The
+    Deployments and ReplicaSets go first, orphaning their pods: a controller being deleted makes no replacement
+    (one would start its engine, preStop included, just as the namespace's deletion waits for it). Kubernetes
+    1.20's kubelet does not shorten a termination it has begun, so this comes before the namespace's deletion."""
+    from kubernetes.client.rest import ApiException
+
+    def each(listed, delete, **kw):
+        try:
+            items = listed(ns).items
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        for obj in items:
+            try:
+                delete(obj.metadata.name, ns, **kw)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+    each(kube.apps.list_namespaced_deployment, kube.apps.delete_namespaced_deployment, propagation_policy="Orphan")
+    each(kube.apps.list_namespaced_replica_set, kube.apps.delete_namespaced_replica_set, propagation_policy="Orphan")
+    each(kube.core.list_namespaced_pod, kube.core.delete_namespaced_pod, grace_period_seconds=1)
+
+
 class CacheDir(object):
     """A hostPath cache on this (single) node (pods write it as 65534).
 
     remove(kube, namespace) deletes the namespace first: a pod still running would make the
-    hostPath (DirectoryOrCreate) again."""
+    hostPath (DirectoryOrCreate) again. Its pods go with a 1 s grace period before that: the chart's
+    drain (a preStop wait, then vLLM's own deadline, up to a minute) is each test's to prove in its body,
+    and in the teardown it only held the namespace's deletion."""
 
     def __init__(self):
         self.path = Path(tempfile.mkdtemp(prefix="llmops-serving-cache-"))
         os.chmod(self.path, 0o755)
 
     def remove(self, kube, namespace):
+        delete_pods_now(kube, namespace)
         kube.delete_namespace(namespace)
         subprocess.run(["rm", "-rf", str(self.path)], check=False)

@@ -14,7 +14,9 @@ def make_web(kube, namespace, replicas=2):
             selector=k8s.V1LabelSelector(match_labels=labels),
             template=k8s.V1PodTemplateSpec(
                 metadata=k8s.V1ObjectMeta(labels=labels),
-                spec=k8s.V1PodSpec(containers=[k8s.V1Container(
+                # busybox httpd as PID 1 ignores SIGTERM: without a short grace period each pod holds the
+                # namespace's deletion (the fixture's teardown) for the default 30 s.
+                spec=k8s.V1PodSpec(termination_grace_period_seconds=1, containers=[k8s.V1Container(
                     name="httpd", image=kube.BUSYBOX, image_pull_policy="Never",
                     command=["sh", "-c", script],
                     ports=[k8s.V1ContainerPort(container_port=8080, name="http")],

@@ -7,7 +7,6 @@ drain itself, with SIGTERM timed mid-answer, is tests/integration/serving/test_r
 import json
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import pytest
@@ -38,16 +37,6 @@ def cache(kube, namespace):
     c = sh.CacheDir()
     yield c
     c.remove(kube, namespace)
-
-
-def post(url, body, key=sh.API_KEY, timeout=60):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - the test's own pod
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def stream(url, body, key=sh.API_KEY):
@@ -120,28 +109,7 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
 
     # Rolling update to a new digest while a bounded request loop runs against the Service.
     url = sh.cluster_ip(kube, ns, "%s-tiny" % RELEASE) + "/v1/completions"
-    failures, codes, stop = [], [], threading.Event()
-
-    def loop():
-        # Until the test says stop (no count cap: a cap of 5000 requests ended the loop during a slow roll on a
-        # loaded node, before the pod was ready, and the wait for answers after the roll then saw none).
-        while not stop.is_set():
-            try:
-                code, body = post(url, {"model": "tiny-served", "prompt": "roll", "max_tokens": 2, "temperature": 0},
-                                  timeout=30)
-            except Exception as e:  # noqa: BLE001 - every way a request can fail is a failed request, not a dead loop
-                # (http.client's IncompleteRead and BadStatusLine, a cut JSON body: not OSError)
-                code, body = None, "%s: %s" % (type(e).__name__, e)
-            codes.append(code)
-            if code != 200:
-                failures.append((code, body))
-            # Pacing, not a synchronisation: about 2 requests a second. 20 a second kept the old engine so busy that
-            # the new pod's engine, starting on the same 2 cores, did not get ready within 600 s.
-            stop.wait(0.5)
-
-    t = threading.Thread(target=loop)
-    t.start()
-    try:
+    with sh.RequestLoop(url, "tiny-served") as loop:
         vals["models"][0]["checkpoint"]["digest"] = sh.DIGEST_B
         sh.helm(kube, ns, RELEASE, vals)
 
@@ -150,14 +118,9 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
             return len(pods) == 1 and pods[0].metadata.annotations["llmops.onprem/checkpoint-digest"] == sh.DIGEST_B \
                 and all(c.ready for c in pods[0].status.container_statuses or [])
         kube.wait_for("the roll to the new digest", rolled, timeout=sh.START_SECONDS)
-        after = len(codes)
-        # A failure ends the wait at once: the assertion below then shows it.
-        kube.wait_for("20 more requests answered after the roll", lambda: len(codes) >= after + 20 or failures, timeout=60)
-    finally:
-        stop.set()
-        t.join(60)
-    assert not t.is_alive(), "the request loop did not stop within 60 s"
-    assert len(codes) > 20 and failures == [], (len(codes), len(failures), failures[:5])
+        loop.answered_after_roll(kube)
+    assert not loop.alive(), "the request loop did not stop within 60 s"
+    assert len(loop.codes) > 20 and loop.failures == [], (len(loop.codes), len(loop.failures), loop.failures[:5])
     assert (cache.path / "tiny" / sh.DIGEST_B / "config.json").is_file()
 
     # The pod deleted during a long streamed answer: the answer completes, and the engine aborts nothing.
