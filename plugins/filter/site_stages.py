@@ -23,6 +23,9 @@ description:
     changed); C(done) otherwise.
   - Where - O(where) for the stage when given, else what its record says (the CA file, a service's URL and host, the
     object store prefixes, the served models' URLs, ...), else C(-).
+  - The stage C(prune) keeps no record. Its row's where says what the other stages' records still list as superseded
+    (C(kept from earlier bundles - 1 image(s) ...)) or C(nothing left from earlier bundles); read any time
+    (O(this_run=false)), its state is C(kept) or C(clean).
   - With O(table=true) returns the rows as aligned text lines (a header, then one line per stage).
 positional: records, before, skipped, selected, where
 options:

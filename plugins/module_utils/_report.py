@@ -24,7 +24,7 @@ STATUSES = ("ok", "warn", "fail", "skipped")
 # The order of site.yml's stages (docs/architecture.md); a stage not listed sorts after them, by name.
 STAGE_ORDER = ("preflight", "bundle_import", "packages_repo", "pki", "redis", "registry", "image_mirror", "nvidia_driver",
                "postgres", "minio", "checkpoints", "cluster_secrets", "gpu_operator", "model_engine", "vllm_serving",
-               "summary", "verify")
+               "prune", "summary", "verify")
 
 
 class ReportError(ValueError):
@@ -195,6 +195,20 @@ def _where(stage, rec):
     return ""
 
 
+def kept_from_earlier(records):
+    """What earlier bundles left on the site that the current one no longer names, as the stage prune's row says it
+    (one short line; empty when nothing is kept): the images and checkpoint prefixes the stages' records list as
+    ``superseded``."""
+    records = records if isinstance(records, dict) else {}
+    images = (records.get("image_mirror") or {}).get("superseded") or []
+    prefixes = (records.get("checkpoints") or {}).get("superseded") or []
+    if not images and not prefixes:
+        return ""
+    return "kept from earlier bundles: %d image(s)%s, %d checkpoint prefix(es)%s" % (
+        len(images), " (%s)" % ", ".join(str(i).split("@", 1)[0] for i in images) if images else "",
+        len(prefixes), " (%s)" % ", ".join(str((p or {}).get("prefix")) for p in prefixes) if prefixes else "")
+
+
 # A stage whose record is a reading of its run (not a hand-off, never in the state file): never "changed".
 _READINGS = ("preflight",)
 # A stage whose record is kept under another name.
@@ -242,7 +256,9 @@ def stage_rows(stages, records=None, before=None, skipped=None, selected=None, w
     stage's record differs from the one the run started with (a first run, or a new value; its values of the run,
     ``_PER_RUN``, aside: ``site_changes`` says what changed); ``done`` otherwise (the record is the same, or the stage
     ran and records nothing). Without ``this_run`` (a report read any time):
-    ``recorded`` (the stage has a record), else ``skipped: <reason>`` or ``no record``."""
+    ``recorded`` (the stage has a record), else ``skipped: <reason>`` or ``no record``. The stage ``prune`` keeps no
+    record: its row says what the other stages still list as superseded (``kept_from_earlier``), and read any time its
+    state is ``kept`` or ``clean``."""
     records, before, skipped, where, states = records or {}, before or {}, skipped or {}, where or {}, states or {}
     rows = []
     for stage in stages:
@@ -251,6 +267,9 @@ def stage_rows(stages, records=None, before=None, skipped=None, selected=None, w
         rec = records.get(key)
         if states.get(stage):
             state = states[stage]
+        elif key == "prune" and not this_run:
+            # The stage keeps no record: what it left is what the other stages' records still list as superseded.
+            state = "kept" if kept_from_earlier(records) else "clean"
         elif not this_run and rec is not None:
             state = "recorded"
         elif skipped.get(stage):
@@ -263,7 +282,8 @@ def stage_rows(stages, records=None, before=None, skipped=None, selected=None, w
             state = "changed"
         else:
             state = "done"
-        rows.append({"stage": stage, "state": state, "where": _text(where.get(stage)) or _where(key, rec) or "-"})
+        found = (kept_from_earlier(records) or "nothing left from earlier bundles") if key == "prune" else _where(key, rec)
+        rows.append({"stage": stage, "state": state, "where": _text(where.get(stage)) or found or "-"})
     return rows
 
 

@@ -115,6 +115,7 @@ def test_every_skipped_stage_is_in_the_summary_with_its_reason(tmp_path):
     rows = table(r.stdout)
     assert rows[0][:2] == ("preflight", "done") and [x[0] for x in rows][-1] == "verify"
     assert rows[-1] == ("verify", "next: the site verification report", "report %s/.private/verify/report.html" % inv)
+    assert rows[-2] == ("prune", "done", "nothing left from earlier bundles")
     # preflight runs first, even with nothing to check: nothing to plan, no problem
     assert "Capacity plan: nothing to plan (no bundle: llmops_bundle is not set)" in r.stdout
     assert "preflight: no problem on 0 host(s)" in r.stdout

@@ -136,6 +136,9 @@ def test_upgrade_moves_what_changed_keeps_it_for_a_rollback_then_prunes_and_then
     assert "prune: llmops_keep_previous is true" in out and "1 image(s), 1 checkpoint prefix(es)" in out, out[-4000:]
     assert ("Kept from earlier bundles (the stage prune removes it, or playbooks/prune.yml after a rollback window): "
             "1 image(s) (%s), 1 checkpoint prefix(es) (%s)" % (old_image.split("@")[0], old_ckpt["prefix"])) in out, out[-4000:]
+    assert re.search(r"prune +kept: llmops_keep_previous is true \(a rollback window; playbooks/prune.yml removes it\) +"
+                     r"kept from earlier bundles: 1 image\(s\) \(%s\), 1 checkpoint prefix\(es\)" % re.escape(old_image.split("@")[0]),
+                     out), out[-4000:]
     assert reg.manifest_digest(old_repo, old_digest) == old_digest
     assert len(s3.objects(old_ckpt["prefix"])) == 4
 
@@ -157,6 +160,7 @@ def test_upgrade_moves_what_changed_keeps_it_for_a_rollback_then_prunes_and_then
     three = record(inv)
     assert three["image_mirror"]["superseded"] == [] and three["checkpoints"]["superseded"] == []
     assert "Kept from earlier bundles" not in out
+    assert re.search(r"prune +done +nothing left from earlier bundles", out), out[-4000:]
     # What the registry host's stage prune then runs (registry role, tasks_from: garbage_collect; molecule/registry):
     # the old image's own layer leaves the registry's storage, the layer the kept image shares stays.
     assert blob_on_disk(reg, old_layer) and blob_on_disk(reg, shared_layer)

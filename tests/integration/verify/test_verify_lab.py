@@ -239,6 +239,7 @@ def test_green_then_one_fault_at_a_time_each_red_with_its_fix_and_nothing_change
     assert lines[("nvidia_driver", "GPUs per node")]["status"] == "skipped"
     assert [r["stage"] for r in doc["site_stages"]][:3] == ["preflight", "bundle_import", "packages_repo"]
     assert {"stage": "checkpoints", "state": "recorded", "where": "s3://%s/%s" % (BUCKET, lab["prefix"])} in doc["site_stages"]
+    assert {"stage": "prune", "state": "clean", "where": "nothing left from earlier bundles"} in doc["site_stages"]
 
     # Check mode: the same lines, nothing written.
     os.rename(str(lab["report"]), str(tmp_path / "green-report"))

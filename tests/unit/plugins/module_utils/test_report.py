@@ -140,6 +140,23 @@ def test_stage_rows_done_changed_skipped_not_selected_and_where():
     assert site_stages(["verify"], states={"verify": "next"})[0]["state"] == "next"
 
 
+def test_the_prune_row_says_what_earlier_bundles_left_and_is_kept_or_clean_read_later():
+    digest = "sha256:" + "a" * 64
+    records = {"image_mirror": {"images": ["reg:5000/lab/app:2"], "superseded": ["reg:5000/lab/app:1@" + digest]},
+               "checkpoints": {"synced": [], "superseded": [{"name": "tiny", "prefix": "tiny/" + "b" * 64}]}}
+    row = site_stages(["prune"], records, records)[0]
+    assert row == {"stage": "prune", "state": "done", "where": "kept from earlier bundles: 1 image(s) (reg:5000/lab/app:1), "
+                   "1 checkpoint prefix(es) (tiny/" + "b" * 64 + ")"}
+    assert site_stages(["prune"], records, this_run=False)[0]["state"] == "kept"
+    clean = {"image_mirror": {"images": ["reg:5000/lab/app:2"], "superseded": []}, "checkpoints": {"synced": []}}
+    assert site_stages(["prune"], clean, this_run=False)[0] == {"stage": "prune", "state": "clean",
+                                                                "where": "nothing left from earlier bundles"}
+    # the rollback window: the summary passes the state, the where still names what is kept
+    kept = site_stages(["prune"], records, states={"prune": "kept: llmops_keep_previous is true"})[0]
+    assert kept["state"] == "kept: llmops_keep_previous is true" and kept["where"].startswith("kept from earlier bundles: 1 image(s)")
+    assert _report.kept_from_earlier(None) == ""
+
+
 def test_the_table_aligns_its_columns():
     lines = site_stages(["pki", "image_mirror (push)"], {}, {}, {"image_mirror (push)": "no imported bundle"}, table=True)
     assert lines == ["stage                state                        where",
