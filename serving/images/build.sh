@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the serving images from local parts only: Debian 12 .deb packages (pinned in
-# python-runtime.packages) and this repository's files, written with serving/images/mkimage.py.
+# python-runtime.packages and vllm-cpu.packages, generated from the apt repository by
+# serving/images/pins.py) and this repository's files, written with serving/images/mkimage.py.
 # No container engine, no base image from a public registry.
 #
 #   serving/images/build.sh IMAGE [--output ARCHIVE.tar] [--oci-layout DIR] [--debs DIR] [--tag REF]...
@@ -63,6 +64,7 @@ deb_file() {
   for f in "$1/$2_${3#*:}_"*.deb "$1/$2_${3/:/%3a}_"*.deb; do
     [ -f "$f" ] && { echo "$f"; return; }
   done
+  return 0  # none: an empty answer (set -e would end the script on a failing $(...))
 }
 
 # deb_rootfs LIST NAME: the .deb packages pinned in LIST unpacked into one directory
@@ -78,8 +80,13 @@ deb_rootfs() {
   debs=${DEBS_DIR:-$LLMOPS_CACHE/images/debs}
   mkdir -p "$debs"
   tmp=$(mktemp -d "$LLMOPS_CACHE/images/.rootfs.XXXXXX")
-  trap 'rm -rf "$tmp"' EXIT
+  trap "rm -rf '$tmp'" EXIT  # expanded now: tmp is local, gone when the trap runs
   mkdir -p "$tmp/rootfs"
+  # The pins are generated from the repository (pins.py); say which are behind it. The pinned versions are built.
+  if [ -z "${DEBS_DIR:-}" ] && command -v apt-cache >/dev/null; then
+    "$PY3" "$HERE/pins.py" check "$list" >&2 \
+      || echo "build.sh: warning: $(basename "$list") is not the repository's current state (above); run serving/images/pins.py update" >&2
+  fi
   while read -r spec; do
     pkg=${spec%%=*} ver=${spec#*=}
     file=$(deb_file "$debs" "$pkg" "$ver")
