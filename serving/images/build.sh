@@ -80,12 +80,13 @@ deb_rootfs() {
   debs=${DEBS_DIR:-$LLMOPS_CACHE/images/debs}
   mkdir -p "$debs"
   tmp=$(mktemp -d "$LLMOPS_CACHE/images/.rootfs.XXXXXX")
-  trap "rm -rf '$tmp'" EXIT  # expanded now: tmp is local, gone when the trap runs
+  # shellcheck disable=SC2064  # expanded now on purpose: tmp is local, gone when the trap runs
+  trap "rm -rf '$tmp'" EXIT
   mkdir -p "$tmp/rootfs"
   # The pins are generated from the repository (pins.py); say which are behind it. The pinned versions are built.
   if [ -z "${DEBS_DIR:-}" ] && command -v apt-cache >/dev/null; then
     "$PY3" "$HERE/pins.py" check "$list" >&2 \
-      || echo "build.sh: warning: $(basename "$list") is not the repository's current state (above); run serving/images/pins.py update" >&2
+      || echo "build.sh: warning: $(basename "$list") is not the repository's current state (above); run python3 serving/images/pins.py update" >&2
   fi
   while read -r spec; do
     pkg=${spec%%=*} ver=${spec#*=}

@@ -1,12 +1,12 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # Copyright: llmops.onprem contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The serving images' Debian package pins (python-runtime.packages, vllm-cpu.packages), generated from the
 apt repository's current state instead of kept by hand.
 
-  serving/images/pins.py check  [FILE...]   say which pins are behind the repository, and for a list that is a
-                                            closure, which packages it lacks or holds without need; exit 1 if any
-  serving/images/pins.py update [FILE...]   rewrite the lists from the repository (comments kept), then check
+  python3 serving/images/pins.py check  [FILE...]   say which pins are behind the repository, and for a list that is a
+                                                    closure, which packages it lacks or holds without need; exit 1 if any
+  python3 serving/images/pins.py update [FILE...]   rewrite the lists from the repository (comments kept), then check
 
 FILE defaults to both lists next to this file. The repository is what apt on this machine is configured with
 (Debian 12 with bookworm-security, where the images' packages come from): a pin's version is the package's
@@ -206,7 +206,7 @@ def describe(name, result):
 
 
 def main(argv=None, apt=None):
-    ap = argparse.ArgumentParser(prog="pins.py", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="pins.py", description=__doc__.split("\n\n", maxsplit=1)[0])
     ap.add_argument("action", choices=("check", "update"))
     ap.add_argument("files", nargs="*", default=[os.path.join(HERE, n) for n in LISTS])
     a = ap.parse_args(argv)
