@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 # Copyright: llmops.onprem contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The serving images' Debian package pins (python-runtime.packages, vllm-cpu.packages), generated from the
