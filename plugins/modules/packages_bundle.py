@@ -270,11 +270,18 @@ def apply(run, p, todo):
         elif os.path.exists(path):
             os.unlink(path)
     index = packages_index(run, dest)
-    content = {KEYRING: lambda: export_key(run, homedir, fpr), PACKAGES: lambda: index, LOCK: lambda: todo["lock"].encode(),
-               RELEASE: lambda: release_bytes(p["distro"], index, read_bytes(os.path.join(dest, RELEASE)), todo["now"])}
     for name in todo["written"]:
-        if name in content:
-            write_atomic(os.path.join(dest, name), content[name](), mode=0o644)
+        if name == KEYRING:
+            data = export_key(run, homedir, fpr)
+        elif name == PACKAGES:
+            data = index
+        elif name == RELEASE:
+            data = release_bytes(p["distro"], index, read_bytes(os.path.join(dest, RELEASE)), todo["now"])
+        elif name == LOCK:
+            data = todo["lock"].encode()
+        else:
+            continue  # InRelease and Release.gpg: signed below
+        write_atomic(os.path.join(dest, name), data, mode=0o644)
     if INRELEASE in todo["written"]:
         sign_release(run, homedir, fpr, dest)
     return fpr
