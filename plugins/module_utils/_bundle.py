@@ -1098,45 +1098,46 @@ class Importer(object):
             self.d.close()
 
     def _import(self):
+        todo = plan_import(self.files, self.media_files, self.delta, self.gather())
+        self.skipped = todo["skip"]
+        if todo["noop"]:
+            self.imported = True
+            return self.result(changed=False)
+        if self.check_mode:
+            # The plan only: signatures, listing and sizes are checked; no byte is read or written.
+            self.copied, self.bytes_copied = todo["copy"], todo["copy_bytes"]
+            self.moved, self.held_in_place, self.removed = todo["move"], todo["held_in_place"], todo["remove"]
+            self.media_missing = [k for k in self._media_missing(todo["in_place"]) if k not in self.media_here]
+            return self.result(changed=True)
+        return self.apply(todo)
+
+    def gather(self):
+        """What plan_import() reads of the destination, read-only: its files (refusing a link anywhere in it), the
+        earlier imports' records (refusing a rollback or another bundle's unfinished import over several media),
+        the files already verified there, and, for a delta, the destination files that may hold each file it does
+        not carry (its own path first)."""
         present = self.d.scan()  # refuses a link anywhere in the destination before anything is written
         self._check_rollback()
         self._check_media_record()
         state = {} if self.reverify else self._load_state()
-        was_imported = self.already_imported()
-        in_place = self._in_place(state)
-        if was_imported and len(in_place) == len(self.files):
-            self.skipped = sorted(in_place)
-            self.imported = True
-            return self.result(changed=False)
-        held, sources = {}, {}
+        facts = dict(dest=self.dest, present=present, was_imported=self.already_imported(),
+                     in_place=self._in_place(state), free=free_bytes(self.dest), held_candidates=None,
+                     last_import=(self.previous or {}).get("manifest_sha256"))
         if self.delta is not None:
-            # A delta: the files it does not carry come from what the destination holds, each hashed
-            # against the new signed manifest before the import counts as done (not trusted by record).
-            held = {p: e for p, e in self.files.items() if p not in self.media_files}
-            in_place = {p: r for p, r in in_place.items() if p not in held}
-            sources = self._held_sources(held)
-        todo = [p for p in self.media_files if p not in in_place]
-        todo_bytes = sum(self.files[p]["size"] for p in todo)
-        move_bytes = sum(held[p]["size"] for p, cands in sources.items() if cands[0] != p)
-        free = free_bytes(self.dest)
-        if todo_bytes + move_bytes > free:
-            raise BundleError("not enough space in %s: the import needs %s (%d bytes), the file system has %s free. "
-                              "Free space or choose another destination; nothing was installed"
-                              % (self.dest, human(todo_bytes + move_bytes), todo_bytes + move_bytes, human(free)))
-        self.skipped = sorted(in_place)
-        if self.check_mode:
-            # A plan only: signatures, listing and sizes are checked; no byte is read or written.
-            self.copied = sorted(todo)
-            self.bytes_copied = todo_bytes
-            self.moved = sorted(p for p, cands in sources.items() if cands[0] != p)
-            self.held_in_place = sorted(p for p, cands in sources.items() if cands[0] == p)
-            self.removed = [p for p in present if self._stale(p)]
-            self.media_missing = [k for k in self._media_missing(in_place) if k not in self.media_here]
-            return self.result(changed=True)
+            facts["held_candidates"] = self._held_candidates(
+                {p: e for p, e in self.files.items() if p not in self.media_files})
+        return facts
+
+    def apply(self, todo):
+        """Carry out plan_import()'s plan: verify the held files (refusing before anything is written), copy inside
+        the destination, copy and verify what the plan copies, then record the import (or, when other media are still
+        to come, what is verified so far) and remove what the plan removes."""
+        held, sources = todo["held"], todo["sources"]
         held_bytes = sum(e["size"] for e in held.values())
         prog = self._prog = ProgressWriter(self.progress_file, "bundle_import", "%s -> %s" % (self.src, self.dest),
-                                           bytes_total=todo_bytes + held_bytes + move_bytes, files_total=len(todo) + len(held))
-        done = dict(in_place)
+                                           bytes_total=todo["copy_bytes"] + held_bytes + todo["move_bytes"],
+                                           files_total=len(todo["copy"]) + len(held))
+        done = dict(todo["in_place"])
         with prog:
             moves = {}
             if held:
@@ -1172,7 +1173,7 @@ class Importer(object):
         self.d.write_atomic(self.DONE, self.manifest_bytes)
         self.d.unlink(self.MEDIA_RECORD)
         self.imported = True
-        return self.result(changed=bool(self.copied) or bool(self.moved) or bool(self.removed) or not was_imported)
+        return self.result(changed=bool(self.copied) or bool(self.moved) or bool(self.removed) or not todo["was_imported"])
 
     def _held_hints(self):
         """{sha256: [paths]} of what the destination says it holds: the last finished import's manifest
@@ -1196,40 +1197,20 @@ class Importer(object):
             hints.setdefault(digest, []).append(path)
         return hints
 
-    def _base_names(self):
-        bundles = (self.delta.get("base") or {}).get("bundles") if isinstance(self.delta.get("base"), dict) else None
-        names = ["bundle %s (%s, created %s)" % (str(b.get("id"))[:16], b.get("name") or "unnamed", b.get("created") or "?")
-                 for b in (bundles or []) if isinstance(b, dict)]
-        return ", ".join(names) or "(none named)"
-
-    def _held_sources(self, held):
-        """For each file the delta does not carry, the destination files of its signed size that may hold
-        it (its own path first). Refuses, before anything is read or written, when some have none."""
+    def _held_candidates(self, held):
+        """For each file the delta does not carry, the destination files of its signed size that may hold it (its
+        own path first when the destination says it holds this content there; an empty list when none does)."""
         hints = self._held_hints()
-        sources, missing = {}, []
+        out = {}
         for p, e in sorted(held.items()):
             cands = []
-            # Its own path first when the destination says it holds this content there (check mode's
-            # prediction), else the paths said to hold it, then its own path anyway.
             said = hints.get(e["sha256"], [])
             for q in ([p] if p in said else []) + [x for x in said if x != p] + ([] if p in said else [p]):
                 st = self.d.lstat(q) if q not in cands else None
                 if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == e["size"]:
                     cands.append(q)
-            if cands:
-                sources[p] = cands
-            else:
-                missing.append(p)
-        if missing:
-            last = (self.previous or {}).get("manifest_sha256")
-            raise BundleError(
-                "delta refused: this delta carries %d of the bundle's %d files and takes the other %d from what the site holds; "
-                "its base is %s. %s (last import: %s) lacks %d of them: %s. Import the full bundle, or write this site's receipt "
-                "(playbooks/receipt.yml) and build a delta from it. Nothing was written"
-                % (len(self.media_files), len(self.files), len(held), self._base_names(), self.dest,
-                   ("bundle " + last[:16]) if last else "none finished", len(missing),
-                   short_list(missing, lambda p: "%s (sha256 %s, %s)" % (p, held[p]["sha256"], human(held[p]["size"])))))
-        return sources
+            out[p] = cands
+        return out
 
     def _verify_held(self, held, sources, prog):
         """Hash each held file (bounded by its signed size, never through a link) against the new signed
@@ -1301,13 +1282,10 @@ class Importer(object):
             self.moved.append(p)
             self._journal(p, done[p])
 
-    def _stale(self, rel):
-        return rel not in self.files and rel not in (MANIFEST, SIGNATURE) and rel.split("/", 1)[0] != IMPORT_DIR
-
     def _remove_stale(self):
         """Files an earlier bundle left in dest that this one does not list (dest is ours alone)."""
         for rel in self.d.scan():
-            if self._stale(rel):
+            if _stale(rel, self.files):
                 self.d.unlink(rel)
                 self.removed.append(rel)
 
@@ -1557,6 +1535,72 @@ class Importer(object):
             "checkpoints": {n: {"digest": d, "manifest": os.path.join(self.dest, IMPORT_DIR, "checkpoints", n + ".json") if self.dest else None}
                             for n, (m, d) in self.checkpoints.items()},
         }
+
+
+def _stale(rel, files):
+    """A destination file an earlier bundle left that this one (``files``: its manifest's) does not list."""
+    return rel not in files and rel not in (MANIFEST, SIGNATURE) and rel.split("/", 1)[0] != IMPORT_DIR
+
+
+def _base_names(delta):
+    base = delta.get("base")
+    bundles = base.get("bundles") if isinstance(base, dict) else None
+    names = ["bundle %s (%s, created %s)" % (str(b.get("id"))[:16], b.get("name") or "unnamed", b.get("created") or "?")
+             for b in (bundles or []) if isinstance(b, dict)]
+    return ", ".join(names) or "(none named)"
+
+
+def plan_import(files, media_files, delta, facts):
+    """What an import does, from the signed listing and Importer.gather()'s facts alone (no I/O).
+
+    files: the manifest's {path: entry}; media_files: those the source holds (a delta's carried files, else all);
+    delta: the signed delta.json or None; facts: dest, present (its files), was_imported, in_place ({path: record}
+    of files verified there), free (bytes), held_candidates ({path: [destination paths of its size]} for a delta's
+    held files, else None), last_import (the last finished import's manifest sha256 or None).
+
+    Returns dict(noop, skip, in_place, copy, copy_bytes, held, sources, move, held_in_place, move_bytes, remove,
+    was_imported): noop when the bundle is imported and every file is in place; copy the files to copy from the
+    source; held the files a delta takes from the destination, sources their candidates (in order), move those whose
+    first candidate is another path (copied inside the destination), held_in_place the others; remove the destination
+    files this bundle does not list. Check mode reports it; Importer.apply() carries it out. Raises BundleError (the
+    refusals that need no byte read: a delta's held file the destination lacks, not enough space)."""
+    dest, in_place = facts["dest"], dict(facts["in_place"])
+    was_imported = facts["was_imported"]
+    out = dict(noop=False, skip=sorted(in_place), in_place=in_place, copy=[], copy_bytes=0, held={}, sources={}, move=[],
+               held_in_place=[], move_bytes=0, remove=[], was_imported=was_imported)
+    if was_imported and len(in_place) == len(files):
+        out["noop"] = True
+        return out
+    held, sources = {}, {}
+    if delta is not None:
+        # A delta: the files it does not carry come from what the destination holds, each hashed
+        # against the new signed manifest before the import counts as done (not trusted by record).
+        held = {p: e for p, e in files.items() if p not in media_files}
+        in_place = {p: r for p, r in in_place.items() if p not in held}
+        candidates = facts["held_candidates"] or {}
+        sources = {p: candidates[p] for p in sorted(held) if candidates.get(p)}
+        missing = [p for p in sorted(held) if not candidates.get(p)]
+        if missing:
+            last = facts.get("last_import")
+            raise BundleError(
+                "delta refused: this delta carries %d of the bundle's %d files and takes the other %d from what the site holds; "
+                "its base is %s. %s (last import: %s) lacks %d of them: %s. Import the full bundle, or write this site's receipt "
+                "(playbooks/receipt.yml) and build a delta from it. Nothing was written"
+                % (len(media_files), len(files), len(held), _base_names(delta), dest,
+                   ("bundle " + last[:16]) if last else "none finished", len(missing),
+                   short_list(missing, lambda p: "%s (sha256 %s, %s)" % (p, held[p]["sha256"], human(held[p]["size"])))))
+    copy = [p for p in media_files if p not in in_place]
+    copy_bytes = sum(files[p]["size"] for p in copy)
+    move_bytes = sum(held[p]["size"] for p, cands in sources.items() if cands[0] != p)
+    if copy_bytes + move_bytes > facts["free"]:
+        raise BundleError("not enough space in %s: the import needs %s (%d bytes), the file system has %s free. "
+                          "Free space or choose another destination; nothing was installed"
+                          % (dest, human(copy_bytes + move_bytes), copy_bytes + move_bytes, human(facts["free"])))
+    out.update(skip=sorted(in_place), in_place=in_place, copy=sorted(copy), copy_bytes=copy_bytes, held=held,
+               sources=sources, move=sorted(p for p, cands in sources.items() if cands[0] != p),
+               held_in_place=sorted(p for p, cands in sources.items() if cands[0] == p), move_bytes=move_bytes,
+               remove=[p for p in facts["present"] if _stale(p, files)])
+    return out
 
 
 def _hash_exactly(f, size, out=None, progress=None, name=None):

@@ -383,146 +383,197 @@ def summarize_pod(pod):
     return out
 
 
+# The diagnosis is a table of rules, evaluated in order; the first that holds is the diagnosis. A rule is a
+# predicate over the facts (pod_facts() for each live pod in turn, then endpoint_facts() for the endpoint as a
+# whole) that returns the values its message and fix name (a dict, or True for none beyond the facts) or nothing,
+# plus its code, message and fix (%-templates over the facts and those values), whether it is fatal, and which
+# evidence it brings: the pod's events, the failing container's log tail ("container"), every log of the pod
+# ("every_log"), or none (pod=False).
+class Rule(object):
+    __slots__ = ("code", "when", "message", "fix", "fatal", "pod", "evidence")
+
+    def __init__(self, code, when, message, fix, fatal=True, pod=True, evidence=None):
+        self.code, self.when, self.message, self.fix = code, when, message, fix
+        self.fatal, self.pod, self.evidence = fatal, pod, evidence
+
+
+def _literal(text):
+    return text.replace("%", "%%")
+
+
+_INIT_EXITED = "%(where)s: init container %(container)s of pod %(pod)s exited %(exit)d"
+_SCHEDULE_FIX = ("Make a node fit the pod: check nodeSelector (nvidia.com/gpu.product), taints and resource requests "
+                 "against `kubectl describe nodes`.")
+
+POD_RULES = (
+    # 1. images the node cannot pull
+    Rule("image_pull", lambda f: f["pull"],
+         "%(where)s: pod %(pod)s cannot pull image %(image)s for container %(container)s (%(reason)s): %(detail)s",
+         "The image is not in the site registry (or the node cannot reach it): mirror it with the image mirror stage "
+         "from the bundle, and pass image values only through llmops.onprem.site_image so they name the site registry."),
+    # 2. not schedulable (the scheduler counts a terminating pod's requests until it is gone: wait for it)
+    Rule("waiting_for_old_pod", lambda f: f["pending"] and f["going"],
+         "%(where)s: pod %(pod)s is Pending (%(pending)s) while pod(s) %(going)s of this endpoint are still "
+         "terminating and hold their resources",
+         "Wait: the old pod frees its GPUs when its graceful termination ends (the chart's drain.preStopSeconds + "
+         "drain.seconds + 10 s at most).", fatal=False),
+    Rule("insufficient_gpu", lambda f: "nvidia.com/gpu" in f["pending"] and "Insufficient" in f["pending"],
+         "%(where)s: pod %(pod)s is Pending: %(pending)s",
+         "Not enough free GPUs: the model asks %(gpus)s GPU(s) per replica (plus one more replica's worth during a "
+         "rolling update with maxSurge 1). Free GPUs, lower gpus for this model, or check the nodes' allocatable "
+         "nvidia.com/gpu (GPU operator / device plugin)."),
+    Rule("unschedulable", lambda f: f["pending"], "%(where)s: pod %(pod)s is Pending: %(pending)s", _SCHEDULE_FIX),
+) + tuple(
+    # 3. the downloader (init container) failed: model-pull's own exit codes, then any other
+    Rule(code, lambda f, n=exit_code: f["init"] if f["init"] and f["init"]["exit"] == n else None,
+         _INIT_EXITED + ": " + _literal(meaning) + ". Last log lines: %(tail)s", _literal(fix),
+         fatal=rest[0] if rest else True, evidence="container")
+    for exit_code, (code, meaning, fix, *rest) in sorted(DOWNLOADER_EXITS.items())
+) + (
+    Rule("init_failed", lambda f: f["init"], _INIT_EXITED + ". Last log lines: %(tail)s",
+         "Read the init container's log (kubectl logs %(pod)s -c %(container)s) and fix its cause.",
+         evidence="container"),
+    # 4. the engine failed
+    Rule("unsupported_architecture", lambda f: f["engine"] and f["engine"]["arch"] and f["engine"],
+         "%(where)s: the engine in pod %(pod)s cannot serve this checkpoint: %(arch)s",
+         "This vLLM release does not implement the checkpoint's architecture (config.json 'architectures'): serve it "
+         "with a vLLM image that supports it (a newer release, mirrored into the site registry) or pick a checkpoint "
+         "of a supported architecture.", evidence="container"),
+    Rule("engine_failed", lambda f: f["engine"] and f["engine"]["exit"] is not None and f["engine"],
+         "%(where)s: engine container of pod %(pod)s exited %(exit)s (restarts %(restarts)s). Last log lines: %(tail)s",
+         "Read the engine log (kubectl logs %(pod)s -c %(container)s --previous) and fix its cause (GPU memory, "
+         "engine arguments, checkpoint files).", evidence="container"),
+)
+
+ENDPOINT_RULES = (
+    Rule("api_key_not_enforced", lambda f: f["error_kind"] == "api_key_not_enforced", "%(where)s: %(error)s",
+         "Start the engine with an API key: the chart's apiKey.secretName names the Secret the engine reads "
+         "VLLM_API_KEY from (the vllm_serving role creates it); an engine started without it answers anyone on the "
+         "network.", pod=False),
+    Rule("chat_template_missing", lambda f: f["error_kind"] == "chat_template_missing", "%(where)s: %(error)s",
+         "The checkpoint's tokenizer has no chat template, so the engine cannot answer chat requests: add one to the "
+         "checkpoint (tokenizer_config.json chat_template) or pass vLLM --chat-template, or set chat: false for this "
+         "endpoint (a base model serves completions only).", pod=False),
+    Rule("unauthorized", lambda f: f["status"] == 401 and f["via"] == "proxy",
+         "%(where)s: %(url)s answered 401 Unauthorized through the API server's service proxy, which drops the "
+         "Authorization header: the engine never sees the API key this way",
+         "Probe an engine that requires an API key via portforward (the default of the vllm_serving role), or via "
+         "direct from a controller that reaches the Service.", pod=False),
+    Rule("unauthorized", lambda f: f["status"] == 401,
+         "%(where)s: %(url)s answered 401 Unauthorized: the API key given is not the engine's",
+         "Pass the key from the serving API-key Secret (the chart's apiKey.secretName) as api_key; the engine reads it "
+         "from VLLM_API_KEY.", pod=False),
+    Rule("no_pods", lambda f: not f["pods"] and f["namespace"],
+         "%(where)s: no live pod in namespace %(namespace)s matches %(selector)r%(going_note)s",
+         "Check that the serving chart is installed in that namespace and the selector names its labels.",
+         fatal=False, pod=False),
+    # The evidence of the first live pod that is not Ready (its events and every container's log tail), so a wait
+    # that runs out explains itself.
+    Rule("not_ready", lambda f: True, "%(where)s: not ready yet%(error_note)s%(pod_note)s%(leaving_note)s",
+         "Wait longer (the start-up budget grows with the checkpoint's size) or read the engine log.",
+         fatal=False, evidence="every_log"),
+)
+
+
+def pod_facts(pod, events, logs, going=()):
+    """What the pod rules read of one live pod: the first container that cannot pull its image (pull), the
+    scheduler's reason when the pod is not schedulable (pending, "" when it is), the first init container that
+    exited non-zero (init), and the first engine container whose log names an unsupported architecture or that
+    exited non-zero (engine)."""
+    name = pod["metadata"]["name"]
+    st = pod.get("status") or {}
+    inits, mains = st.get("initContainerStatuses") or [], st.get("containerStatuses") or []
+    facts = dict(pod=name, going=", ".join(sorted(going)), pull=None, pending="", init=None, engine=None)
+    for c in inits + mains:
+        kind, reason, _code, message = _state_of(c)
+        if kind == "waiting" and reason in PULL_REASONS:
+            facts["pull"] = dict(container=c.get("name"), image=c.get("image") or "", reason=reason,
+                                 detail=_short(message, 300))
+            break
+    sched = [e.get("message") or "" for e in events.get(name, []) if e.get("reason") == "FailedScheduling"]
+    for cond in st.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            facts["pending"] = sched[-1] if sched else cond.get("message") or ""
+            if facts["pending"]:
+                break
+    for c in inits:
+        term = _last_terminated(c)
+        if term and term.get("exitCode") not in (None, 0):
+            tail = (logs.get((name, c.get("name"))) or "").strip().splitlines()[-3:]
+            facts["init"] = dict(container=c.get("name"), exit=term["exitCode"], tail=" | ".join(tail))
+            break
+    for c in mains:
+        term = _last_terminated(c)
+        log = logs.get((name, c.get("name"))) or ""
+        arch = [ln for ln in log.splitlines() if UNSUPPORTED_ARCH in ln.lower()]
+        failed = term and term.get("exitCode") not in (None, 0)
+        if arch or failed:
+            facts["engine"] = dict(container=c.get("name"), arch=_short(arch[-1].strip(), 400) if arch else "",
+                                   exit=term.get("exitCode") if failed else None, restarts=c.get("restartCount", 0),
+                                   tail=" | ".join(log.strip().splitlines()[-3:]))
+            break
+    return facts
+
+
+def endpoint_facts(ep, pods, http_error=None, going=()):
+    """What the endpoint rules read: the last HTTP error (its text, kind and status), how the endpoint is reached,
+    its live pods, and the first of them that is not Ready (the pod the not_ready evidence comes from)."""
+    error = "" if http_error is None else str(http_error)
+    waiting_pod = next((p for p in pods if not _is_ready(p)), pods[0] if pods else None)
+    leaving_names = ", ".join(sorted(going))
+    return dict(error=error, error_kind=getattr(http_error, "kind", None), status=getattr(http_error, "status", None),
+                via=ep.get("via"), url=ep.get("url"), namespace=ep.get("namespace"), selector=ep.get("selector"),
+                pods=pods, pod=waiting_pod["metadata"]["name"] if waiting_pod else None,
+                going_note=" (on their way out: %s)" % leaving_names if going else "",
+                error_note=": %s" % error if http_error is not None else "",
+                pod_note=" (pod %s: %s)" % (waiting_pod["metadata"]["name"], _pod_state(waiting_pod)) if waiting_pod else "",
+                leaving_note="; on their way out: %s" % leaving_names if going else "")
+
+
+def first_rule(rules, facts):
+    """(rule, the values its templates read) of the first rule that holds over facts, or (None, None)."""
+    for rule in rules:
+        match = rule.when(facts)
+        if match:
+            return rule, dict(facts, **match) if isinstance(match, dict) else facts
+    return None, None
+
+
 def diagnose(ep, pods, events, logs, http_error=None, going=()):
-    """What is wrong with one endpoint, from the cluster's view.
+    """What is wrong with one endpoint, from the cluster's view: the first of POD_RULES that holds for a live pod
+    (pod by pod, in order), else the first of ENDPOINT_RULES (the last, not_ready, always holds).
 
     pods: the endpoint's live pod dicts (API JSON; live_pods()); events: {pod name: [event dicts]};
     logs: {(pod, container): text}; http_error: the last EndpointError of the HTTP steps (or None);
     going: names of the endpoint's pods on their way out (they may still hold GPUs the new pod waits for).
-    Returns dict(code, message, fix, fatal, evidence).
+    Returns dict(code, message, fix, fatal, evidence), and container when the diagnosis names a failing container.
     """
+    rule = None
+    for pod in pods:
+        rule, values = first_rule(POD_RULES, pod_facts(pod, events, logs, going))
+        if rule is not None:
+            break
+    if rule is None:
+        rule, values = first_rule(ENDPOINT_RULES, endpoint_facts(ep, pods, http_error, going))
+    values = dict(values, where="%s (model %s)" % (ep.get("name"), ep.get("model")), gpus=ep.get("gpus", "its"))
     evidence = dict(pods=[summarize_pod(p) for p in pods], events=[], log_tail=[])
     if going:
         evidence["leaving"] = sorted(going)
-
-    def found(code, message, fix, fatal=True, pod=None, container=None, every_log=False):
-        if pod is not None:
-            evidence["events"] = [_short("%s %s: %s" % (e.get("type"), e.get("reason"), e.get("message")), 300)
-                                  for e in events.get(pod, [])][-8:]
-            if container is not None:
-                evidence["log_tail"] = (logs.get((pod, container)) or "").splitlines()[-20:]
-            elif every_log:
-                evidence["log_tail"] = ["[%s] %s" % (c, line) for (p, c), text in sorted(logs.items()) if p == pod
-                                        for line in (text or "").splitlines()[-20:]]
-        out = dict(code=code, message=message, fix=fix, fatal=fatal, evidence=evidence)
+    pod = values["pod"] if rule.pod else None
+    container = values.get("container") if rule.evidence == "container" else None
+    if pod is not None:
+        evidence["events"] = [_short("%s %s: %s" % (e.get("type"), e.get("reason"), e.get("message")), 300)
+                              for e in events.get(pod, [])][-8:]
         if container is not None:
-            out["container"] = container
-        return out
-
-    where = "%s (model %s)" % (ep.get("name"), ep.get("model"))
-    for pod in pods:
-        name = pod["metadata"]["name"]
-        st = pod.get("status") or {}
-        statuses = [("init", c) for c in st.get("initContainerStatuses") or []] + \
-                   [("main", c) for c in st.get("containerStatuses") or []]
-        # 1. images the node cannot pull
-        for _group, c in statuses:
-            kind, reason, _code, message = _state_of(c)
-            if kind == "waiting" and reason in PULL_REASONS:
-                image = c.get("image") or ""
-                return found("image_pull", "%s: pod %s cannot pull image %s for container %s (%s): %s"
-                             % (where, name, image, c.get("name"), reason, _short(message, 300)),
-                             "The image is not in the site registry (or the node cannot reach it): mirror it with the "
-                             "image mirror stage from the bundle, and pass image values only through "
-                             "llmops.onprem.site_image so they name the site registry.", pod=name)
-        # 2. not schedulable
-        for cond in st.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                msg = cond.get("message") or ""
-                sched = [e.get("message") or "" for e in events.get(name, []) if e.get("reason") == "FailedScheduling"]
-                text = sched[-1] if sched else msg
-                if text and going:
-                    # The scheduler counts a terminating pod's requests until it is gone: wait for it.
-                    return found("waiting_for_old_pod", "%s: pod %s is Pending (%s) while pod(s) %s of this endpoint "
-                                 "are still terminating and hold their resources" % (where, name, text, ", ".join(sorted(going))),
-                                 "Wait: the old pod frees its GPUs when its graceful termination ends (the chart's "
-                                 "drain.preStopSeconds + drain.seconds + 10 s at most).", fatal=False, pod=name)
-                if "nvidia.com/gpu" in text and "Insufficient" in text:
-                    return found("insufficient_gpu", "%s: pod %s is Pending: %s" % (where, name, text),
-                                 "Not enough free GPUs: the model asks %s GPU(s) per replica (plus one more replica's "
-                                 "worth during a rolling update with maxSurge 1). Free GPUs, lower gpus for this model, "
-                                 "or check the nodes' allocatable nvidia.com/gpu (GPU operator / device plugin)."
-                                 % ep.get("gpus", "its"), pod=name)
-                if text:
-                    return found("unschedulable", "%s: pod %s is Pending: %s" % (where, name, text),
-                                 "Make a node fit the pod: check nodeSelector (nvidia.com/gpu.product), taints and "
-                                 "resource requests against `kubectl describe nodes`.", pod=name)
-        # 3. the downloader (init container) failed
-        for group, c in statuses:
-            if group != "init":
-                continue
-            term = _last_terminated(c)
-            if term and term.get("exitCode") not in (None, 0):
-                code = term["exitCode"]
-                tail = (logs.get((name, c.get("name"))) or "").strip().splitlines()[-3:]
-                known = DOWNLOADER_EXITS.get(code)
-                if known:
-                    return found(known[0], "%s: init container %s of pod %s exited %d: %s. Last log lines: %s"
-                                 % (where, c.get("name"), name, code, known[1], " | ".join(tail)),
-                                 known[2], fatal=known[3] if len(known) > 3 else True, pod=name, container=c.get("name"))
-                return found("init_failed", "%s: init container %s of pod %s exited %d. Last log lines: %s"
-                             % (where, c.get("name"), name, code, " | ".join(tail)),
-                             "Read the init container's log (kubectl logs %s -c %s) and fix its cause." % (name, c.get("name")),
-                             pod=name, container=c.get("name"))
-        # 4. the engine failed
-        for group, c in statuses:
-            if group != "main":
-                continue
-            term = _last_terminated(c)
-            log = logs.get((name, c.get("name"))) or ""
-            if UNSUPPORTED_ARCH in log.lower():
-                line = [ln for ln in log.splitlines() if UNSUPPORTED_ARCH in ln.lower()][-1]
-                return found("unsupported_architecture", "%s: the engine in pod %s cannot serve this checkpoint: %s"
-                             % (where, name, _short(line.strip(), 400)),
-                             "This vLLM release does not implement the checkpoint's architecture (config.json "
-                             "'architectures'): serve it with a vLLM image that supports it (a newer release, mirrored "
-                             "into the site registry) or pick a checkpoint of a supported architecture.",
-                             pod=name, container=c.get("name"))
-            if term and term.get("exitCode") not in (None, 0):
-                tail = log.strip().splitlines()[-3:]
-                return found("engine_failed", "%s: engine container of pod %s exited %s (restarts %s). Last log lines: %s"
-                             % (where, name, term.get("exitCode"), c.get("restartCount", 0), " | ".join(tail)),
-                             "Read the engine log (kubectl logs %s -c %s --previous) and fix its cause (GPU memory, "
-                             "engine arguments, checkpoint files)." % (name, c.get("name")), pod=name, container=c.get("name"))
-    if http_error is not None and http_error.kind == "api_key_not_enforced":
-        return found("api_key_not_enforced", "%s: %s" % (where, http_error),
-                     "Start the engine with an API key: the chart's apiKey.secretName names the Secret the engine "
-                     "reads VLLM_API_KEY from (the vllm_serving role creates it); an engine started without it answers "
-                     "anyone on the network.", fatal=True)
-    if http_error is not None and http_error.kind == "chat_template_missing":
-        return found("chat_template_missing", "%s: %s" % (where, http_error),
-                     "The checkpoint's tokenizer has no chat template, so the engine cannot answer chat requests: add "
-                     "one to the checkpoint (tokenizer_config.json chat_template) or pass vLLM --chat-template, or set "
-                     "chat: false for this endpoint (a base model serves completions only).", fatal=True)
-    if http_error is not None and http_error.status == 401:
-        if ep.get("via") == "proxy":
-            return found("unauthorized", "%s: %s answered 401 Unauthorized through the API server's service proxy, which "
-                         "drops the Authorization header: the engine never sees the API key this way" % (where, ep.get("url")),
-                         "Probe an engine that requires an API key via portforward (the default of the vllm_serving "
-                         "role), or via direct from a controller that reaches the Service.", fatal=True)
-        return found("unauthorized", "%s: %s answered 401 Unauthorized: the API key given is not the engine's"
-                     % (where, ep.get("url")),
-                     "Pass the key from the serving API-key Secret (the chart's apiKey.secretName) as api_key; the "
-                     "engine reads it from VLLM_API_KEY.", fatal=True)
-    if not pods and ep.get("namespace"):
-        return found("no_pods", "%s: no live pod in namespace %s matches %r%s" % (
-                     where, ep.get("namespace"), ep.get("selector"),
-                     " (on their way out: %s)" % ", ".join(sorted(going)) if going else ""),
-                     "Check that the serving chart is installed in that namespace and the selector names its labels.",
-                     fatal=False)
-    message = "%s: not ready yet" % where
-    if http_error is not None:
-        message += ": %s" % http_error
-    # The evidence of the first live pod that is not Ready (its events and every container's log tail),
-    # so a wait that runs out explains itself.
-    waiting_pod = next((p for p in pods if not _is_ready(p)), pods[0] if pods else None)
-    if waiting_pod is not None:
-        message += " (pod %s: %s)" % (waiting_pod["metadata"]["name"], _pod_state(waiting_pod))
-    if going:
-        message += "; on their way out: %s" % ", ".join(sorted(going))
-    return found("not_ready", message, "Wait longer (the start-up budget grows with the checkpoint's size) or read "
-                 "the engine log.", fatal=False, pod=waiting_pod["metadata"]["name"] if waiting_pod else None,
-                 every_log=True)
+            evidence["log_tail"] = (logs.get((pod, container)) or "").splitlines()[-20:]
+        elif rule.evidence == "every_log":
+            evidence["log_tail"] = ["[%s] %s" % (c, line) for (p, c), text in sorted(logs.items()) if p == pod
+                                    for line in (text or "").splitlines()[-20:]]
+    out = dict(code=rule.code, message=rule.message % values, fix=rule.fix % values, fatal=rule.fatal,
+               evidence=evidence)
+    if container is not None:
+        out["container"] = container
+    return out
 
 
 def _pod_state(pod):

@@ -304,9 +304,12 @@ def _pool_map(parallel, fn, items, stop=None):
     return [f.result() for f in futures]
 
 
-def run(p, check_mode, stop=None):
-    t0 = time.time()
-    stop = stop or threading.Event()
+def gather(p, check_mode):
+    """Everything plan() reads, nothing written: the inputs checked, the selected images of the layout, and the
+    registry's state of them (each tag's manifest digest, whether each blob of a changed image is in its repository).
+    When check mode finds no registry answering yet (a first --check run, before the registry stage made it), the
+    state is predicted from the bundle alone (nothing there), without logging in anywhere.
+    Returns dict(site, layout, images, registry, current, present, reachable)."""
     site = check_site_registry(p["registry"])
     if p["parallel"] < 1 or p["chunk_size"] < 1:
         raise OnpremError("parallel (%d) and chunk_size (%d MiB) must be at least 1" % (p["parallel"], p["chunk_size"]),
@@ -314,23 +317,24 @@ def run(p, check_mode, stop=None):
     layout = Layout(p["layout"])
     images = describe(layout, select_images(layout, p["images"]), site)
     reg = Registry(site, p["username"], p["password"], p["ca_path"], p["validate_certs"], timeout=p["timeout"])
-
-    def head_manifest(img):
-        return reg.manifest_digest(img["repository"], img["ref_digest"] or img["tag"])
-    reachable = True
     if check_mode and not reg.answers():
-        # A first --check run, before the registry stage made the registry: predict from the bundle alone
-        # (everything pushed), without logging in anywhere.
-        reachable = False
-        current, present = dict((i["target"], None) for i in images), {}
-    else:
-        reg.login([img["repository"] for img in images])
-        current = dict(zip([i["target"] for i in images], _pool_map(p["parallel"], head_manifest, images)))
-        pairs = sorted(set((img["repository"], d) for img in images if current[img["target"]] != img["digest"]
-                           for d in img["blobs"]))
-        present = dict(zip(pairs, _pool_map(p["parallel"], lambda rd: reg.blob_exists(*rd), pairs)))
-    pl = plan(images, current, present)
+        return dict(site=site, layout=layout, images=images, registry=reg, reachable=False,
+                    current=dict((i["target"], None) for i in images), present={})
+    reg.login([img["repository"] for img in images])
+    current = dict(zip([i["target"] for i in images], _pool_map(p["parallel"], lambda i: head_manifest(reg, i), images)))
+    pairs = sorted(set((img["repository"], d) for img in images if current[img["target"]] != img["digest"]
+                       for d in img["blobs"]))
+    present = dict(zip(pairs, _pool_map(p["parallel"], lambda rd: reg.blob_exists(*rd), pairs)))
+    return dict(site=site, layout=layout, images=images, registry=reg, reachable=True, current=current, present=present)
 
+
+def head_manifest(reg, img):
+    return reg.manifest_digest(img["repository"], img["ref_digest"] or img["tag"])
+
+
+def report(images, current, pl, reachable, site):
+    """Pure: the module's result for plan() ``pl`` before anything is pushed (what check mode returns, and what a real
+    run starts from: bytes_moved, resumed and restarted then fill in as the push goes)."""
     result = dict(
         changed=bool(pl["todo"]),
         images=[dict(source=i["source"], target=i["target"], digest=i["digest"],
@@ -344,11 +348,26 @@ def run(p, check_mode, stop=None):
     if not reachable:
         result["msg"] = ("check mode: the registry %s does not answer yet, so the prediction comes from the bundle "
                          "alone (every image pushed); a real run needs the registry" % site)
-    if check_mode or not pl["todo"]:
-        result["seconds"] = round(time.time() - t0, 2)
-        return result
+    return result
 
-    # Every blob to upload must match its digest before anything is pushed.
+
+def run(p, check_mode, stop=None):
+    """gather(), plan(), report(); check mode (or nothing to push) stops there, a real run then apply()s the plan."""
+    t0 = time.time()
+    stop = stop or threading.Event()
+    g = gather(p, check_mode)
+    pl = plan(g["images"], g["current"], g["present"])
+    result = report(g["images"], g["current"], pl, g["reachable"], g["site"])
+    if not check_mode and pl["todo"]:
+        apply(p, pl, g["images"], g["layout"], g["registry"], stop, result)
+    result["seconds"] = round(time.time() - t0, 2)
+    return result
+
+
+def apply(p, pl, images, layout, reg, stop, result):
+    """Carry out plan() ``pl``: every blob to upload checked against its digest before anything is pushed, then
+    uploads, mounts, manifests and their read-back (_push_and_put), with the progress file; fills result's
+    bytes_moved, resumed and restarted."""
     by_digest = dict((d, s) for img in images for d, s in img["blobs"].items())
     _pool_map(p["parallel"], lambda u: layout.verify_blob(u["digest"], by_digest[u["digest"]]), pl["uploads"])
 
@@ -356,10 +375,8 @@ def run(p, check_mode, stop=None):
     progress = ProgressWriter(p["progress_file"], "image_mirror", "%s -> %s" % (p["layout"], reg.host), phase="upload",
                               bytes_total=pl["bytes_total"], files_total=len(pl["uploads"]))
     with progress:
-        _push_and_put(p, pl, images, layout, reg, state, stop, progress, result, head_manifest)
+        _push_and_put(p, pl, images, layout, reg, state, stop, progress, result, lambda img: head_manifest(reg, img))
     reg.close()
-    result["seconds"] = round(time.time() - t0, 2)
-    return result
 
 
 def push_blob(reg, state, u, path, chunk_size, stop, on_bytes, upload=upload_blob, tries=None):
@@ -378,7 +395,7 @@ def push_blob(reg, state, u, path, chunk_size, stop, on_bytes, upload=upload_blo
 
 
 def _push_and_put(p, pl, images, layout, reg, state, stop, progress, result, head_manifest):
-    """The apply half of run: upload, mount, manifests, read-back; the progress file follows it."""
+    """The pushing half of apply(): upload, mount, manifests, read-back; the progress file follows it."""
     lock = threading.Lock()
 
     def push(u):

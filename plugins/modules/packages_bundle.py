@@ -23,6 +23,9 @@ description:
   - Idempotent by content - the C(Release) date is kept while the index is unchanged, so an unchanged closure gives the same
     bytes and the repository is not re-signed; C(changed) reports downloads, removals and any index,
     key, lock or signature write.
+  - A run plans first (the closure resolved in a container that downloads nothing, compared with O(dest)), and check
+    mode reports that plan; a real run then carries it out, fetching in a second container only when pool files are
+    missing, and refuses a closure that changed between the two (the image's apt sources moved on meanwhile).
   - The closure is relative to a host made from O(image) - packages the image already has are not
     bundled. Use an image as minimal as the site's hosts.
   - Runs on the controller (the connected side). Needs C(podman), C(apt-ftparchive) (Debian
@@ -148,7 +151,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.llmops.onprem.plugins.module_utils._debrepo import (
     INRELEASE, KEYRING, LOCK, PACKAGES, POOL, RELEASE, RELEASE_GPG, PackagesError, export_key, generate_key,
     input_problems, key_fingerprint, list_pool, packages_index, parse_closure, plan_pool, podman_resolve_argv,
-    read_bytes, release_date, render_lock, render_release, sign_release, signatures_valid, stop_agent, write_if_changed)
+    read_bytes, release_date, render_lock, render_release, sign_release, signatures_valid, stop_agent)
+from ansible_collections.llmops.onprem.plugins.module_utils._files import write_atomic
 
 
 def argument_spec():
@@ -164,96 +168,134 @@ def argument_spec():
     )
 
 
-def resolve(run, p, pool):
+def resolve(run, p, pool=None):
     """Closure of p['names'] in a fresh container of p['image']; downloads into ``pool`` when given."""
     rc, out, err = run(podman_resolve_argv(p["podman"], p["image"], p["names"], pool=pool, network=p["network"],
                                            components=p.get("components")))
     if rc != 0:
         raise PackagesError("resolving the closure of %s in a container of %s failed (rc=%d): %s"
                             % (", ".join(p["names"]), p["image"], rc, err.strip()[-2000:]), rc=rc, stderr=err)
-    closure = parse_closure(out)
-    if not closure:
-        raise PackagesError("the image %s already has %s and all their dependencies installed: the closure is empty, "
-                            "so the repository would be empty; use an image as minimal as the site's hosts"
-                            % (p["image"], ", ".join(p["names"])))
-    return closure
+    return parse_closure(out)
 
 
-def release_bytes(distro, index, dest):
-    old = read_bytes(os.path.join(dest, RELEASE))
-    return render_release(distro, index, release_date(old, distro, index, time.time())).encode()
+def release_bytes(distro, index, old_release, now):
+    return render_release(distro, index, release_date(old_release, distro, index, now)).encode()
 
 
-def run_module(run, p, check_mode):
+def gather(run, p):
+    """What plan() reads, all of it read-only: the signing key (and its public part), the repository's files and
+    pool, the index of the pool as it is, and the closure resolved in a container (which downloads nothing)."""
     problems = input_problems(p["distro"], p["names"], p.get("components"))
     if problems:
         raise PackagesError("; ".join(problems))
     dest, homedir = p["dest"], os.path.join(p["key_dir"], "gnupg")
     fpr = key_fingerprint(run, homedir)
-    key_generated = fpr is None
-    before_lock = (read_bytes(os.path.join(dest, LOCK)) or b"").decode("utf-8", "replace")
-    present = list_pool(dest)
+    closure = resolve(run, p)
+    state = dict(key_fingerprint=fpr, public_key=export_key(run, homedir, fpr) if fpr else None,
+                 present=list_pool(dest), closure=closure, now=time.time(),
+                 files=dict((name, read_bytes(os.path.join(dest, name))) for name in (KEYRING, PACKAGES, RELEASE, LOCK)))
+    state["index"] = packages_index(run, dest) if state["present"] else b""
+    state["signatures_valid"] = signatures_valid(run, dest)
+    return state
+
+
+def plan(p, state):
+    """What a run does, from gather()'s state alone (no I/O): the closure, the pool files to fetch and remove, the
+    repository files to (re)write in the order apply() writes them, and whether the key is to be made. Check mode
+    reports this; apply() carries it out. Packages and Release are rewritten whenever the pool changes (their
+    content then depends on the fetched files); an unchanged pool keeps them when their bytes are current."""
+    closure = state["closure"]
+    if not closure:
+        raise PackagesError("the image %s already has %s and all their dependencies installed: the closure is empty, "
+                            "so the repository would be empty; use an image as minimal as the site's hosts"
+                            % (p["image"], ", ".join(p["names"])))
+    pool = plan_pool(closure, state["present"])
+    files = state["files"]
+    lock = render_lock(closure)
+    generate = state["key_fingerprint"] is None
+    written = []
+    if generate or files[KEYRING] != state["public_key"]:
+        written.append(KEYRING)
+    if pool["missing"] or pool["stale"]:
+        written += [PACKAGES, RELEASE]
+    else:
+        if files[PACKAGES] != state["index"]:
+            written.append(PACKAGES)
+        if files[RELEASE] != release_bytes(p["distro"], state["index"], files[RELEASE], state["now"]):
+            written.append(RELEASE)
+    if files[LOCK] != lock.encode():
+        written.append(LOCK)
+    if RELEASE in written or KEYRING in written or not state["signatures_valid"]:
+        written += [INRELEASE, RELEASE_GPG]
+    before_lock = (files[LOCK] or b"").decode("utf-8", "replace")
+    return dict(closure=closure, lock=lock, downloaded=pool["missing"], removed=pool["stale"], written=written,
+                generate_key=generate, key_fingerprint=state["key_fingerprint"], before_lock=before_lock, now=state["now"],
+                changed=bool(pool["missing"] or pool["stale"] or written or generate))
+
+
+def apply(run, p, todo):
+    """Carry out plan()'s ``todo``: fetch the closure (a container with the pool mounted; it must resolve the same
+    closure), remove what left it, make the key, write and sign exactly the files the plan names. A fetch that fails
+    leaves no directory it made behind. Returns the key's fingerprint."""
+    dest, homedir = p["dest"], os.path.join(p["key_dir"], "gnupg")
     pool = os.path.join(dest, POOL)
     made = [pool]
     while not os.path.isdir(os.path.dirname(made[0])):
         made.insert(0, os.path.dirname(made[0]))
     made = [d for d in made if not os.path.isdir(d)]
-    if not check_mode:
-        for d in made:
-            os.mkdir(d, 0o755)
+    for d in made:
+        os.mkdir(d, 0o755)
     try:
-        closure = resolve(run, p, None if check_mode else pool)
+        if todo["downloaded"]:
+            closure = resolve(run, p, pool)
+            if closure != todo["closure"]:
+                raise PackagesError("the closure of %s changed while it was fetched (the image's apt sources moved on): "
+                                    "planned %s, fetched %s; run again" % (", ".join(p["names"]), render_lock(
+                                        todo["closure"]).split(), render_lock(closure).split()))
     except PackagesError:
         for d in reversed(made):  # a refused build leaves nothing behind
             if os.path.isdir(d) and not os.listdir(d):
                 os.rmdir(d)
         raise
-    if key_generated and not check_mode:
-        fpr = generate_key(run, homedir)
-    plan = plan_pool(closure, present)
-    lock = render_lock(closure)
-    written = []
-    if check_mode:
-        if plan["missing"] or plan["stale"]:
-            written = [PACKAGES, RELEASE, INRELEASE, RELEASE_GPG]
+    absent = [c["filename"] for c in todo["closure"] if not os.path.isfile(os.path.join(pool, c["filename"]))]
+    if absent:
+        raise PackagesError("apt reported the closure but did not download %s into %s" % (", ".join(absent), pool))
+    fpr = generate_key(run, homedir) if todo["generate_key"] else todo["key_fingerprint"]
+    for name in todo["removed"]:
+        os.unlink(os.path.join(pool, name))
+    for junk in ("partial", "lock"):
+        path = os.path.join(pool, junk)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.unlink(path)
+    index = packages_index(run, dest)
+    for name in todo["written"]:
+        if name == KEYRING:
+            data = export_key(run, homedir, fpr)
+        elif name == PACKAGES:
+            data = index
+        elif name == RELEASE:
+            data = release_bytes(p["distro"], index, read_bytes(os.path.join(dest, RELEASE)), todo["now"])
+        elif name == LOCK:
+            data = todo["lock"].encode()
         else:
-            index = packages_index(run, dest)
-            if read_bytes(os.path.join(dest, PACKAGES)) != index:
-                written.append(PACKAGES)
-            if read_bytes(os.path.join(dest, RELEASE)) != release_bytes(p["distro"], index, dest):
-                written.append(RELEASE)
-            if written or key_generated or not signatures_valid(run, dest):
-                written += [INRELEASE, RELEASE_GPG]
-        if key_generated or read_bytes(os.path.join(dest, KEYRING)) is None:
-            written.append(KEYRING)
-        if lock != before_lock:
-            written.append(LOCK)
-    else:
-        absent = [f for f in (c["filename"] for c in closure) if not os.path.isfile(os.path.join(pool, f))]
-        if absent:
-            raise PackagesError("apt reported the closure but did not download %s into %s" % (", ".join(absent), pool))
-        for name in plan["stale"]:
-            os.unlink(os.path.join(pool, name))
-        for junk in ("partial", "lock"):
-            path = os.path.join(pool, junk)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.unlink(path)
-        index = packages_index(run, dest)
-        for name, data in ((KEYRING, export_key(run, homedir, fpr)), (PACKAGES, index),
-                           (RELEASE, release_bytes(p["distro"], index, dest)), (LOCK, lock.encode())):
-            if write_if_changed(os.path.join(dest, name), data):
-                written.append(name)
-        if RELEASE in written or KEYRING in written or not signatures_valid(run, dest):
-            sign_release(run, homedir, fpr, dest)
-            written += [INRELEASE, RELEASE_GPG]
-    sizes = [os.path.getsize(os.path.join(pool, f)) for f in list_pool(dest)] if os.path.isdir(pool) else []
-    return dict(changed=bool(plan["missing"] or plan["stale"] or written or key_generated),
-                packages=closure, downloaded=plan["missing"], removed=plan["stale"], written=written,
-                key_fingerprint=fpr, key_generated=key_generated, total_bytes=sum(sizes),
-                diff=dict(before=before_lock, after=lock, before_header=os.path.join(dest, LOCK),
-                          after_header=os.path.join(dest, LOCK)))
+            continue  # InRelease and Release.gpg: signed below
+        write_atomic(os.path.join(dest, name), data, mode=0o644)
+    if INRELEASE in todo["written"]:
+        sign_release(run, homedir, fpr, dest)
+    return fpr
+
+
+def run_module(run, p, check_mode):
+    todo = plan(p, gather(run, p))
+    fpr = todo["key_fingerprint"] if check_mode else apply(run, p, todo)
+    pool = os.path.join(p["dest"], POOL)
+    sizes = [os.path.getsize(os.path.join(pool, f)) for f in list_pool(p["dest"])] if os.path.isdir(pool) else []
+    lock_path = os.path.join(p["dest"], LOCK)
+    return dict(changed=todo["changed"], packages=todo["closure"], downloaded=todo["downloaded"], removed=todo["removed"],
+                written=todo["written"], key_fingerprint=fpr, key_generated=todo["generate_key"], total_bytes=sum(sizes),
+                diff=dict(before=todo["before_lock"], after=todo["lock"], before_header=lock_path, after_header=lock_path))
 
 
 def main():

@@ -159,3 +159,33 @@ def test_push_blob_gives_up_after_two_tries_and_on_a_non_transient_error():
 
     with pytest.raises(OnpremError, match="HTTP 400"):
         _push(state, [progressed_then_refused_status, lambda: (1, None)])
+
+
+def test_report_is_what_check_mode_returns_for_a_plan():
+    from ansible_collections.llmops.onprem.plugins.modules.oci_mirror import report
+    a = img("x.io/a:1", "x.io/a", "sha256:ma", {"base": 100})
+    b = img("x.io/b:1", "x.io/b", "sha256:mb", {"base": 100, "b": 20})
+    current = {a["target"]: "sha256:ma", b["target"]: None}
+    r = report([a, b], current, plan([a, b], current, {}), True, "reg")
+    assert r["changed"] and r["registry_checked"] and "msg" not in r
+    assert [(i["source"], i["action"], i["bytes"]) for i in r["images"]] == [("x.io/a:1", "none", 0), ("x.io/b:1", "push", 20)]
+    assert (r["bytes_total"], r["bytes_moved"], r["blobs_uploaded"], r["blobs_mounted"], r["blobs_present"]) == (20, 0, 1, 1, 0)
+    assert r["diff"] == dict(before=dict(images=[a["target"]]), after=dict(images=[a["target"], b["target"]]))
+
+
+def test_report_without_a_registry_says_the_prediction_is_from_the_bundle():
+    from ansible_collections.llmops.onprem.plugins.modules.oci_mirror import report
+    a = img("x.io/a:1", "x.io/a", "sha256:ma", {"base": 100})
+    r = report([a], {a["target"]: None}, plan([a], {a["target"]: None}, {}), False, "registry.site.example:5000")
+    assert r["changed"] and not r["registry_checked"]
+    assert r["msg"] == ("check mode: the registry registry.site.example:5000 does not answer yet, so the prediction comes "
+                        "from the bundle alone (every image pushed); a real run needs the registry")
+
+
+@pytest.mark.parametrize("parallel, chunk", [(0, 128), (4, 0)])
+def test_gather_refuses_bad_numbers_before_reading_anything(parallel, chunk, tmp_path):
+    from ansible_collections.llmops.onprem.plugins.modules.oci_mirror import gather
+    p = dict(registry="registry.site.example:5000", parallel=parallel, chunk_size=chunk, layout=str(tmp_path / "none"))
+    with pytest.raises(OnpremError) as e:
+        gather(p, check_mode=True)
+    assert str(e.value) == "parallel (%d) and chunk_size (%d MiB) must be at least 1" % (parallel, chunk)

@@ -127,3 +127,81 @@ def test_bad_input_is_refused_before_podman_runs(env):
     assert str(e.value) == ("distro 'bookworm' is not of the form debian-12 / ubuntu-24.04; "
                             "names is empty: list the OS packages the site installs")
     assert fake.calls == []
+
+
+# plan(): pure, from a state dict shaped like gather()'s.
+LOCK_AB = b"llmops-a=1:1.0-1\nllmops-b=2.0\n"
+CLOSURE_AB = _debrepo.parse_closure("Inst llmops-a (1:1.0-1 Debian:12/stable [all])\nInst llmops-b (2.0 Debian:12/stable [all])\n")
+P = dict(distro="debian-12", image="img:1", names=["llmops-a"])
+
+
+def state(**changes):
+    index = b"Package: llmops-a\n\n"
+    files = {"llmops-archive-keyring.gpg": b"KEY", "Packages": index, "packages.lock": LOCK_AB,
+             "Release": m.release_bytes("debian-12", index, None, 0)}
+    out = dict(key_fingerprint="F" * 40, public_key=b"KEY", present=[c["filename"] for c in CLOSURE_AB],
+               closure=CLOSURE_AB, now=0, files=files, index=index, signatures_valid=True)
+    out["files"] = dict(files, **changes.pop("files", {}))
+    out.update(changes)
+    return out
+
+
+def test_plan_of_a_current_repository_does_nothing():
+    todo = m.plan(P, state(now=10 ** 9))  # a later clock keeps the Release date of an unchanged index
+    assert (todo["changed"], todo["downloaded"], todo["removed"], todo["written"], todo["generate_key"]) == \
+        (False, [], [], [], False)
+    assert todo["lock"] == todo["before_lock"] == LOCK_AB.decode()
+
+
+def test_plan_of_a_first_build():
+    empty = dict((name, None) for name in ("llmops-archive-keyring.gpg", "Packages", "Release", "packages.lock"))
+    todo = m.plan(P, state(key_fingerprint=None, public_key=None, present=[], index=b"", files=empty,
+                           signatures_valid=False))
+    assert todo["changed"] and todo["generate_key"] and todo["key_fingerprint"] is None
+    assert todo["downloaded"] == ["llmops-a_1%3a1.0-1_all.deb", "llmops-b_2.0_all.deb"] and todo["removed"] == []
+    assert todo["written"] == ["llmops-archive-keyring.gpg", "Packages", "Release", "packages.lock", "InRelease",
+                               "Release.gpg"]
+    assert todo["before_lock"] == ""
+
+
+@pytest.mark.parametrize("changes, written", [
+    (dict(files={"llmops-archive-keyring.gpg": b"OTHER"}), ["llmops-archive-keyring.gpg", "InRelease", "Release.gpg"]),
+    (dict(files={"Packages": b"stale"}), ["Packages"]),
+    (dict(files={"Release": b"Date: x\n"}), ["Release", "InRelease", "Release.gpg"]),
+    (dict(files={"packages.lock": b"hand-edited\n"}), ["packages.lock"]),
+    (dict(signatures_valid=False), ["InRelease", "Release.gpg"]),
+    (dict(present=["llmops-a_1%3a1.0-1_all.deb", "old_1_all.deb"]),
+     ["Packages", "Release", "InRelease", "Release.gpg"]),
+])
+def test_plan_rewrites_only_what_differs(changes, written):
+    todo = m.plan(P, state(**changes))
+    assert todo["changed"] and todo["written"] == written
+
+
+def test_plan_refuses_an_empty_closure():
+    with pytest.raises(_debrepo.PackagesError) as e:
+        m.plan(P, state(closure=[]))
+    assert str(e.value) == ("the image img:1 already has llmops-a and all their dependencies installed: the closure is "
+                            "empty, so the repository would be empty; use an image as minimal as the site's hosts")
+
+
+def test_check_mode_reports_what_the_real_run_writes(env):
+    fake, p = env
+    predicted = m.run_module(fake, p, check_mode=True)
+    assert not os.path.exists(p["dest"]) and not os.path.exists(p["key_dir"])
+    real = m.run_module(fake, p, check_mode=False)
+    for key in ("changed", "packages", "downloaded", "removed", "written", "key_generated", "diff"):
+        assert predicted[key] == real[key], key
+    assert predicted["key_fingerprint"] is None and real["key_fingerprint"]
+
+
+def test_apply_refuses_a_closure_that_moved_between_plan_and_fetch(env, tmp_path):
+    fake, p = env
+    todo = m.plan(p, m.gather(fake, p))
+    fake.closure = [("llmops-a", "1:1.0-2"), ("llmops-b", "2.0")]  # the mirror moved on meanwhile
+    with pytest.raises(_debrepo.PackagesError) as e:
+        m.apply(fake, p, todo)
+    assert str(e.value).startswith("the closure of llmops-a changed while it was fetched (the image's apt sources moved "
+                                   "on): planned ['llmops-a=1:1.0-1', 'llmops-b=2.0'], fetched ['llmops-a=1:1.0-2', ")
+    assert not os.path.exists(p["key_dir"])
+    assert not os.path.exists(os.path.join(p["dest"], "packages.lock"))
