@@ -272,3 +272,31 @@ def test_the_command_line_and_version(tmp_path):
                        env=dict(env, MINIO_ROOT_PASSWORD="short"), check=False, timeout=30)
     assert p.returncode == 1 and "MINIO_ROOT_PASSWORD must be at least 8 characters" in p.stderr
     assert not (tmp_path / "a" / ".minio-standin").exists()
+
+
+def load_standin():
+    """The stand-in's code as a module (its file has no .py suffix: it is installed as the minio binary)."""
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.SourceFileLoader("minio_standin", STANDIN)
+    spec = importlib.util.spec_from_loader("minio_standin", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("size", [0, 100, 16 * 1024, 16 * 1024 + 1, 40 * 1024])
+def test_its_decryption_reads_what_minio_user_encrypts(size):
+    """The stand-in's libcrypto AES-GCM and sio framing against the module's (cryptography's) encryption,
+    across the 16 KiB fragment boundary; a flipped byte or the wrong password is refused."""
+    from ansible_collections.llmops.onprem.plugins.module_utils._minio_admin import encrypt_data
+    standin = load_standin()
+    crypto = standin.LibCrypto()
+    plain = os.urandom(size)
+    blob = encrypt_data(ROOT[1], plain)
+    assert standin.madmin_decrypt(crypto, ROOT[1], blob) == plain
+    for bad_blob, password in ((blob[:-1] + bytes([blob[-1] ^ 1]), ROOT[1]), (blob, "another-root-password")):
+        with pytest.raises(ValueError):
+            standin.madmin_decrypt(crypto, password, bad_blob)
+    with pytest.raises(ValueError):
+        standin.madmin_decrypt(crypto, ROOT[1], blob[:40])
