@@ -18,6 +18,10 @@ description:
     with the admin secret key as madmin does.
   - Whether the user's secret is still right is checked with a request signed by the user's own
     credential, so a secret is only re-set when it does not authenticate.
+  - Then a request the policy does not grant is signed with the user's credential
+    (GetBucketLocation on a bucket outside O(resources)), and RV(policy_enforced) reports whether the
+    server refused it. A server that records policies without enforcing them (the test stand-in)
+    answers it, and so reports C(false).
   - B(Unverified against a running MinIO.) Request construction, signing and encryption are unit
     tested against madmin-go's and sio-go's sources and sio's test vectors; the test harness has
     no MinIO binary.
@@ -96,6 +100,15 @@ actions:
   type: list
   elements: str
   sample: ["put_policy", "create_user", "attach"]
+policy_enforced:
+  description:
+    - Whether the server refused the user's credential a request outside its policy (C(AccessDenied) to
+      GetBucketLocation on a bucket not in O(resources)).
+    - C(null) when that could not be asked (check mode before the user exists or authenticates) or the answer was
+      neither a refusal nor a reply.
+  returned: always
+  type: bool
+  sample: true
 policy:
   description: The policy document written for the user.
   returned: always
@@ -136,6 +149,23 @@ def secret_authenticates(endpoint, name, secret, bucket):
         raise
 
 
+PROBE_BUCKET = "llmops-policy-probe"
+
+
+def policy_enforced(endpoint, name, secret, resources):
+    """Whether the server refuses ``name`` a request its policy does not grant: GetBucketLocation on a
+    bucket outside ``resources`` (AccessDenied: True; answered: False; anything else: None)."""
+    whole, prefixed = split_resources(resources)
+    probe = PROBE_BUCKET
+    while probe in whole or probe in prefixed:
+        probe += "-x"
+    try:
+        state = endpoint.with_credential(name, secret).bucket_state(probe)
+    except OnpremError:
+        return None
+    return state == "denied"
+
+
 def describe(admin, p):
     """Read-only view of the current state."""
     user = admin.get_user(p["name"])
@@ -166,11 +196,14 @@ def run(admin, p, check_mode):
                 admin.associate(False, p["name"], arg)
             elif action == "attach":
                 admin.associate(True, p["name"], arg)
+    enforced = None
+    if not check_mode or (before["user"] is not None and before["secret_ok"]):
+        enforced = policy_enforced(admin.endpoint, p["name"], p["secret"], p["resources"])
     user = before["user"]
     after_policies = [p["policy_name"]] + ([] if p["exclusive"] else
                                            [x for x in user_policies(user) if x != p["policy_name"]])
     return dict(
-        changed=bool(actions), actions=[a[0] for a in actions], policy=policy,
+        changed=bool(actions), actions=[a[0] for a in actions], policy=policy, policy_enforced=enforced,
         diff=dict(
             before=dict(policy=before["policy"], user=None if user is None else dict(
                 status=user.get("status"), policies=user_policies(user), secret_authenticates=before["secret_ok"])),

@@ -33,6 +33,7 @@ class FakeStore(object):
         self.requests = []
         self.admin_api = True
         self.unreachable = False
+        self.enforce_policies = False  # like real MinIO when True; like rclone serve s3 (the stand-in) when False
 
     def secret_of(self, access_key):
         if access_key == ROOT[0]:
@@ -69,7 +70,8 @@ class FakeStore(object):
         if req.method == "GET" and not bucket:
             names = "".join("<Bucket><Name>%s</Name></Bucket>" % b for b in sorted(self.buckets))
             return 200, {}, ("<ListAllMyBucketsResult><Buckets>%s</Buckets></ListAllMyBucketsResult>" % names).encode()
-        if bucket in self.foreign_buckets:
+        if bucket in self.foreign_buckets or (self.enforce_policies and access_key != ROOT[0]
+                                              and not self.grants_bucket(access_key, bucket)):
             return _xml_error(403, "AccessDenied")
         if req.method == "GET" and "location" in query:
             return (200, {}, b"<LocationConstraint/>") if bucket in self.buckets else _xml_error(404, "NoSuchBucket")
@@ -77,6 +79,12 @@ class FakeStore(object):
             self.buckets.add(bucket)
             return 200, {}, b""
         return _xml_error(400, "NotImplemented")
+
+    def grants_bucket(self, access_key, bucket):
+        """Whether a policy attached to the user names the bucket or objects in it (a coarse check)."""
+        resources = [r for name in self.users[access_key]["policies"] for st in self.policies.get(name, {}).get("Statement", [])
+                     for r in st["Resource"]]
+        return any(r.split(":::", 1)[1].split("/", 1)[0] == bucket for r in resources)
 
     def admin(self, req, op, query):
         if op == "info-canned-policy":

@@ -80,6 +80,7 @@ def test_minio_user_check_real_check_real(store, run_module, run_module_out):
     store.buckets.update({"model-checkpoints", "llm-engine"})
     result, out = run_module_out(minio_user, dict(USER, _ansible_check_mode=True))
     assert result["changed"] and result["actions"] == ["put_policy", "create_user", "attach"]
+    assert result["policy_enforced"] is None  # nothing to ask before the user exists
     assert store.users == {} and store.policies == {}
     assert "s" * 40 not in out and ROOT[1] not in out
     result, out = run_module_out(minio_user, USER)
@@ -90,6 +91,27 @@ def test_minio_user_check_real_check_real(store, run_module, run_module_out):
     for check in (True, False):
         result = run_module(minio_user, dict(USER, _ansible_check_mode=check))
         assert not result["changed"] and result["actions"] == []
+
+
+@pytest.mark.parametrize("enforce", [True, False])
+def test_minio_user_reports_whether_the_server_enforces_the_policy(store, run_module, enforce):
+    store.buckets.update({"model-checkpoints", "llm-engine"})
+    store.enforce_policies = enforce
+    result = run_module(minio_user, USER)
+    assert result["changed"] and result["policy_enforced"] is enforce
+    probes = [r for r in store.requests if r.path == "/llmops-policy-probe"]
+    assert len(probes) == 1 and "Credential=llmops-serving/" in probes[0].headers["authorization"]
+    for check in (True, False):
+        result = run_module(minio_user, dict(USER, _ansible_check_mode=check))
+        assert not result["changed"] and result["policy_enforced"] is enforce
+
+
+def test_minio_user_policy_probe_avoids_a_granted_bucket(store, run_module):
+    store.buckets.add("llmops-policy-probe")
+    store.enforce_policies = True
+    result = run_module(minio_user, dict(USER, resources=["llmops-policy-probe"]))
+    assert result["policy_enforced"] is True
+    assert [r.path for r in store.requests if r.path.startswith("/llmops-policy-probe")][-1] == "/llmops-policy-probe-x"
 
 
 def test_minio_user_resets_a_secret_that_no_longer_authenticates(store, run_module):
