@@ -50,4 +50,4 @@ build: setup ## build the collection tarball
 	@ansible-galaxy collection build --force --output-path .cache/dist .
 
 clean: demo-down ## remove the venv, tools and lab state (caches under ~/.cache/llmops-onprem stay)
-	rm -rf $(VENV) .tools .lab .cache tests/output
+	rm -rf $(VENV) .venv-floor .tools .lab .cache tests/output
