@@ -66,15 +66,16 @@ pubkey=$(sed -n 's/^public_key //p' VERIFIED)
 
 # ---- a Python the bundle has wheels for, and its lock --------------------------------------
 # Each lock serves the versions on its "# llmops-python-versions:" line; "3.11 2.19" style pairs
-# (version, ansible-core) say which, newest version first.
+# (version, ansible-core; "-" where a lock pins none) say which, newest version first.
 pairs=$(for f in "$here"/python/requirements*.lock; do
   c=$(sed -n 's/^ansible-core==\([0-9]*\.[0-9]*\).*/\1/p' "$f")
-  sed -n 's/^# llmops-python-versions: *//p' "$f" | tr ' ' '\n' | while read -r v; do [ -z "$v" ] || echo "$v ${c:-?}"; done
+  sed -n 's/^# llmops-python-versions: *//p' "$f" | tr ' ' '\n' | while read -r v; do [ -z "$v" ] || echo "$v ${c:--}"; done
 done | sort -t. -k2,2nr -u)
 versions=$(echo "$pairs" | cut -d' ' -f1 | sort -t. -k2,2n | tr '\n' ' ' | sed 's/ $//')
 carried=$(echo "$versions" | sed 's/ /, /g')
 # "ansible-core 2.19 on Python 3.11, 2.21 on 3.12 and 3.13": what each version gets.
 cores=$(echo "$pairs" | sort -t. -k2,2n | awk '
+  $2 == "-" { next }
   { if (!($2 in seen)) { order[++n] = $2; seen[$2] = 1 }; vs[$2] = vs[$2] ? vs[$2] " " $1 : $1 }
   END { for (i = 1; i <= n; i++) { c = order[i]; k = split(vs[c], a, " "); s = a[1]
           for (j = 2; j <= k; j++) s = s (j == k ? " and " : ", ") a[j]
@@ -97,20 +98,20 @@ if [ -z "$python" ]; then
     if carries "$v"; then python=$c; break; fi
     seen="$seen, $(command -v "$c") is $v"
   done
-  [ -n "$python" ] || die "no Python on PATH that this bundle has wheels for (Python $carried: $cores${seen:+; }${seen#, }): $hint"
+  [ -n "$python" ] || die "no Python on PATH that this bundle has wheels for (Python $carried${cores:+: $cores}${seen:+; }${seen#, }): $hint"
 fi
 if ! command -v "$python" >/dev/null 2>&1; then
-  die "$python not found. This bundle carries wheels for Python $carried ($cores): $hint"
+  die "$python not found. This bundle carries wheels for Python $carried${cores:+ ($cores)}: $hint"
 fi
 python=$(command -v "$python")
 v=$(pyver "$python") || die "$python does not run as a Python interpreter"
 carries "$v" \
-  || die "$python is Python $v, and this bundle carries wheels for Python $carried only ($cores): $hint. Nothing was installed"
+  || die "$python is Python $v, and this bundle carries wheels for Python $carried only${cores:+ ($cores)}: $hint. Nothing was installed"
 "$python" -c 'import venv, ensurepip' 2>/dev/null \
   || die "$python has no venv/ensurepip module: install python$v-venv (Debian/Ubuntu) or the equivalent"
 lock=$(lock_for "$v")
-core=$(echo "$pairs" | awk -v v="$v" '$1 == v { print $2 }')
-say "using $python (Python $v, ansible-core $core from python/$(basename "$lock"); the bundle carries wheels for $carried)"
+core=$(echo "$pairs" | awk -v v="$v" '$1 == v && $2 != "-" { print $2 }')
+say "using $python (Python $v${core:+, ansible-core $core} from python/$(basename "$lock"); the bundle carries wheels for $carried)"
 
 # ---- already done? -----------------------------------------------------------------------
 venv=$prefix/venv
