@@ -103,15 +103,15 @@ def _env(home):
     return env
 
 
-def build(dest, tmp):
-    """Run the connected-side role; returns the completed process."""
+def build(dest, tmp, *extra):
+    """Run the connected-side role (extra: more ansible-playbook arguments); returns the completed process."""
     playbook = os.path.join(str(tmp), "build.yml")
     with open(playbook, "w") as f:
         f.write("- hosts: localhost\n  gather_facts: false\n  roles:\n"
                 "    - role: llmops.onprem.bundle_python\n      bundle_python_dest: %s\n" % dest)
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     return subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           "-e", "ansible_python_interpreter=" + sys.executable, playbook],
+                           "-e", "ansible_python_interpreter=" + sys.executable, playbook] + list(extra),
                           capture_output=True, text=True, env=env, cwd=ROOT, check=False)
 
 
@@ -203,6 +203,16 @@ def sha256_of(path):
     import hashlib
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.parametrize("locks", ['{"311": "/x.lock"}', '{"3.11": "/x.lock", "3": "/y.lock"}'])
+def test_a_version_lock_map_that_is_not_versions_to_locks_is_refused_before_anything(tmp_path, locks):
+    dest = os.path.join(str(tmp_path), "bundle")
+    r = build(dest, tmp_path, "-e", '{"bundle_python_version_locks": %s}' % locks)
+    assert r.returncode == 2, r.stdout[-3000:]
+    out = re.sub(r"\s+", " ", r.stdout)
+    assert "a mapping of such versions to lock files" in out, out[-3000:]
+    assert not os.path.exists(dest)
 
 
 def test_second_build_changes_nothing(bundle):
