@@ -56,6 +56,8 @@ def core_of(version):
     """The ansible-core minor release ("2.19") that the version's source lock pins."""
     with open(os.path.join(ROOT, SOURCE_LOCK[version])) as f:
         return re.search(r"(?m)^ansible-core==(\d+\.\d+)\.", f.read()).group(1)
+
+
 PYTHON312 = find_python("3.12")
 if PYTHON312 is None:
     raise RuntimeError("no Python 3.12 with venv found (set PYTHON312); make setup needs one too")
