@@ -100,8 +100,8 @@ build() {
   (
     set -e
     ansible-galaxy collection build --force --output-path "$tmp/dist" . >/dev/null
-    if tar -tzf "$tmp"/dist/llmops-onprem-*.tar.gz | grep -E '(^|/)\.private/|(^|/)\.cache/'; then
-      echo "the tarball holds controller state or caches" >&2; exit 1
+    if tar -tzf "$tmp"/dist/llmops-onprem-*.tar.gz | grep -E '(^|/)\.private/|(^|/)\.cache/|^\.venv[^/]*/'; then
+      echo "the tarball holds controller state, caches or a venv (.venv, .venv-floor: galaxy.yml build_ignore)" >&2; exit 1
     fi
     if tar -tzf "$tmp"/dist/llmops-onprem-*.tar.gz | grep -E '^tests/'; then
       echo "the tarball holds the tests (galaxy.yml build_ignore)" >&2; exit 1
