@@ -25,7 +25,7 @@ test: setup ## run every test layer: lint, sanity, unit, molecule
 lint: setup ## ansible-lint (production profile)
 	@tests/tools/test.sh lint
 
-sanity: setup ## ansible-test sanity in a generated collection tree
+sanity: setup ## ansible-test sanity in a generated collection tree, then the floor run (ansible-core 2.19, Python 3.11)
 	@tests/tools/test.sh sanity
 
 unit: setup ## pytest tests/unit
@@ -50,4 +50,4 @@ build: setup ## build the collection tarball
 	@ansible-galaxy collection build --force --output-path .cache/dist .
 
 clean: demo-down ## remove the venv, tools and lab state (caches under ~/.cache/llmops-onprem stay)
-	rm -rf $(VENV) .tools .lab .cache tests/output
+	rm -rf $(VENV) .venv-floor .tools .lab .cache tests/output

@@ -167,8 +167,10 @@ while read -r h s p; do
   fi
   printf '%s  %s\n' "$h" "$p" >> "$stage/SHA256SUMS"
 done < "$work/wanted"
-grep -q -- '--hash=sha256:' "$stage/python/requirements.lock" \
-  || refuse "python/requirements.lock carries no --hash=sha256: pins: the bundle was built by an older llmops.onprem, whose wheels pip cannot check. Rebuild the bundle. Nothing was extracted or installed"
+for lock in "$stage"/python/requirements*.lock; do
+  grep -q -- '--hash=sha256:' "$lock" \
+    || refuse "python/$(basename "$lock") carries no --hash=sha256: pins: the bundle was built by an older llmops.onprem, whose wheels pip cannot check. Rebuild the bundle. Nothing was extracted or installed"
+done
 
 # ---- 4. hand over --------------------------------------------------------------------------
 if [ -z "$extract" ]; then

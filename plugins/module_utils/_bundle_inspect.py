@@ -676,7 +676,8 @@ def _python(r, files, claimed, problems):
     for p in sorted(files):
         c = category_of(p)
         base = p.split("/", 1)[1] if "/" in p else p
-        if c == "python" and base == "requirements.lock":
+        # requirements.lock, and requirements-3.11.lock for a version with its own closure (roles/bundle_python)
+        if c == "python" and re.match(r"^requirements(-[0-9][0-9.-]*)?\.lock$", base):
             claimed.add(p)
         elif c == "python" and base.endswith(".whl") and "/" not in base:
             name, version = wheel_name(base)

@@ -23,7 +23,8 @@ snapshot = _security.snapshot
 def ansible(tool, inventory, *args):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_CALLBACK_RESULT_FORMAT="json",
                ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    exe = os.path.join(os.path.dirname(sys.executable), tool)
+    # The floor run (tests/tools/test.sh sanity_floor) points LLMOPS_ANSIBLE_BIN at .venv-floor/bin.
+    exe = os.path.join(os.environ.get("LLMOPS_ANSIBLE_BIN") or os.path.dirname(sys.executable), tool)
     return subprocess.run([exe, "-i", inventory] + list(args), cwd=ROOT, env=env, capture_output=True, text=True, check=False,
                           timeout=300)
 

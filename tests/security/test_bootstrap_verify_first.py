@@ -56,7 +56,7 @@ def make_wheel(path, payload=b"probe"):
         z.writestr("probe-1.0.dist-info/RECORD", "\n".join(record) + "\n")
 
 
-def build(tmp, priv, name="bundle", collection=None, stale_lock=False):
+def build(tmp, priv, name="bundle", collection=None, stale_lock=False, extra_lock=None):
     """Build, seal and pack a bundle as roles/bundle does; returns (bundle dir, media dir)."""
     b = os.path.join(tmp, name)
     for d in ("python", "collections", "models/m"):
@@ -69,6 +69,9 @@ def build(tmp, priv, name="bundle", collection=None, stale_lock=False):
     subprocess.run([sys.executable, os.path.join(ROOT, "roles", "bundle_python", "files", "hash_lock.py"),
                     "--python-versions", "3.12 3.13", os.path.join(tmp, name + ".src.lock"), os.path.join(b, "python", "requirements.lock"),
                     os.path.join(b, WHEEL)], check=True, capture_output=True)
+    if extra_lock is not None:  # a second lock (python/requirements-3.11.lock: another Python's closure)
+        with open(os.path.join(b, "python", "requirements-3.11.lock"), "w") as f:
+            f.write(extra_lock)
     if stale_lock:  # the lock pins another wheel than the one shipped (a broken or hostile build)
         make_wheel(os.path.join(b, WHEEL), payload=b"other")
     with open(os.path.join(b, COLLECTION), "wb") as f:
@@ -172,8 +175,9 @@ def test_verified_extraction_holds_exactly_the_signed_bootstrap(site, form):
     # naming what the site needs, before it creates anything.
     r = bootstrap(site, dest, "--python", "/nonexistent/python3.12", "--prefix", os.path.join(site["home"], "p"))
     assert r.returncode == 1
-    assert ("bootstrap: /nonexistent/python3.12 not found. This bundle carries wheels for Python 3.12, 3.13 (Debian 12's python3 "
-            "is 3.11): install one from the site's OS media") in r.stderr
+    # (The probe lock pins no ansible-core, so the message names no ansible-core release.)
+    assert ("bootstrap: /nonexistent/python3.12 not found. This bundle carries wheels for Python 3.12, 3.13: install one from "
+            "the site's OS media (Debian 12: python3-venv;") in r.stderr
     assert not os.path.exists(os.path.join(site["home"], "p"))
 
 
@@ -353,6 +357,19 @@ def test_pip_requires_the_pinned_hash(site):
     assert site_packages.returncode != 0
     assert not os.path.exists(os.path.join(prefix, "collections"))
     assert not os.path.exists(os.path.join(prefix, "bootstrap.stamp"))
+
+
+def test_a_second_lock_without_hashes_is_refused_before_extraction(site):
+    """Every python/requirements*.lock must pin sha256s, not only requirements.lock: a signed bundle whose
+    3.11 lock has bare pins (built by a broken builder) is refused, and nothing is extracted."""
+    b, media = build(site["work"], site["priv"], extra_lock="# llmops-python-versions: 3.11\nprobe==1.0\n")
+    dest = os.path.join(site["home"], "llmops-bootstrap")
+    before = snapshot(str(site["tmp"]))
+    r = verify(site, media, extract=dest)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert ("llmops-verify: python/requirements-3.11.lock carries no --hash=sha256: pins: the bundle was built by an older "
+            "llmops.onprem, whose wheels pip cannot check. Rebuild the bundle. Nothing was extracted or installed") in r.stderr, r.stderr
+    assert untouched(site, before), "a refused run left files behind"
 
 
 def test_the_verifier_beside_the_segments_is_accepted_by_pack_and_import(site):

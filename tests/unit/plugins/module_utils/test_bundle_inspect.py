@@ -187,3 +187,13 @@ def test_a_source_that_is_not_a_directory_is_refused(tmp_path):
     with pytest.raises(B.BundleError) as e:
         I.inspect(str(tmp_path / "nowhere"), str(tmp_path / "k.pem"))
     assert str(e.value).startswith("the bundle source %s is not a directory" % (tmp_path / "nowhere"))
+
+
+def test_every_controller_lock_is_claimed_and_nothing_else_named_like_one():
+    """python/requirements.lock and a version's own closure (requirements-3.11.lock, roles/bundle_python) belong to the
+    python category; another file named like a lock does not (it stays unclaimed, which the listing reports)."""
+    files = {p: {"size": 1, "sha256": "0" * 64} for p in (
+        "python/requirements.lock", "python/requirements-3.11.lock", "python/requirements-evil.lock", "python/notes.lock")}
+    claimed, problems = set(), []
+    assert I._python(None, files, claimed, problems) == ([], [])
+    assert sorted(claimed) == ["python/requirements-3.11.lock", "python/requirements.lock"] and problems == []
