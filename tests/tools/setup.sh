@@ -119,4 +119,4 @@ ln -sfn ../../../.. .cache/collections/ansible_collections/llmops/onprem
 # ---- podman settings for this machine ----------------------------------------------------
 tests/tools/podman-env.sh --write >/dev/null
 
-say "setup done: $(.venv/bin/ansible --version | head -n 1), $(.tools/bin/helm version --short), kubectl $(.tools/bin/kubectl version --client -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')"
+say "setup done: $(.venv/bin/ansible --version | sed -n 1p), $(.tools/bin/helm version --short), kubectl $(.tools/bin/kubectl version --client -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')"

@@ -61,7 +61,7 @@ sanity() { # [venv python-version test...]: ansible-test sanity (default: .venv,
 sanity_floor() {
   local t=$SECONDS deps
   [ -x .venv-floor/bin/ansible-test ] || { echo "no .venv-floor: run tests/tools/setup.sh (make setup)" >&2; return 1; }
-  .venv-floor/bin/ansible --version | head -n 1
+  .venv-floor/bin/ansible --version | sed -n 1p
   sanity .venv-floor 3.11 compile import validate-modules ansible-doc runtime-metadata action-plugin-docs || return 1
   echo "floor: ansible-test sanity $((SECONDS - t)) s"
   deps=$(python -c 'import ansible_collections, os; print(os.path.dirname(ansible_collections.__path__[0]))')
