@@ -15,8 +15,9 @@ changed=0 and leaves the state file as it was.
 The big vLLM image is not in the bundle: it stays preloaded in the node's containerd (serving_helpers), as does the
 model-pull image; the inventory's egress exception says so. Not here: the package on a host (molecule/packages_repo
 upgrades it on a systemd container: this inventory has no apt host, --limit localhost); the registry host's garbage
-collection play (molecule/registry; here the test runs docker-registry garbage-collect as that play does); the node
-cache prune (test_serving_role.py)."""
+collection play (molecule/registry; here the test runs docker-registry garbage-collect as that play does). The node
+cache's prune entry point runs on this host after the roll (the inventory has no k8s_nodes: site.yml would configure
+the node's containerd there); test_serving_role.py no longer rolls its own pod, this test's roll covers the role's."""
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ from registry_server import PUSH_USER, start_registry  # noqa: E402
 
 GATEWAY = "10.244.0.1"   # tests/cluster/lib.sh K8S_POD_GW: pods reach this host here
 PULL_IMAGE = "localhost/llmops/model-pull:test"
+NODE_PRUNE = Path(__file__).parent / "playbooks" / "serving_role_prune.yml"
 TAGS = "bundle_import,image_mirror,checkpoints,vllm_serving,prune,summary"
 HOLD = "llmops.onprem/test-hold"
 MODELS = [dict(name="tiny", served_name="tiny-chat", gpus=0, preset="chat_small", checkpoint=dict(name="tiny"),
@@ -152,16 +154,37 @@ def site(d, kube, lab, reg, s3, ns, cache):
 
 
 def run(kube, inv, playbook, *args):
+    # profile_tasks: each run's slowest tasks go to the test's output (this test's share of the cluster layer's time).
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(kube.REPO / "ansible.cfg"),
-               ANSIBLE_COLLECTIONS_PATH=str(kube.REPO / ".cache" / "collections"), KUBECONFIG=str(kube.kubeconfig))
+               ANSIBLE_COLLECTIONS_PATH=str(kube.REPO / ".cache" / "collections"), KUBECONFIG=str(kube.kubeconfig),
+               ANSIBLE_CALLBACKS_ENABLED="llmops.onprem.progress,ansible.posix.profile_tasks",
+               PROFILE_TASKS_TASK_OUTPUT_LIMIT="6")
     t = time.monotonic()
     p = subprocess.run([str(Path(kube.PYTHON).parent / "ansible-playbook"), "-i", str(inv), "--limit", "localhost",
                         *args, str(kube.REPO / "playbooks" / playbook)], capture_output=True, text=True, env=env,
                        cwd=str(kube.REPO), check=False)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-8000:]
-    print("%s %s: %.0f s" % (playbook, " ".join(args), time.monotonic() - t))
+    print("%s %s: %.0f s; slowest tasks:" % (playbook, " ".join(args), time.monotonic() - t))
+    table = out[out.rindex("=" * 40):] if "=" * 40 in out else ""
+    print("\n".join("  " + ln for ln in table.splitlines() if re.search(r" -+ \d+\.\d+s$", ln)))
     return out, int(re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", out).group(1))
+
+
+def node_prune(kube, cache, synced, *args):
+    """The vllm_serving role's prune entry point on this host's node cache (the prune stage runs it on each host of
+    k8s_nodes; this inventory has none, so that site.yml leaves the node's containerd alone): (process, JSON result,
+    what it said)."""
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+               KUBECONFIG=str(kube.kubeconfig))
+    p = kube.run([Path(kube.PYTHON).parent / "ansible-playbook", "-i", "localhost,", NODE_PRUNE, *args,
+                  "-e", "ansible_python_interpreter=%s" % kube.PYTHON,
+                  "-e", json.dumps(dict(serving_cache=str(cache), serving_models=MODELS, checkpoints_synced=synced))],
+                 check=False, env=env)
+    out = json.loads(p.stdout[p.stdout.index("{"):])
+    said = [t for t in out["plays"][0]["tasks"] if t["task"]["name"].endswith("Say what was removed and what stays")]
+    return p, out, said[0]["hosts"]["localhost"]["msg"] if said else None
 
 
 def record(inv):
@@ -279,6 +302,22 @@ def test_upgrade_in_the_lab(kube, namespace, images, bundles):
         assert s3.objects(old_ckpt["prefix"]) == {} and len(s3.objects(new_ckpt["prefix"])) == len(files) + 1
         three = record(inv)
         assert three["checkpoints"]["superseded"] == [] and three["image_mirror"]["superseded"] == []
+
+        # The node cache (the cluster's one node is this host): the prune entry point removes the old version's
+        # directory and keeps the current one; check mode names it and removes nothing; a second run changes nothing.
+        old_dir, new_dir = cache.path / "tiny" / old_ckpt["digest"], cache.path / "tiny" / new_ckpt["digest"]
+        assert old_dir.is_dir() and (new_dir / "config.json").is_file()
+        p, res, said = node_prune(kube, cache.path, three["checkpoints"]["synced"], "--check")
+        assert p.returncode == 0, p.stdout[-4000:]
+        assert said == "vllm_serving: localhost: would remove 1 node-cache entry: tiny/%s…." % old_ckpt["digest"][:12]
+        assert old_dir.is_dir()
+        p, res, said = node_prune(kube, cache.path, three["checkpoints"]["synced"])
+        assert p.returncode == 0 and res["stats"]["localhost"]["changed"] == 1, p.stdout[-4000:]
+        assert said == "vllm_serving: localhost: removed 1 node-cache entry: tiny/%s…." % old_ckpt["digest"][:12]
+        assert not old_dir.exists() and (new_dir / "config.json").is_file()
+        p, res, said = node_prune(kube, cache.path, three["checkpoints"]["synced"])
+        assert p.returncode == 0 and res["stats"]["localhost"]["changed"] == 0, res["stats"]
+        assert said == "vllm_serving: localhost: removed 0 node-cache entries."
 
         # A third site.yml run: nothing to do anywhere, the state file as it was.
         t3 = time.monotonic()
