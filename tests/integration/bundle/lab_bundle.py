@@ -117,8 +117,21 @@ def safetensors(size):
     return len(h).to_bytes(8, "little") + h + os.urandom(n)
 
 
-def build(tmp, segment_size="256KiB"):
-    """The lab bundle in tmp/bundle and its segments in tmp/media; returns a dict of paths and facts."""
+def restamp_safetensors(path, note):
+    """Rewrite a safetensors file with ``note`` in its header's __metadata__ (key llmops-lab), its tensors byte for byte
+    the same: another file (another digest) that every loader still reads as the same weights."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header.setdefault("__metadata__", {})["llmops-lab"] = note
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    path.write_bytes(len(h).to_bytes(8, "little") + h + data[8 + n:])
+
+
+def build(tmp, segment_size="256KiB", model_dir=None):
+    """The lab bundle in tmp/bundle and its segments in tmp/media; returns a dict of paths and facts. With model_dir
+    (a real model, tests/tools/make_model.py) the checkpoint tiny is a copy of it, else a stand-in no engine loads."""
     priv, pub = keypair(tmp / "keys")
     root = tmp / "bundle"
     layout = str(root / "images")
@@ -145,22 +158,26 @@ def build(tmp, segment_size="256KiB"):
     (root / "binaries").mkdir()
     (root / "binaries" / "minio").write_bytes(os.urandom(5000))
     model = root / "models" / "tiny"
-    model.mkdir(parents=True)
-    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
-    (model / "tokenizer.json").write_text('{"model": {}}')
-    (model / "model.safetensors").write_bytes(safetensors(600 * 1024))  # split across segments
+    if model_dir:
+        shutil.copytree(str(model_dir), str(model))
+    else:
+        model.mkdir(parents=True)
+        (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+        (model / "tokenizer.json").write_text('{"model": {}}')
+        (model / "model.safetensors").write_bytes(safetensors(600 * 1024))  # split across segments
     shutil.copy(os.path.join(REPO, "bundle", "llmops-verify.sh"), str(root / "llmops-verify.sh"))
     shutil.copy(os.path.join(REPO, "bundle", "bootstrap.sh"), str(root / "bootstrap.sh"))
     bundle_seal.run(dict(path=str(root), private_key=priv, spec={"name": "lab"}, versions={"vllm": "0.34.0"}, images=images), False)
     media = tmp / "media"
     bundle_pack.run(dict(src=str(root), dest=str(media), private_key=priv, segment_size=segment_size, read_back=True,
                          progress_file=None), False)
-    return dict(root=root, media=media, priv=priv, pub=pub, images=images, tmp=tmp)
+    return dict(root=root, media=media, priv=priv, pub=pub, images=images, tmp=tmp, real_model=bool(model_dir))
 
 
 def build_v2(lab, tmp, segment_size="256KiB"):
-    """Bundle 2 from bundle 1's sources: one image changed (its own layer), one checkpoint shard rewritten,
-    one package at a new version (lab-free 0.5-3); sealed with the same key and packed."""
+    """Bundle 2 from bundle 1's sources: one image changed (its own layer), one checkpoint shard rewritten (a real
+    model's shard keeps its tensors and gains a header note, so the engine still loads it), one package at a new
+    version (lab-free 0.5-3); sealed with the same key and packed."""
     root = tmp / "bundle2"
     shutil.copytree(str(lab["root"]), str(root), ignore=shutil.ignore_patterns(B.MANIFEST, B.SIGNATURE))
     layout = str(root / "images")
@@ -173,7 +190,10 @@ def build_v2(lab, tmp, segment_size="256KiB"):
     for gone in [old_desc["digest"], old_manifest["config"]["digest"], old_manifest["layers"][1]["digest"]]:
         os.unlink(str(root / "images" / "blobs" / "sha256" / gone.split(":")[1]))
     images = [i if i["ref"] != ref else {"ref": ref, "digest": desc["digest"]} for i in lab["images"]]
-    (root / "models" / "tiny" / "model.safetensors").write_bytes(safetensors(600 * 1024))
+    if lab.get("real_model"):
+        restamp_safetensors(root / "models" / "tiny" / "model.safetensors", "bundle 2")
+    else:
+        (root / "models" / "tiny" / "model.safetensors").write_bytes(safetensors(600 * 1024))
     repo = root / "packages" / "debian-12"
     os.unlink(str(repo / "pool" / "lab-free_0.5-2_amd64.deb"))
     (tmp / "v2").mkdir()

@@ -10,7 +10,7 @@ then frees the old image's own layer); a third run reports changed=0.
 
 Not here: the registry host's garbage collection play (no registry host in this inventory: molecule/registry runs it),
 the package upgrade on a host (molecule/airgap installs from the bundle's repository), the serving roll with a request
-loop (tests/integration/cluster/test_serving_role.py)."""
+loop (tests/integration/cluster/test_lab_upgrade.py runs this upgrade with it, through site.yml on the test cluster)."""
 import json
 import os
 import re

@@ -23,27 +23,30 @@ RO = ("llmops-ckpt-ro", "ro-secret-0123456789abcdefghijklmnop")
 BUCKET = "model-checkpoints"
 
 
-def free_port():
+def free_port(host="127.0.0.1"):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class S3Server(object):
-    def __init__(self, base):
+    """`rclone serve s3` on ``host`` (default loopback; the cluster tests give the pod bridge's gateway, which pods
+    reach) with the read-write and the read-only key pair."""
+
+    def __init__(self, base, host="127.0.0.1"):
         self.data = os.path.join(base, "data")
         os.makedirs(os.path.join(self.data, BUCKET))
-        self.port = free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.port = free_port(host)
+        self.url = "http://%s:%d" % (host, self.port)
         self.log = open(os.path.join(base, "rclone.log"), "wb")
         self.proc = subprocess.Popen(
-            [RCLONE, "serve", "s3", "--config", "/dev/null", "--addr", "127.0.0.1:%d" % self.port,
+            [RCLONE, "serve", "s3", "--config", "/dev/null", "--addr", "%s:%d" % (host, self.port),
              "--auth-key", "%s,%s" % RW, "--auth-key", "%s,%s" % RO, self.data],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((host, self.port), timeout=1).close()
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:

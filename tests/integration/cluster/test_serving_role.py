@@ -1,8 +1,9 @@
 """The vllm_serving role on the 1.20 test cluster: values rendered from the inventory's model
 list, the chart installed with kubernetes.core.helm, endpoint_ready waited, the report exported;
-a second run changes nothing; the upgrade to a new checkpoint digest rolls the pod with no failed
-request, and the prune entry point then removes the old version from the node cache; the uninstall
-entry point; a bad model list is refused before anything is installed."""
+a second run changes nothing; the uninstall entry point; a bad model list is refused before
+anything is installed. The upgrade - the role rolling the pod to a new checkpoint digest with no
+failed request, then its prune entry point removing the old version from the node cache - is
+test_lab_upgrade.py's, driven by site.yml with a second bundle (one vLLM start fewer here)."""
 import json
 import os
 import tempfile
@@ -14,7 +15,6 @@ import serving_helpers as sh
 
 PLAYBOOK = Path(__file__).parent / "playbooks" / "serving_role.yml"
 UNINSTALL = Path(__file__).parent / "playbooks" / "serving_role_uninstall.yml"
-PRUNE = Path(__file__).parent / "playbooks" / "serving_role_prune.yml"
 MODELS = [dict(name="tiny", served_name="tiny-chat", gpus=0, preset="chat_small", checkpoint=dict(name="tiny-ckpt"),
                args={"enforce-eager": True, "dtype": "float32"})]
 # What the checkpoints stage exports (checkpoints_synced); the role picks a model's checkpoint by name.
@@ -51,19 +51,6 @@ def uninstall(kube, ns, *args):
     return p, json.loads(p.stdout[p.stdout.index("{"):])
 
 
-def prune(kube, cache, synced, *args):
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-               KUBECONFIG=kube.kubeconfig)
-    p = kube.run([Path(kube.PYTHON).parent / "ansible-playbook", "-i", "localhost,", PRUNE, *args,
-                  "-e", "ansible_python_interpreter=%s" % kube.PYTHON,
-                  "-e", json.dumps(dict(serving_cache=str(cache), serving_models=MODELS, checkpoints_synced=synced))],
-                 check=False, env=env)
-    out = json.loads(p.stdout[p.stdout.index("{"):])
-    said = [t for t in out["plays"][0]["tasks"] if t["task"]["name"].endswith("Say what was removed and what stays")]
-    return p, out, said[0]["hosts"]["localhost"]["msg"] if said else None
-
-
 def task(out, name):
     return [t for t in out["plays"][0]["tasks"] if t["task"]["name"] == name][0]["hosts"]["localhost"]
 
@@ -92,47 +79,6 @@ def test_role_serves_reports_and_is_idempotent(kube, namespace, images):
 
         p, out = play(kube, namespace, cache.path, key_dir / "api-key", MODELS)
         assert p.returncode == 0 and out["stats"]["localhost"]["changed"] == 0, out["stats"]
-
-        # The upgrade (issue 18): the checkpoints stage synced a new version (digest B); the role's run rolls the pod
-        # while a request loop runs against the Service: no request fails, and the answers after the roll come from
-        # the new pod (its engine counts them; the old pod is gone by then).
-        [old] = sh.live_pods(kube, namespace, "llmops.onprem/model=tiny")
-        synced_b = [dict(SYNCED[0], digest=sh.DIGEST_B)]
-        url = sh.cluster_ip(kube, namespace, "llmops-serving-tiny") + "/v1/completions"
-        with sh.RequestLoop(url, "tiny-chat", key=key) as loop:
-            kube.wait_for("a first answer through the Service", lambda: loop.codes, timeout=60)
-            p, out = play(kube, namespace, cache.path, key_dir / "api-key", MODELS, synced=synced_b)
-            assert p.returncode == 0 and out["stats"]["localhost"]["changed"] > 0, p.stdout[-4000:]
-
-            def rolled():
-                pods = kube.core.list_namespaced_pod(namespace, label_selector="llmops.onprem/model=tiny").items
-                return len(pods) == 1 and pods[0].metadata.annotations["llmops.onprem/checkpoint-digest"] == sh.DIGEST_B \
-                    and all(c.ready for c in pods[0].status.container_statuses or [])
-            kube.wait_for("the roll to the new digest", rolled, timeout=sh.START_SECONDS)
-            [new] = sh.live_pods(kube, namespace, "llmops.onprem/model=tiny")
-            served_before = sh.engine_requests(new)
-            loop.answered_after_roll(kube)
-        assert not loop.alive(), "the request loop did not stop within 60 s"
-        assert len(loop.codes) > 20 and loop.failures == [], (len(loop.codes), len(loop.failures), loop.failures[:5])
-        assert new.metadata.name != old.metadata.name
-        assert sh.engine_requests(new) - served_before >= 20
-        assert new.spec.containers[0].args[:2] == ["--model", "/models/tiny/" + sh.DIGEST_B]
-
-        # The prune entry point on this node (the cluster's one node is this host): the old version's directory goes,
-        # the current one stays; check mode names it and removes nothing; a second run changes nothing.
-        old_dir, new_dir = cache.path / "tiny" / sh.DIGEST_A, cache.path / "tiny" / sh.DIGEST_B
-        assert old_dir.is_dir() and (new_dir / "config.json").is_file()
-        p, out, said = prune(kube, cache.path, synced_b, "--check")
-        assert p.returncode == 0, p.stdout[-4000:]
-        assert said == "vllm_serving: localhost: would remove 1 node-cache entry: tiny/%s…." % sh.DIGEST_A[:12]
-        assert old_dir.is_dir()
-        p, out, said = prune(kube, cache.path, synced_b)
-        assert p.returncode == 0 and out["stats"]["localhost"]["changed"] == 1, p.stdout[-4000:]
-        assert said == "vllm_serving: localhost: removed 1 node-cache entry: tiny/%s…." % sh.DIGEST_A[:12]
-        assert not old_dir.exists() and (new_dir / "config.json").is_file()
-        p, out, said = prune(kube, cache.path, synced_b)
-        assert p.returncode == 0 and out["stats"]["localhost"]["changed"] == 0, out["stats"]
-        assert said == "vllm_serving: localhost: removed 0 node-cache entries."
 
         # The stage's uninstall (issue 18): check mode names the release and the key's Secret and changes nothing;
         # the run removes them; a second run changes nothing.
