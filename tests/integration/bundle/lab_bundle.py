@@ -129,6 +129,32 @@ def restamp_safetensors(path, note):
     path.write_bytes(len(h).to_bytes(8, "little") + h + data[8 + n:])
 
 
+def seed_site_state(private, reg, s3, push_user, rw, bucket, **records):
+    """What earlier runs of the registry and minio stages would have left in an inventory's private directory: their
+    records in site-state.json, the push password and the read-write key pair (files 0600), plus ``records`` (other
+    stages' records). site.yml then runs the controller's stages against the registry and the object store a test
+    started (``reg``: registry_server, ``s3``: ckpt_helpers.S3Server)."""
+    files = {}
+    for name, value in (("push", reg.passwords[push_user]), ("rw-access", rw[0]), ("rw-secret", rw[1])):
+        files[name] = os.path.join(str(private), name)
+        with open(files[name], "w", encoding="utf-8") as f:
+            f.write(value)
+        os.chmod(files[name], 0o600)
+    state = {
+        "registry": {"inventory_host": "registry-1", "registry_host": reg.host, "url": "https://" + reg.host,
+                     "ca_file": reg.ca, "push_user": push_user, "push_password_file": files["push"]},
+        "minio": {"inventory_host": "minio-1", "s3_endpoint_url": s3.url, "region": "us-east-1", "ca_file": "",
+                  "buckets": {"checkpoints": bucket},
+                  "credentials": {"readwrite": {"access_key_file": files["rw-access"],
+                                                "secret_key_file": files["rw-secret"]}}}}
+    state.update(records)
+    path = os.path.join(str(private), "site-state.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(state, f)
+    os.chmod(path, 0o600)
+    return state
+
+
 def build(tmp, segment_size="256KiB", model_dir=None):
     """The lab bundle in tmp/bundle and its segments in tmp/media; returns a dict of paths and facts. With model_dir
     (a real model, tests/tools/make_model.py) the checkpoint tiny is a copy of it, else a stand-in no engine loads."""

@@ -61,18 +61,7 @@ def site(world):
         bundle_import_public_key=str(world["lab"]["pub"]),
         # no cluster in this inventory: nothing else reads the object store
         checkpoints_prune_unchecked=True)))
-    for name, value in (("push", reg.passwords[PUSH_USER]), ("rw-access", RW[0]), ("rw-secret", RW[1])):
-        (private / name).write_text(value)
-        os.chmod(str(private / name), 0o600)
-    state = {
-        "registry": {"inventory_host": "registry-1", "registry_host": reg.host, "url": "https://" + reg.host,
-                     "ca_file": reg.ca, "push_user": PUSH_USER, "push_password_file": str(private / "push")},
-        "minio": {"inventory_host": "minio-1", "s3_endpoint_url": s3.url, "region": "us-east-1", "ca_file": "",
-                  "buckets": {"checkpoints": BUCKET},
-                  "credentials": {"readwrite": {"access_key_file": str(private / "rw-access"),
-                                                "secret_key_file": str(private / "rw-secret")}}}}
-    (private / "site-state.json").write_text(json.dumps(state))
-    os.chmod(str(private / "site-state.json"), 0o600)
+    lab_bundle.seed_site_state(private, reg, s3, PUSH_USER, RW, BUCKET)
     return inv
 
 

@@ -132,20 +132,9 @@ def site(d, kube, lab, reg, s3, ns, cache):
         vllm_serving_models=MODELS,
         vllm_serving_values=dict(engine=dict(resources=sh.ENGINE_RESOURCES), devices=dict(cpu=dict(kvCacheMemoryBytes="64M")),
                                  readiness=dict(periodSeconds=1, failureThreshold=1)))))
-    for name, value in (("push", reg.passwords[PUSH_USER]), ("rw-access", RW[0]), ("rw-secret", RW[1])):
-        (private / name).write_text(value)
-        os.chmod(str(private / name), 0o600)
-    state = {
-        "registry": {"inventory_host": "registry-1", "registry_host": reg.host, "url": "https://" + reg.host,
-                     "ca_file": reg.ca, "push_user": PUSH_USER, "push_password_file": str(private / "push")},
-        "minio": {"inventory_host": "minio-1", "s3_endpoint_url": s3.url, "region": "us-east-1", "ca_file": "",
-                  "buckets": {"checkpoints": BUCKET},
-                  "credentials": {"readwrite": {"access_key_file": str(private / "rw-access"),
-                                                "secret_key_file": str(private / "rw-secret")}}},
-        "cluster_secrets": {"kubeconfig": str(kube.kubeconfig), "namespace": ns, "nodes": ["localhost"], "gpus": 0,
-                            "secrets": ["llmops-serving-object-storage"]}}
-    (private / "site-state.json").write_text(json.dumps(state))
-    os.chmod(str(private / "site-state.json"), 0o600)
+    lab_bundle.seed_site_state(private, reg, s3, PUSH_USER, RW, BUCKET, cluster_secrets={
+        "kubeconfig": str(kube.kubeconfig), "namespace": ns, "nodes": ["localhost"], "gpus": 0,
+        "secrets": ["llmops-serving-object-storage"]})
     # What cluster_secrets put there: the object store's read-only key pair for the downloader.
     kube.core.create_namespaced_secret(ns, kube.k8s.V1Secret(
         metadata=kube.k8s.V1ObjectMeta(name="llmops-serving-object-storage"),
