@@ -214,8 +214,9 @@ STATE = os.path.join(".private", "site-state.json")
 
 
 def test_every_play_of_site_yml_has_its_stage_tag():
-    """Static: the inventory check is `always`; each `Stage <name>` play carries exactly the tag <name>; the lab-only
-    plays carry their stage's tag; the tags are the stages, in order, each documented in README and the runbook."""
+    """Static: the inventory check is `always`; every other play is a stage's (`Stage <name>`: site.yml is production
+    only, with no lab play) and carries exactly the tag <name>; the tags are the stages, in order, each documented in
+    README and the runbook."""
     import yaml
     with open(os.path.join(ROOT, "playbooks", "site.yml"), encoding="utf-8") as f:
         plays = yaml.safe_load(f)
@@ -223,10 +224,8 @@ def test_every_play_of_site_yml_has_its_stage_tag():
     order = []
     for play in plays[1:]:
         m = re.match(r"Stage (\w+) - ", play["name"])
-        if m:
-            assert play.get("tags") == [m.group(1)], play["name"]
-        else:
-            assert play["name"].startswith("Lab only - ") and len(play.get("tags", [])) == 1, play["name"]
+        assert m, "not a stage's play: %s" % play["name"]
+        assert play.get("tags") == [m.group(1)], play["name"]
         assert play["tags"][0] in STAGES, play["name"]
         assert not play.get("pre_tasks"), play["name"]  # the stage's prerequisites are checked once, in the first play
         if play["tags"][0] not in order:
