@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: create the lab (podman hosts from inventories/local), build the lab's bundle
 # (playbooks/bundle.yml, packed into .lab/media) and install the lab from it with site.yml.
-# `make demo-down`: remove the lab (podman hosts and the Kubernetes test cluster). State on the controller (CA, passwords) stays in
+# `make demo-down`: remove the lab (podman hosts and the Kubernetes test cluster) and this machine's trust in the lab's
+# site CA (lab-node is this machine). State on the controller (CA, passwords) stays in
 # inventories/local/.private until `make clean`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -53,6 +54,10 @@ print(subnets[0])')
     [ -x .venv/bin/ansible-playbook ] || exit 0
     LLMOPS_TEST_IMAGE=unused; export LLMOPS_TEST_IMAGE
     eval "$(tests/tools/podman-env.sh)"
+    # The lab's node is this machine (lab-node): like every node it was made to trust the site CA. Undo that here.
+    if [ -f "$inv/.private/site-state.json" ]; then
+      ansible-playbook -i "$inv" playbooks/uninstall.yml --tags pki --limit lab-node,localhost
+    fi
     ansible-playbook -i "$inv" tests/lab/lab.yml -e lab_state=absent
     tests/cluster/down.sh
     ;;
