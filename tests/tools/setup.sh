@@ -22,6 +22,7 @@ apt_pkgs=(podman runc conmon debootstrap skopeo redis-tools uidmap slirp4netns
           chromium   # chromium: the verify lab test screenshots the report page (headless)
           exfatprogs exfat-fuse  # the media test packs onto an exFAT image (mkfs.exfat, mount.exfat-fuse)
           rsync)  # the model_engine role's work copy of the vendor's chart (ansible.posix.synchronize)
+apt_pkgs+=(python3-venv)  # the floor venv (.venv-floor): Debian 12's python3 with venv and ensurepip
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
