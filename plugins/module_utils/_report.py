@@ -167,6 +167,10 @@ def _where(stage, rec):
     g = rec.get
     if stage == "bundle_import":
         return "%s (from %s)" % (g("dir", "-"), g("src", "-")) if rec else ""
+    if stage == "packages_repo":
+        repos = g("repositories") or {}
+        return "%d host(s); %s" % (len(g("hosts") or {}), ", ".join(
+            "%s: %d package(s)" % (d, len(p or {})) for d, p in sorted(repos.items()))) if rec else ""
     if stage == "pki":
         return "CA %s (hosts: %s)" % (g("ca_file", "-"), g("hosts_ca_file", "-")) if rec else ""
     if stage in ("redis", "registry"):

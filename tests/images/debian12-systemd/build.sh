@@ -22,6 +22,14 @@ if podman image exists "$ref"; then
   exit 0
 fi
 
+# One build at a time: the molecule layer and the cluster layer's apt host (test_lab_upgrade.py) may ask at once.
+exec 9>"$cache/images/.build.lock"
+flock 9
+if podman image exists "$ref"; then
+  echo "$ref"
+  exit 0
+fi
+
 mirror_from_apt() {
   # First "URIs:" (deb822) or "deb URL bookworm" line whose suite is bookworm.
   local f

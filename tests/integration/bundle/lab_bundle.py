@@ -97,9 +97,24 @@ def packaged_chart(path, name, version):
     path.write_bytes(buf.getvalue())
 
 
-def _run(argv, cwd=None):
-    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+def _run(argv, cwd=None, binary=False):
+    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=not binary, check=False)
     return p.returncode, p.stdout, p.stderr
+
+
+def sign_repo(repo, gnupg):
+    """Sign the flat repository ``repo`` as the collection's package step does (_debrepo: a Release for its Packages,
+    InRelease and Release.gpg, the archive keyring beside them), with the archive key in ``gnupg`` (made on first
+    use, kept for the next bundle: a site trusts one key across bundles). Returns the key's fingerprint."""
+    fpr = _debrepo.key_fingerprint(_run, str(gnupg)) or _debrepo.generate_key(_run, str(gnupg))
+    try:
+        index = (repo / _debrepo.PACKAGES).read_bytes()
+        (repo / _debrepo.RELEASE).write_text(_debrepo.render_release("debian-12", index, _debrepo.rfc2822(0)))
+        (repo / _debrepo.KEYRING).write_bytes(_debrepo.export_key(_run, str(gnupg), fpr))
+        _debrepo.sign_release(_run, str(gnupg), fpr, str(repo))
+    finally:
+        _debrepo.stop_agent(_run, str(gnupg))
+    return fpr
 
 
 def safetensors(size):
@@ -155,9 +170,10 @@ def seed_site_state(private, reg, s3, push_user, rw, bucket, **records):
     return state
 
 
-def build(tmp, segment_size="256KiB", model_dir=None):
+def build(tmp, segment_size="256KiB", model_dir=None, signed_repo=False):
     """The lab bundle in tmp/bundle and its segments in tmp/media; returns a dict of paths and facts. With model_dir
-    (a real model, tests/tools/make_model.py) the checkpoint tiny is a copy of it, else a stand-in no engine loads."""
+    (a real model, tests/tools/make_model.py) the checkpoint tiny is a copy of it, else a stand-in no engine loads.
+    With signed_repo the package repository is signed (sign_repo), as the packages_repo stage on a host requires."""
     priv, pub = keypair(tmp / "keys")
     root = tmp / "bundle"
     layout = str(root / "images")
@@ -172,6 +188,9 @@ def build(tmp, segment_size="256KiB", model_dir=None):
     deb(tmp, repo / "pool", "lab-free", "0.5-2", "This is free software, see the GNU GPL.\n")
     (repo / "Packages").write_bytes(_debrepo.packages_index(_run, str(repo)))
     (repo / "packages.lock").write_text("lab-free=0.5-2\nlab-tool=1:2.0-1\n")
+    gnupg = tmp / "gnupg" / "home"
+    if signed_repo:
+        sign_repo(repo, gnupg)
     py = root / "python"
     py.mkdir()
     wheel(py / "demo_lib-1.2.0-py3-none-any.whl", "demo-lib", "1.2.0", "License-Expression: MIT OR Apache-2.0")
@@ -197,7 +216,8 @@ def build(tmp, segment_size="256KiB", model_dir=None):
     media = tmp / "media"
     bundle_pack.run(dict(src=str(root), dest=str(media), private_key=priv, segment_size=segment_size, read_back=True,
                          progress_file=None), False)
-    return dict(root=root, media=media, priv=priv, pub=pub, images=images, tmp=tmp, real_model=bool(model_dir))
+    return dict(root=root, media=media, priv=priv, pub=pub, images=images, tmp=tmp, real_model=bool(model_dir),
+                gnupg=gnupg if signed_repo else None)
 
 
 def build_v2(lab, tmp, segment_size="256KiB"):
@@ -226,6 +246,8 @@ def build_v2(lab, tmp, segment_size="256KiB"):
     deb(tmp / "v2", repo / "pool", "lab-free", "0.5-3", "This is free software, see the GNU GPL.\n")
     (repo / "Packages").write_bytes(_debrepo.packages_index(_run, str(repo)))
     (repo / "packages.lock").write_text("lab-free=0.5-3\nlab-tool=1:2.0-1\n")
+    if lab.get("gnupg"):
+        sign_repo(repo, lab["gnupg"])
     # The wheels pinned by sha256, as bundle_python writes them (llmops-verify.sh requires the pins).
     py = root / "python"
     (py / "requirements.lock").write_text("".join(

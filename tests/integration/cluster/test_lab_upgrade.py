@@ -5,17 +5,17 @@ Bundle 1 (tests/integration/bundle/lab_bundle.py, with the REAL tiny model of te
 checkpoint tiny) is installed by site.yml - bundle import, image push into Debian's docker-registry on loopback,
 checkpoint sync into `rclone serve s3` on the pod bridge's gateway, and the vllm_serving stage, whose pod's REAL
 model-pull init container pulls that checkpoint and whose REAL vLLM (the CPU build) serves it. Bundle 2 changes one
-image, one checkpoint shard (its tensors kept, so vLLM loads it) and one package. site.yml with bundle 2, while a
-request loop runs against the model's Service: only those move (the change report's per-stage lines, the checkpoint's
-uploaded and copied bytes), the pod rolls with no failed request, the old image's manifest leaves the registry (its own
+image, one checkpoint shard (its tensors kept, so vLLM loads it) and one package (lab-free 0.5-2 -> 0.5-3, of a
+repository signed as the bundle's package step signs it). An apt host - a Debian 12 container with no network at all,
+holding bundle 1's two packages - takes the packages_repo stage. site.yml with bundle 2, while a request loop runs
+against the model's Service: only those move (the change report's per-stage lines, the checkpoint's uploaded and
+copied bytes, the one package apt upgraded on the host), the pod rolls with no failed request, the old image's manifest leaves the registry (its own
 layer leaves the registry's storage with the garbage collection) and the old checkpoint prefix stays while a
 terminating pod still names it; once no pod does, playbooks/prune.yml removes it; a third site.yml run reports
 changed=0 and leaves the state file as it was.
 
 The big vLLM image is not in the bundle: it stays preloaded in the node's containerd (serving_helpers), as does the
-model-pull image; the inventory's egress exception says so. Not here: the package on a host (molecule/packages_repo
-upgrades it on a systemd container: this inventory has no apt host, --limit localhost); the registry host's garbage
-collection play (molecule/registry; here the test runs docker-registry garbage-collect as that play does). The node
+model-pull image; the inventory's egress exception says so. Not here: the registry host's garbage collection play (molecule/registry; here the test runs docker-registry garbage-collect as that play does). The node
 cache's prune entry point runs on this host after the roll (the inventory has no k8s_nodes: site.yml would configure
 the node's containerd there); test_serving_role.py no longer rolls its own pod, this test's roll covers the role's."""
 import hashlib
@@ -44,7 +44,8 @@ from registry_server import PUSH_USER, start_registry  # noqa: E402
 GATEWAY = "10.244.0.1"   # tests/cluster/lib.sh K8S_POD_GW: pods reach this host here
 PULL_IMAGE = "localhost/llmops/model-pull:test"
 NODE_PRUNE = Path(__file__).parent / "playbooks" / "serving_role_prune.yml"
-TAGS = "bundle_import,image_mirror,checkpoints,vllm_serving,prune,summary"
+TAGS = "bundle_import,packages_repo,image_mirror,checkpoints,vllm_serving,prune,summary"
+APT_HOST = "lab-apt-1"  # the inventory name of the apt host (a container; its podman name is per run)
 HOLD = "llmops.onprem/test-hold"
 MODELS = [dict(name="tiny", served_name="tiny-chat", gpus=0, preset="chat_small", checkpoint=dict(name="tiny"),
                args={"enforce-eager": True, "dtype": "float32"})]
@@ -92,18 +93,52 @@ def images(kube, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def apt_host(kube, bundles):
+    """A Debian 12 host for the packages_repo stage: the molecule hosts' image (tests/images/debian12-systemd), no
+    network (the repository reaches it from the controller through the container connection, as the stage copies it
+    to any host), holding bundle 1's packages as a host that an earlier install left them on (dpkg -i). Yields
+    (container name, podman environment)."""
+    env = dict(os.environ)
+    podman_env = kube.run(["bash", kube.REPO / "tests" / "tools" / "podman-env.sh"]).stdout
+    env.update(re.findall(r"^export (\w+)=(\S+)$", podman_env, re.M))
+    image = kube.run([kube.REPO / "tests" / "images" / "debian12-systemd" / "build.sh"], env=env).stdout.strip().splitlines()[-1]
+    name = "llmops-lab-apt-%d" % os.getpid()
+    podman = ["podman"]
+    subprocess.run(podman + ["rm", "-f", name], env=env, capture_output=True, check=False)
+    kube.run(podman + ["run", "-d", "--name", name, "--network", "none", "--entrypoint", "sleep", image, "infinity"], env=env)
+    try:
+        pool = bundles["lab"]["root"] / "packages" / "debian-12" / "pool"
+        debs = sorted(pool.glob("*.deb"))
+        for deb in debs:
+            kube.run(podman + ["cp", deb, "%s:/tmp/%s" % (name, deb.name)], env=env)
+        kube.run(podman + ["exec", name, "dpkg", "-i"] + ["/tmp/" + d.name for d in debs], env=env)
+        yield name, env
+    finally:
+        subprocess.run(podman + ["rm", "-f", "-t", "0", name], env=env, capture_output=True, check=False)
+
+
+def installed(apt_host, package):
+    name, env = apt_host
+    p = subprocess.run(["podman", "exec", name, "dpkg-query", "-W", "-f", "${Version}", package], env=env,
+                       capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+@pytest.fixture(scope="module")
 def bundles(kube, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lab-upgrade")
     venv = kube.run([kube.REPO / "serving" / "images" / "build.sh", "vllm-env"]).stdout.strip().splitlines()[-1]
     kube.run([Path(venv) / "bin" / "python", kube.REPO / "tests" / "tools" / "make_model.py", tmp / "model"])
-    lab = lab_bundle.build(tmp, segment_size="1MiB", model_dir=tmp / "model")
+    lab = lab_bundle.build(tmp, segment_size="1MiB", model_dir=tmp / "model", signed_repo=True)
     root2, media2 = lab_bundle.build_v2(lab, tmp, segment_size="1MiB")
     return dict(lab=lab, root2=root2, media2=media2, tmp=tmp)
 
 
-def site(d, kube, lab, reg, s3, ns, cache):
+def site(d, kube, lab, reg, s3, ns, cache, apt_host):
     """A site inventory: the controller (localhost) with the cluster, a registry and a minio host whose stages have
-    run (their records point at the loopback registry and the object store on the gateway), cluster_secrets done."""
+    run (their records point at the loopback registry and the object store on the gateway), cluster_secrets done, and
+    the apt host (in the group packages_repo, reached with podman's connection)."""
     inv = d / "site"
     private = inv / ".private"
     (inv / "group_vars" / "all").mkdir(parents=True)
@@ -111,7 +146,10 @@ def site(d, kube, lab, reg, s3, ns, cache):
     (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {
         "hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": str(kube.PYTHON)}},
         "children": {"registry": {"hosts": {"registry-1": {"ansible_host": "192.0.2.10"}}},
-                     "minio": {"hosts": {"minio-1": {"ansible_host": "192.0.2.11"}}}}}}))
+                     "minio": {"hosts": {"minio-1": {"ansible_host": "192.0.2.11"}}},
+                     "packages_repo": {"hosts": {APT_HOST: {
+                         "ansible_connection": "containers.podman.podman", "ansible_host": apt_host[0],
+                         "ansible_python_interpreter": "/usr/bin/python3"}}}}}}))
     (inv / "group_vars" / "all" / "site.yml").write_text(yaml.safe_dump(dict(
         bundle_import_public_key=str(lab["pub"]),
         llmops_kubeconfig=str(kube.kubeconfig),
@@ -142,14 +180,14 @@ def site(d, kube, lab, reg, s3, ns, cache):
     return inv
 
 
-def run(kube, inv, playbook, *args):
+def run(kube, inv, playbook, *args, env=None):
     # profile_tasks: each run's slowest tasks go to the test's output (this test's share of the cluster layer's time).
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(kube.REPO / "ansible.cfg"),
+    env = dict(env or os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(kube.REPO / "ansible.cfg"),
                ANSIBLE_COLLECTIONS_PATH=str(kube.REPO / ".cache" / "collections"), KUBECONFIG=str(kube.kubeconfig),
                ANSIBLE_CALLBACKS_ENABLED="llmops.onprem.progress,ansible.posix.profile_tasks",
                PROFILE_TASKS_TASK_OUTPUT_LIMIT="6")
     t = time.monotonic()
-    p = subprocess.run([str(Path(kube.PYTHON).parent / "ansible-playbook"), "-i", str(inv), "--limit", "localhost",
+    p = subprocess.run([str(Path(kube.PYTHON).parent / "ansible-playbook"), "-i", str(inv), "--limit", "localhost," + APT_HOST,
                         *args, str(kube.REPO / "playbooks" / playbook)], capture_output=True, text=True, env=env,
                        cwd=str(kube.REPO), check=False)
     out = p.stdout + p.stderr
@@ -158,6 +196,12 @@ def run(kube, inv, playbook, *args):
     table = out[out.rindex("=" * 40):] if "=" * 40 in out else ""
     print("\n".join("  " + ln for ln in table.splitlines() if re.search(r" -+ \d+\.\d+s$", ln)))
     return out, int(re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", out).group(1))
+
+
+def host_changed(out, host=APT_HOST):
+    """The play recap's changed count of one host (0 when the run did not reach it)."""
+    m = re.search(r"^%s\s*:\s*ok=\d+\s+changed=(\d+)" % re.escape(host), out, re.M)
+    return int(m.group(1)) if m else 0
 
 
 def node_prune(kube, cache, synced, *args):
@@ -180,7 +224,7 @@ def record(inv):
     return json.loads((inv / ".private" / "site-state.json").read_text())
 
 
-def test_upgrade_in_the_lab(kube, namespace, images, bundles):
+def test_upgrade_in_the_lab(kube, namespace, images, bundles, apt_host):
     t0 = time.monotonic()
     lab, ns, k8s = bundles["lab"], namespace, kube.k8s
     d = Path(tempfile.mkdtemp(prefix="lab-upgrade-"))
@@ -188,14 +232,20 @@ def test_upgrade_in_the_lab(kube, namespace, images, bundles):
     reg = start_registry(d / "registry")
     s3 = S3Server(str(d / "s3"), host=GATEWAY)
     try:
-        inv = site(d, kube, lab, reg, s3, ns, cache)
+        inv = site(d, kube, lab, reg, s3, ns, cache, apt_host)
+        podman_env = apt_host[1]
         bundle1 = ["-e", "llmops_bundle=%s" % lab["media"]]
         bundle2 = ["-e", "llmops_bundle=%s" % bundles["media2"]]
 
         # Bundle 1: imported, pushed, synced, served by the real engine from the real downloader's pull.
-        out, changed = run(kube, inv, "site.yml", "--tags", TAGS, *bundle1)
-        assert changed > 0
+        out, changed = run(kube, inv, "site.yml", "--tags", TAGS, *bundle1, env=podman_env)
+        assert changed > 0 and host_changed(out) > 0
         one = record(inv)
+        # The apt host: the bundle's repository is its only source; it holds bundle 1's versions, as recorded.
+        assert installed(apt_host, "lab-free") == "0.5-2" and installed(apt_host, "lab-tool") == "1:2.0-1"
+        assert one["packages_repo"] == {"repositories": {"debian-12": {"lab-free": "0.5-2", "lab-tool": "1:2.0-1"}},
+                                        "hosts": {APT_HOST: "debian-12"}}
+        assert "packages_repo: %s: upgraded" % APT_HOST not in out
         [old_ckpt] = one["checkpoints"]["synced"]
         files = sorted(f.name for f in (lab["root"] / "models" / "tiny").iterdir())
         assert len(s3.objects(old_ckpt["prefix"])) == len(files) + 1  # and the manifest
@@ -225,7 +275,7 @@ def test_upgrade_in_the_lab(kube, namespace, images, bundles):
         url = sh.cluster_ip(kube, ns, "llmops-serving-tiny") + "/v1/completions"
         with sh.RequestLoop(url, "tiny-chat", key=key) as loop:
             kube.wait_for("a first answer through the Service", lambda: loop.codes, timeout=60)
-            out, changed = run(kube, inv, "site.yml", "--tags", TAGS, *bundle2)
+            out, changed = run(kube, inv, "site.yml", "--tags", TAGS, *bundle2, env=podman_env)
             assert changed > 0
             two = record(inv)
             [new_ckpt] = two["checkpoints"]["synced"]
@@ -254,7 +304,12 @@ def test_upgrade_in_the_lab(kube, namespace, images, bundles):
         # the store.
         said = changes(out)
         print("what changed, per stage:\n  " + "\n  ".join("%s: %s" % kv for kv in said.items()))
-        assert set(said) == {"bundle_import", "image_mirror", "checkpoints", "vllm_serving"}, said
+        assert set(said) == {"bundle_import", "packages_repo", "image_mirror", "checkpoints", "vllm_serving"}, said
+        # The one package: apt upgraded it on the host, the other package and its record stayed.
+        assert said["packages_repo"] == "repositories.debian-12.lab-free 0.5-2 -> 0.5-3", said["packages_repo"]
+        assert "packages_repo: %s: upgraded lab-free 0.5-2 -> 0.5-3" % APT_HOST in out, out[-6000:]
+        assert installed(apt_host, "lab-free") == "0.5-3" and installed(apt_host, "lab-tool") == "1:2.0-1"
+        assert host_changed(out) > 0
         new_image = [r for r in two["image_mirror"]["pushed"] if r not in one["image_mirror"]["pushed"]][0]
         assert said["image_mirror"].startswith("pushed: +") and said["image_mirror"].count(";") == 0, said["image_mirror"]
         assert "%s@sha256:%s…" % (changed_ref.rsplit(":", 1)[1], new_image.split("@sha256:")[1][:12]) in said["image_mirror"]
@@ -284,7 +339,7 @@ def test_upgrade_in_the_lab(kube, namespace, images, bundles):
         # Once no pod names it, playbooks/prune.yml removes the old prefix.
         kube.core.patch_namespaced_pod("holds-old-checkpoint", ns, {"metadata": {"finalizers": None}})
         kube.wait_for("no pod naming the old checkpoint", lambda: not pods_naming(kube, old_ckpt["digest"]), timeout=120)
-        out, changed = run(kube, inv, "prune.yml")
+        out, changed = run(kube, inv, "prune.yml", env=podman_env)
         assert changed > 0
         assert "checkpoints: removed 1 prefix(es) from the object store: s3://%s/%s" % (BUCKET, old_ckpt["prefix"]) in out, \
             out[-6000:]
@@ -310,8 +365,9 @@ def test_upgrade_in_the_lab(kube, namespace, images, bundles):
 
         # A third site.yml run: nothing to do anywhere, the state file as it was.
         t3 = time.monotonic()
-        out, changed = run(kube, inv, "site.yml", "--tags", TAGS, *bundle2)
-        assert changed == 0, out[-8000:]
+        out, changed = run(kube, inv, "site.yml", "--tags", TAGS, *bundle2, env=podman_env)
+        assert changed == 0 and host_changed(out) == 0, out[-8000:]
+        assert installed(apt_host, "lab-free") == "0.5-3"
         assert "No stage's record changed in this run." in out, out[-6000:]
         assert record(inv) == three
         print("phases: bundle 1 installed %.0f s, upgrade and roll %.0f s, prune %.0f s, third run %.0f s; total %.0f s"

@@ -259,6 +259,20 @@ def test_nvidia_driver_gpu_nodes_and_serving_endpoints_are_named():
     assert _report.record_changes(before, dict(before, endpoints=[dict(ep, seconds=2.5, steps=[])]), "vllm_serving") == []
 
 
+def test_packages_repo_names_the_package_that_moved_and_the_hosts_it_reaches():
+    before = {"repositories": {"debian-12": {"redis-server": "5:7.0.15-1~deb12u5", "liblzf1": "3.6-3"}},
+              "hosts": {"svc-1": "debian-12"}}
+    after = {"repositories": {"debian-12": {"redis-server": "5:7.0.15-1~deb12u6", "liblzf1": "3.6-3"},
+                              "ubuntu-24.04": {"liblzf1": "3.6-4"}},
+             "hosts": {"svc-1": "debian-12", "svc-2": "ubuntu-24.04"}}
+    assert _report.record_changes(before, after, "packages_repo") == [
+        "hosts.svc-2 added: ubuntu-24.04", "repositories.debian-12.redis-server 5:7.0.15-1~deb12u5 -> 5:7.0.15-1~deb12u6",
+        "repositories.ubuntu-24.04 added"]
+    rows = _report.stage_rows(["packages_repo"], {"packages_repo": after}, this_run=False)
+    assert rows == [{"stage": "packages_repo", "state": "recorded",
+                     "where": "2 host(s); debian-12: 2 package(s), ubuntu-24.04: 1 package(s)"}]
+
+
 def test_elements_without_a_distinct_name_are_matched_by_index_and_types_may_change():
     assert _report.record_changes({"l": [{"x": 1}]}, {"l": [{"x": 2}, {"x": 3}]}) == ["l[0].x 1 -> 2", "l[1] added"]
     twins = [{"name": "a", "v": 1}, {"name": "a", "v": 2}]
