@@ -190,3 +190,17 @@ def test_short_writes_are_continued_and_the_hash_is_of_the_file(s3, synced, tmp_
     assert rc == 0, out
     assert len(calls) > 3 * (synced["total"] // mp.BUF)    # every piece took several pwrites
     same_tree(synced["src"], os.path.join(cache, "demo", synced["digest"]))
+
+
+def test_progress_file_counts_every_byte_and_file_once(s3, synced, tmp_path):
+    """--progress-file: the final document of a cold pull counts each byte and file fetched exactly once (the
+    fetching threads report in pieces, the rest at the end of each range), and says done."""
+    import json
+    cache, progress = str(tmp_path / "cache"), str(tmp_path / "progress.json")
+    rc, out, err = pull(s3, cache, synced["prefix"], synced["digest"], extra=["--progress-file", progress])
+    assert rc == 0, err
+    with open(progress) as fh:
+        doc = json.load(fh)
+    assert (doc["state"], doc["stage"], doc["phase"]) == ("done", "model_pull", "done")
+    assert doc["bytes_done"] == doc["bytes_total"] == synced["total"] == fetched_bytes(out)
+    assert doc["files_done"] == doc["files_total"] == 6
