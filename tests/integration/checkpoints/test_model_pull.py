@@ -204,3 +204,29 @@ def test_progress_file_counts_every_byte_and_file_once(s3, synced, tmp_path):
     assert (doc["state"], doc["stage"], doc["phase"]) == ("done", "model_pull", "done")
     assert doc["bytes_done"] == doc["bytes_total"] == synced["total"] == fetched_bytes(out)
     assert doc["files_done"] == doc["files_total"] == 6
+
+
+def test_hashing_a_large_file_keeps_the_memory_small(s3, tmp_path):
+    """A 288 MiB shard (5 ranged GETs, 4 at a time): what is hashed is read back through the page cache and leaves
+    the process's mapping again, so the pull's peak RSS stays far below the file's size (the serving chart gives
+    the init container 1 GiB for checkpoints of any size)."""
+    import subprocess
+    import sys
+    from ckpt_helpers import BUCKET, MODEL_PULL, RO
+    src = make_checkpoint(str(tmp_path / "src" / "big"), shard_bytes=(288 << 20,))
+    digest = _checkpoint.manifest_digest(_checkpoint.manifest_from_dir(src, "big"))
+    prefix = "big/" + digest
+    assert run_module_process(dict(sync_args(s3, src, prefix), name="big"))["manifest_digest"] == digest
+    cache = str(tmp_path / "cache")
+    argv = [MODEL_PULL, "--endpoint", s3.url, "--bucket", BUCKET, "--prefix", prefix, "--model", "big", "--digest",
+            digest, "--cache-root", cache, "--parallel", "4"]
+    # VmHWM: this process's own peak RSS (ru_maxrss would carry pytest's, from before the exec).
+    code = ("import runpy, sys\nsys.argv = %r\nrc = 0\ntry:\n    runpy.run_path(%r, run_name='__main__')\n"
+            "except SystemExit as e:\n    rc = e.code\nhwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+            "sys.stderr.write('PEAK_RSS_KB=%%s\\n' %% hwm[0].split()[1])\nsys.exit(rc)\n" % (argv, MODEL_PULL))
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, AWS_ACCESS_KEY_ID=RO[0],
+                          AWS_SECRET_ACCESS_KEY=RO[1]), capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    peak = int(proc.stderr.rsplit("PEAK_RSS_KB=", 1)[1].split()[0]) << 10
+    assert peak < 96 << 20, "peak RSS %d MiB for a 288 MiB file" % (peak >> 20)
+    same_tree(src, os.path.join(cache, "big", digest))
