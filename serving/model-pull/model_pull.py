@@ -34,6 +34,7 @@ import http.client
 import json
 import mmap
 import os
+import queue
 import re
 import socket
 import ssl
@@ -65,6 +66,8 @@ MARKER = ".llmops-verified.json"
 # CPU per 2 GiB, whole-file GETs (or 256 MiB ranges) 3.5 to 5 s, and 16 MiB ranges no less.
 CHUNK = 64 * 1024 * 1024
 HASH_PIECE = 4 * 1024 * 1024      # one sha256 update over the page cache (mmap)
+# A fetching thread hands what it wrote to the hashers (and to the progress count) every this many bytes.
+REPORT_EVERY = 4 * 1024 * 1024
 # One read from the socket, one pwrite. Measured here: 128-256 KiB moves a GiB in about half the
 # time (and system CPU) of 4 MiB pieces, which fall out of the CPU caches between copies.
 BUF = 256 * 1024
@@ -391,9 +394,10 @@ class Progress(_progress.ProgressWriter):
 
 
 class FileJob(object):
-    """One file: its chunks (one ranged GET each) are fetched in parallel. The sha256 follows the contiguous done
-    prefix: the thread fetching the next chunk to hash hashes its bytes as they arrive, while they are hot in the
-    CPU cache; a chunk that finished ahead of its turn is hashed later from the page cache (mmap, no copy)."""
+    """One file: its chunks (one ranged GET each) are fetched in parallel and written at their offsets; the
+    sha256 is computed apart from the fetching, over the bytes the file holds (read back through an mmap of the
+    page cache, no copy), following the contiguous written prefix. A fetching thread never waits for a hash:
+    it reports what it wrote (wrote) and goes on reading its socket; the Hasher threads hash what is ready."""
 
     def __init__(self, dest, entry):
         self.entry = entry
@@ -401,12 +405,15 @@ class FileJob(object):
         self.final = os.path.join(dest, entry["path"])
         self.part = self.final + ".part"
         self.size = entry["size"]
+        self.chunk = CHUNK
         self.chunks = [(off, min(CHUNK, self.size - off)) for off in range(0, self.size, CHUNK)] or [(0, 0)]
-        self.done = [False] * len(self.chunks)
-        self.hashed = 0
+        self.written = [0] * len(self.chunks)   # bytes written from each chunk's start, contiguous
+        self.done = [False] * len(self.chunks)  # chunk fully read, its answer checked to its end
+        self.hashed = 0                         # bytes of the file hashed, from its start
         self.hash = hashlib.sha256()
         self.lock = threading.Lock()
-        self.hash_lock = threading.Lock()
+        self.queued = False                     # a Hasher task for this file is queued or running
+        self.finished = False                   # reported complete (once)
         self.fd = None
         self.map = None
 
@@ -418,7 +425,7 @@ class FileJob(object):
         # Sized, not preallocated (posix_fallocate measured slower here); free space was checked
         # before the download, and ENOSPC while writing is exit code 6.
         os.ftruncate(self.fd, self.size)
-        if len(self.chunks) > 1:
+        if self.size:
             self.map = mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ)
 
     def close(self):
@@ -429,53 +436,83 @@ class FileJob(object):
             os.close(self.fd)
             self.fd = None
 
-    def hash_inline(self, i):
-        """True when the caller fetching chunk i may hash its bytes as they arrive (every chunk before it is
-        hashed and no other thread is hashing); the caller then holds hash_lock until chunk_done()/release."""
+    def wrote(self, i, count, done=False):
+        """Chunk i holds ``count`` bytes from its start (all of them checked, with done=True)."""
         with self.lock:
-            if self.hashed != i:
-                return False
-        if not self.hash_lock.acquire(False):
-            return False
-        with self.lock:
-            if self.hashed == i:
-                return True
-        self.hash_lock.release()
-        return False
+            self.written[i] = count
+            self.done[i] = self.done[i] or done
 
-    def chunk_done(self, i, inline=False):
-        """Mark chunk i written (and hashed, when inline), then hash every chunk now contiguous from the start.
-        One thread hashes a file at a time; the others go back to fetching, and the hashing thread picks up what
-        they finished. Returns True to exactly one caller: the one that hashed the file's last chunk."""
-        finished = False
+    def _ready(self):
+        """(end of the contiguous written prefix, whether every chunk is done); under self.lock."""
+        i = min(self.hashed // self.chunk, len(self.chunks) - 1)
+        while i < len(self.chunks) and self.written[i] == self.chunks[i][1]:
+            i += 1
+        end = self.size if i == len(self.chunks) else self.chunks[i][0] + self.written[i]
+        return end, all(self.done)
+
+    def hash_some(self, most, stop):
+        """Hash at most ``most`` bytes of the written prefix not hashed yet (one Hasher thread at a time: the
+        queued flag). Returns "finished" once every byte is hashed and every chunk done (exactly once), "more"
+        when ready bytes are left, "idle" when it has caught up with the writers (and is no longer queued)."""
         with self.lock:
-            self.done[i] = True
-            if inline:
-                self.hashed = i + 1
-                finished = self.hashed == len(self.chunks)
-        if inline:
-            self.hash_lock.release()
-        while True:
-            if not self.hash_lock.acquire(False):
-                return finished
-            try:
-                while True:
-                    with self.lock:
-                        if self.hashed >= len(self.chunks) or not self.done[self.hashed]:
-                            break
-                        off, length = self.chunks[self.hashed]
-                    if length:
-                        with memoryview(self.map) as view:
-                            for pos in range(off, off + length, HASH_PIECE):
-                                self.hash.update(view[pos:min(pos + HASH_PIECE, off + length)])
-                    with self.lock:
-                        self.hashed += 1
-                        finished = finished or self.hashed == len(self.chunks)
-            finally:
-                self.hash_lock.release()
-            with self.lock:  # a chunk finished while this thread was leaving: hash it too
-                if self.hashed >= len(self.chunks) or not self.done[self.hashed]:
-                    return finished
+            end, all_done = self._ready()
+            if end <= self.hashed:
+                self.queued = False
+                if all_done and self.hashed == self.size and not self.finished:
+                    self.finished = True
+                    return "finished"
+                return "idle"
+        end = min(end, self.hashed + most)
+        with memoryview(self.map) as view:
+            for pos in range(self.hashed, end, HASH_PIECE):
+                if stop.is_set():
+                    raise Stopped()
+                self.hash.update(view[pos:min(pos + HASH_PIECE, end)])
+        # The pages hashed leave this process's mapping (they stay in the page cache): the mapping of a large
+        # checkpoint never grows past what is being hashed.
+        lo = self.hashed - self.hashed % mmap.PAGESIZE
+        hi = end - end % mmap.PAGESIZE
+        if hi > lo and hasattr(mmap, "MADV_DONTNEED"):
+            self.map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        with self.lock:
+            self.hashed = end
+        return "more"
+
+
+class Hasher(object):
+    """A few threads (one per core at most) hashing the files' written prefixes, a file at a time each, taking
+    turns over the files so that every file's sha256 keeps up with its writers."""
+
+    BATCH = 16 * 1024 * 1024    # hashed in one turn before the file goes back to the end of the queue
+
+    def __init__(self, threads, stop, finished):
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
+        self.stop = stop
+        self.finished = finished    # a callable called with each file whose hash is complete (or an exception)
+
+    def kick(self, job):
+        """Called after a writer reported bytes: queue the file unless a turn of it is queued or running."""
+        with job.lock:
+            if job.queued:
+                return
+            job.queued = True
+        self.pool.submit(self._turn, job)
+
+    def _turn(self, job):
+        try:
+            state = job.hash_some(self.BATCH, self.stop)
+        except Stopped:
+            return
+        except BaseException as e:  # handed to the main thread, which raises it
+            self.finished(e)
+            return
+        if state == "more":
+            self.pool.submit(self._turn, job)
+        elif state == "finished":
+            self.finished(job)
+
+    def shutdown(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Stopped(Exception):
@@ -525,23 +562,32 @@ def check_answer(s3, bucket, key, job, resp, pos, end):
                                                      % (length, end - pos, pos, end - 1)))
 
 
-def fetch_chunk(s3, bucket, key, job, i, progress, stop):
+def write_all(fd, data, pos):
+    """pwrite all of ``data`` at ``pos`` (a short write is continued, never taken for the whole)."""
+    with memoryview(data) as view:
+        while view:
+            n = os.pwrite(fd, view, pos)
+            view, pos = view[n:], pos + n
+
+
+def fetch_chunk(s3, bucket, key, job, i, progress, stop, hasher):
+    """Fetch chunk i of job with one ranged GET (retried from the byte where an answer broke off) and write it at
+    its offset. Returns False when stopped. The bytes are hashed by the hasher, never on this thread."""
     if stop.is_set():
         return False
     off, length = job.chunks[i]
     end = off + length
     buf = bytearray(BUF)
     view = memoryview(buf)
-    inline = job.hash_inline(i)
+    pos = reported = off
+    # Transient failures (a dropped connection, a timeout, HTTP 429/500/502/503/504: S3 retries its 500
+    # InternalError) are retried with the collection's one retry helper (_retry.py): at most 4 tries,
+    # jittered exponential backoff.
+    tries = _retry.Retry("GET", 4, statuses=_retry.S3_TRANSIENT_STATUS)
     try:
-        pos = off
-        # Transient failures (a dropped connection, a timeout, HTTP 429/500/502/503/504: S3 retries its 500
-        # InternalError) are retried with the collection's one retry helper (_retry.py): at most 4 tries,
-        # jittered exponential backoff.
-        tries = _retry.Retry("GET", 4, statuses=_retry.S3_TRANSIENT_STATUS)
         while True:
             try:
-                # A retry asks for the rest of the chunk only: the bytes before pos are written (and hashed).
+                # A retry asks for the rest of the chunk only: the bytes before pos are written.
                 headers = {"range": "bytes=%d-%d" % (pos, end - 1)} if length else {}
                 resp = s3.request("GET", "/%s/%s" % (bucket, key), headers=headers)
                 if resp.status not in (200, 206):
@@ -566,11 +612,14 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop):
                     n = resp.readinto(view[:min(BUF, end - pos)])
                     if not n:
                         break
-                    os.pwrite(job.fd, view[:n], pos)
-                    if inline:
-                        job.hash.update(view[:n])
+                    write_all(job.fd, view[:n], pos)
                     pos += n
-                    progress.add(n)
+                    if pos - reported >= REPORT_EVERY:
+                        # What is written is handed to the hasher: it follows this thread by at most this much.
+                        job.wrote(i, pos - off)
+                        hasher.kick(job)
+                        progress.add(pos - reported)
+                        reported = pos
                 if stop.is_set():
                     s3._conn(fresh=True)
                     raise Stopped()
@@ -598,13 +647,14 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop):
                 s3._conn(fresh=True)
                 if not tries.again(exc=e):
                     raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
-    except BaseException as e:
-        if inline:
-            job.hash_lock.release()
-        if isinstance(e, Stopped):
-            return False
-        raise
-    return job.chunk_done(i, inline)
+    except Stopped:
+        return False
+    finally:
+        if pos > reported:
+            progress.add(pos - reported)
+    job.wrote(i, pos - off, done=True)
+    hasher.kick(job)
+    return True
 
 
 def download(s3, bucket, prefix, dest, entries, parallel, progress):
@@ -613,32 +663,45 @@ def download(s3, bucket, prefix, dest, entries, parallel, progress):
         job.open()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel)
     stop = threading.Event()
+    # Both the fetching threads and the hashers report here: a failed or stopped chunk (its future), a file whose
+    # sha256 is complete (its FileJob), or an exception of a hasher.
+    events = queue.Queue()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    hasher = Hasher(max(1, min(parallel, len(jobs), cores)), stop, events.put)
     try:
-        futures = {}
         keys = [("%s/%s" % (prefix, job.entry["path"]) if prefix else job.entry["path"]) for job in jobs]
         # Chunks are queued round-robin over the files (each file's first chunk, then each second ...):
-        # every large file starts hashing at once, on its own thread, instead of one file after another
+        # every large file is written, and hashed, from the start at once, instead of one file after another
         # with the last file's hash left alone at the end; fewer threads write into one file at a time.
         for i in range(max(len(job.chunks) for job in jobs)):
             for job, key in zip(jobs, keys):
                 if i < len(job.chunks):
-                    futures[pool.submit(fetch_chunk, s3, bucket, key, job, i, progress, stop)] = job
-        for fut in concurrent.futures.as_completed(futures):
-            job = futures[fut]
-            if fut.result():
-                got = job.hash.hexdigest()
-                if got != job.entry["sha256"]:
-                    raise PullError(EXIT_VERIFY, "%s: downloaded sha256 %s, the manifest says %s (the object store "
-                                    "holds other bytes than the manifest; repair it with the checkpoints stage and "
-                                    "checkpoints_read_back: true)" % (job.entry["path"], got, job.entry["sha256"]))
-                job.close()
-                os.replace(job.part, job.final)
-                progress.file_done()
+                    fut = pool.submit(fetch_chunk, s3, bucket, key, job, i, progress, stop, hasher)
+                    fut.add_done_callback(events.put)
+        left = len(jobs)
+        while left:
+            event = events.get()
+            if isinstance(event, concurrent.futures.Future):
+                event.result()          # a failed chunk raises here; a done one reported to the hasher
+                continue
+            if isinstance(event, BaseException):
+                raise event
+            job = event
+            got = job.hash.hexdigest()
+            if got != job.entry["sha256"]:
+                raise PullError(EXIT_VERIFY, "%s: downloaded sha256 %s, the manifest says %s (the object store "
+                                "holds other bytes than the manifest; repair it with the checkpoints stage and "
+                                "checkpoints_read_back: true)" % (job.entry["path"], got, job.entry["sha256"]))
+            job.close()
+            os.replace(job.part, job.final)
+            progress.file_done()
+            left -= 1
     except BaseException:
         stop.set()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        hasher.shutdown()
         for job in jobs:
             job.close()
 

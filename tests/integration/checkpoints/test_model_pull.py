@@ -136,14 +136,20 @@ def test_interrupted_pull_leaves_no_verified_marker_and_recovers(s3, synced, tmp
     assert not [f for f in os.listdir(dest) if f.endswith(".part")]
 
 
-def test_files_split_into_many_ranged_gets_hash_right(s3, synced, tmp_path, monkeypatch, capsys):
-    """In process, with 8 MiB ranged GETs (the 70 MiB shard in 9): a chunk whose turn has come is hashed as it
-    arrives, the others from the page cache once their turn comes; the sha256 must still match the manifest."""
+def _model_pull_module(name):
     import importlib.util
-    from ckpt_helpers import BUCKET, MODEL_PULL, RO
-    spec = importlib.util.spec_from_file_location("model_pull_split", MODEL_PULL)
+    from ckpt_helpers import MODEL_PULL
+    spec = importlib.util.spec_from_file_location(name, MODEL_PULL)
     mp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mp)
+    return mp
+
+
+def test_files_split_into_many_ranged_gets_hash_right(s3, synced, tmp_path, monkeypatch, capsys):
+    """In process, with 8 MiB ranged GETs (the 70 MiB shard in 9) fetched by 4 threads: the hashers follow each
+    file's written prefix across chunks that finish in any order; the sha256 must still match the manifest."""
+    from ckpt_helpers import BUCKET, RO
+    mp = _model_pull_module("model_pull_split")
     monkeypatch.setattr(mp, "CHUNK", 8 << 20)
     splits = []
     real_open = mp.FileJob.open
@@ -161,3 +167,66 @@ def test_files_split_into_many_ranged_gets_hash_right(s3, synced, tmp_path, monk
     assert dict(splits)["model-00001-of-00003.safetensors"] == 9 and dict(splits)["config.json"] == 1
     assert fetched_bytes(out) == synced["total"]
     same_tree(synced["src"], os.path.join(cache, "demo", synced["digest"]))
+
+
+def test_short_writes_are_continued_and_the_hash_is_of_the_file(s3, synced, tmp_path, monkeypatch, capsys):
+    """A pwrite that writes less than it was given (allowed by POSIX; a signal, a full quota) is continued from
+    where it stopped, never taken for the whole: the file published holds every byte, and its sha256 is computed
+    from what the file holds, not from the network buffer."""
+    from ckpt_helpers import BUCKET, RO
+    mp = _model_pull_module("model_pull_short")
+    real_pwrite = os.pwrite
+    calls = []
+
+    def short_pwrite(fd, data, offset):
+        calls.append(len(data))
+        return real_pwrite(fd, memoryview(data)[:max(1, len(data) // 3)], offset)
+    monkeypatch.setattr(mp.os, "pwrite", short_pwrite)
+    cache = str(tmp_path / "cache")
+    rc = mp.main(["--endpoint", s3.url, "--bucket", BUCKET, "--prefix", synced["prefix"], "--model", "demo", "--digest",
+                  synced["digest"], "--cache-root", cache],
+                 env=dict(AWS_ACCESS_KEY_ID=RO[0], AWS_SECRET_ACCESS_KEY=RO[1]))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert len(calls) > 3 * (synced["total"] // mp.BUF)    # every piece took several pwrites
+    same_tree(synced["src"], os.path.join(cache, "demo", synced["digest"]))
+
+
+def test_progress_file_counts_every_byte_and_file_once(s3, synced, tmp_path):
+    """--progress-file: the final document of a cold pull counts each byte and file fetched exactly once (the
+    fetching threads report in pieces, the rest at the end of each range), and says done."""
+    import json
+    cache, progress = str(tmp_path / "cache"), str(tmp_path / "progress.json")
+    rc, out, err = pull(s3, cache, synced["prefix"], synced["digest"], extra=["--progress-file", progress])
+    assert rc == 0, err
+    with open(progress) as fh:
+        doc = json.load(fh)
+    assert (doc["state"], doc["stage"], doc["phase"]) == ("done", "model_pull", "done")
+    assert doc["bytes_done"] == doc["bytes_total"] == synced["total"] == fetched_bytes(out)
+    assert doc["files_done"] == doc["files_total"] == 6
+
+
+def test_hashing_a_large_file_keeps_the_memory_small(s3, tmp_path):
+    """A 288 MiB shard (5 ranged GETs, 4 at a time): what is hashed is read back through the page cache and leaves
+    the process's mapping again, so the pull's peak RSS stays far below the file's size (the serving chart gives
+    the init container 1 GiB for checkpoints of any size)."""
+    import subprocess
+    import sys
+    from ckpt_helpers import BUCKET, MODEL_PULL, RO
+    src = make_checkpoint(str(tmp_path / "src" / "big"), shard_bytes=(288 << 20,))
+    digest = _checkpoint.manifest_digest(_checkpoint.manifest_from_dir(src, "big"))
+    prefix = "big/" + digest
+    assert run_module_process(dict(sync_args(s3, src, prefix), name="big"))["manifest_digest"] == digest
+    cache = str(tmp_path / "cache")
+    argv = [MODEL_PULL, "--endpoint", s3.url, "--bucket", BUCKET, "--prefix", prefix, "--model", "big", "--digest",
+            digest, "--cache-root", cache, "--parallel", "4"]
+    # VmHWM: this process's own peak RSS (ru_maxrss would carry pytest's, from before the exec).
+    code = ("import runpy, sys\nsys.argv = %r\nrc = 0\ntry:\n    runpy.run_path(%r, run_name='__main__')\n"
+            "except SystemExit as e:\n    rc = e.code\nhwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+            "sys.stderr.write('PEAK_RSS_KB=%%s\\n' %% hwm[0].split()[1])\nsys.exit(rc)\n" % (argv, MODEL_PULL))
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, AWS_ACCESS_KEY_ID=RO[0],
+                          AWS_SECRET_ACCESS_KEY=RO[1]), capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    peak = int(proc.stderr.rsplit("PEAK_RSS_KB=", 1)[1].split()[0]) << 10
+    assert peak < 96 << 20, "peak RSS %d MiB for a 288 MiB file" % (peak >> 20)
+    same_tree(src, os.path.join(cache, "big", digest))
