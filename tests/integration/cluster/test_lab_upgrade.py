@@ -15,7 +15,7 @@ changed=0 and leaves the state file as it was.
 The big vLLM image is not in the bundle: it stays preloaded in the node's containerd (serving_helpers), as does the
 model-pull image; the inventory's egress exception says so. Not here: the package on a host (molecule/packages_repo
 upgrades it on a systemd container: this inventory has no apt host, --limit localhost); the registry host's garbage
-collection play (molecule/registry; here the test runs docker-registry garbage-collect as that play does). The node
+collection play (molecule/services; here the test runs docker-registry garbage-collect as that play does). The node
 cache's prune entry point runs on this host after the roll (the inventory has no k8s_nodes: site.yml would configure
 the node's containerd there); test_serving_role.py no longer rolls its own pod, this test's roll covers the role's."""
 import hashlib
