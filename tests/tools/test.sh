@@ -123,8 +123,9 @@ build() {
 # The scenarios run LLMOPS_MOLECULE_JOBS at a time (default 2): each is latency-bound (podman
 # exec, systemd, nested ansible-playbook starts), so two share this 2-core machine's CPUs well.
 # Every scenario has its own hosts, podman network and ephemeral dir; none writes a shared
-# cache. Longest first, so the last one to start is a short one. Each scenario's output is
-# printed whole when it ends, so the log reads one scenario at a time.
+# cache. Longest first, so the last one to start is a short one: services (pki, redis, postgres,
+# registry and minio, converged once), airgap, nvidia_driver, packages_repo. Each scenario's
+# output is printed whole when it ends, so the log reads one scenario at a time.
 molecule_all() {
   local image
   if ! image=$(tests/images/debian12-systemd/build.sh); then
@@ -138,7 +139,7 @@ molecule_all() {
   local jobs=${LLMOPS_MOLECULE_JOBS:-2} logs s rc=0 start=$SECONDS running=0 pending=() pids=() done_list=" "
   logs=$(mktemp -d)
   # Measured wall times on the 2-core machine, longest first; a new scenario runs last.
-  for s in registry airgap postgres minio packages_repo pki redis; do
+  for s in services airgap nvidia_driver packages_repo; do
     [ -f "molecule/$s/molecule.yml" ] && pending+=("$s")
   done
   for s in molecule/*/molecule.yml; do

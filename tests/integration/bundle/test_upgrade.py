@@ -8,7 +8,7 @@ changed and keeps the old image and checkpoint prefix, naming them in the summar
 and removes nothing; site.yml again without the flag removes them in its stage prune (the registry's garbage collection
 then frees the old image's own layer); a third run reports changed=0.
 
-Not here: the registry host's garbage collection play (no registry host in this inventory: molecule/registry runs it),
+Not here: the registry host's garbage collection play (no registry host in this inventory: molecule/services runs it),
 the package upgrade on a host (molecule/airgap installs from the bundle's repository), the serving roll with a request
 loop (tests/integration/cluster/test_lab_upgrade.py runs this upgrade with it, through site.yml on the test cluster)."""
 import json
@@ -150,7 +150,7 @@ def test_upgrade_moves_what_changed_keeps_it_for_a_rollback_then_prunes_and_then
     assert three["image_mirror"]["superseded"] == [] and three["checkpoints"]["superseded"] == []
     assert "Kept from earlier bundles" not in out
     assert re.search(r"prune +done +nothing left from earlier bundles", out), out[-4000:]
-    # What the registry host's stage prune then runs (registry role, tasks_from: garbage_collect; molecule/registry):
+    # What the registry host's stage prune then runs (registry role, tasks_from: garbage_collect; molecule/services):
     # the old image's own layer leaves the registry's storage, the layer the kept image shares stays.
     assert blob_on_disk(reg, old_layer) and blob_on_disk(reg, shared_layer)
     gc = subprocess.run(["docker-registry", "garbage-collect", str(reg.dir / "config.yml")], capture_output=True, text=True,

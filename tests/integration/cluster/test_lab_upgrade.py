@@ -9,13 +9,14 @@ image, one checkpoint shard (its tensors kept, so vLLM loads it) and one package
 repository signed as the bundle's package step signs it). An apt host - a Debian 12 container with no network at all,
 holding bundle 1's two packages - takes the packages_repo stage. site.yml with bundle 2, while a request loop runs
 against the model's Service: only those move (the change report's per-stage lines, the checkpoint's uploaded and
-copied bytes, the one package apt upgraded on the host), the pod rolls with no failed request, the old image's manifest leaves the registry (its own
-layer leaves the registry's storage with the garbage collection) and the old checkpoint prefix stays while a
+copied bytes, the one package apt upgraded on the host), the pod rolls with no failed request, the old image's
+manifest leaves the registry (its own layer leaves the registry's storage with the garbage collection) and the old checkpoint prefix stays while a
 terminating pod still names it; once no pod does, playbooks/prune.yml removes it; a third site.yml run reports
 changed=0 and leaves the state file as it was.
 
 The big vLLM image is not in the bundle: it stays preloaded in the node's containerd (serving_helpers), as does the
-model-pull image; the inventory's egress exception says so. Not here: the registry host's garbage collection play (molecule/registry; here the test runs docker-registry garbage-collect as that play does). The node
+model-pull image; the inventory's egress exception says so. Not here: the registry host's garbage collection play
+(molecule/services; here the test runs docker-registry garbage-collect as that play does). The node
 cache's prune entry point runs on this host after the roll (the inventory has no k8s_nodes: site.yml would configure
 the node's containerd there); test_serving_role.py no longer rolls its own pod, this test's roll covers the role's."""
 import hashlib

@@ -1,7 +1,7 @@
 """The MinIO stand-in (tests/stand-ins/minio-standin) on 127.0.0.1 with a temporary volume and a throwaway CA,
 driven by the real llmops.onprem.minio_user module (`ansible localhost -m`) and by boto3 over verified TLS:
 the admin API subset the role uses, its records, and the S3 proxy to `rclone serve s3` in front of which it sits.
-The stand-in is what the minio molecule scenario and the demo lab install as the MinIO binary."""
+The stand-in is what the molecule services scenario and the demo lab install as the MinIO binary."""
 import datetime
 import hashlib
 import http.client

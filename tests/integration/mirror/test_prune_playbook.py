@@ -2,7 +2,7 @@
 image_mirror stage's push of bundle 1 then bundle 2 (the role's push entry point, as site.yml runs it) records what
 bundle 2 no longer names (llmops_site.image_mirror.superseded); prune.yml in check mode lists it and deletes nothing,
 the run deletes it and records that nothing is left, and a second run changes nothing. The registry host's garbage
-collection (registry role, tasks_from: garbage_collect) runs in molecule/registry; this inventory has no registry host."""
+collection (registry role, tasks_from: garbage_collect) runs in molecule/services; this inventory has no registry host."""
 import json
 import os
 import re
