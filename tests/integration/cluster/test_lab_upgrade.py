@@ -169,7 +169,7 @@ def site(d, kube, lab, reg, s3, ns, cache, apt_host):
         vllm_serving_drain_seconds=5,
         vllm_serving_wait_timeout=sh.START_SECONDS,
         vllm_serving_models=MODELS,
-        vllm_serving_values=dict(engine=dict(resources=sh.ENGINE_RESOURCES), devices=dict(cpu=dict(kvCacheMemoryBytes="64M")),
+        vllm_serving_values=dict(engine=dict(resources=sh.ENGINE_RESOURCES, extraEnv=sh.ENGINE_ENV), devices=dict(cpu=dict(kvCacheMemoryBytes="64M")),
                                  readiness=dict(periodSeconds=1, failureThreshold=1)))))
     lab_bundle.seed_site_state(private, reg, s3, PUSH_USER, RW, BUCKET, cluster_secrets={
         "kubeconfig": str(kube.kubeconfig), "namespace": ns, "nodes": ["localhost"], "gpus": 0,

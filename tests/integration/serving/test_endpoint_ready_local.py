@@ -38,7 +38,11 @@ def engine(tmp_path_factory):
         "--model", str(model), "--served-model-name", "tiny", "--api-key", KEY,
         "--enforce-eager", "--kv-cache-memory-bytes", "64M", "--dtype", "float32",
         "--enable-lora", "--lora-modules", "tiny-lora=%s" % (tmp / "tiny-llama-lora"), "--max-lora-rank", "8",
-        "--ssl-certfile", str(pki["cert"]), "--ssl-keyfile", str(pki["key"])], tmp, scheme="https")
+        "--ssl-certfile", str(pki["cert"]), "--ssl-keyfile", str(pki["key"])], tmp, scheme="https",
+        # One engine process (the uni executor): half the CPU of a start, and no worker busy-polling between the
+        # test's requests (tests/integration/cluster/serving_helpers.ENGINE_ENV). test_real_engine.py runs the
+        # chart's default layout.
+        env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     e.pki = pki
     yield e
     e.stop()
