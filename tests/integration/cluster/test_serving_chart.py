@@ -136,7 +136,10 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     # rate measured first in that same shape. The model has 4096 positions: 4000 tokens at most per sequence.
     # vLLM refuses n > 1 with greedy sampling ("n must be 1 when using greedy sampling"): sample, seeded (with
     # ignore_eos every sequence has exactly max_tokens tokens whatever they are).
-    # The first answers of a freshly started CPU engine are slow (its kernels warm up): the faster of two is the rate.
+    # The slower of two measured rates sizes the answer: on the loaded 2-core machine one rate can be 3x the next
+    # (784 then 240 tokens/s, seen in make test), and an answer sized by the faster one outlasted the 30 s drain.
+    # An answer that ends too soon (a slow first, warming-up measurement) is caught below: it is run again with
+    # twice the sequences.
 
     def body(prompt, tokens, n=SEQUENCES):
         return {"model": "tiny-served", "prompt": prompt, "max_tokens": tokens, "temperature": 1.0, "seed": 0,
@@ -146,7 +149,7 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
         t_rate = time.monotonic()
         chunks, usage, done = stream(pod_url + "/v1/completions", body(prompt, 200))
         rates.append(usage["completion_tokens"] / max(time.monotonic() - t_rate, 0.01))
-    rate = max(rates)
+    rate = min(rates)
     long_tokens = max(200, min(4000, int(rate * LONG_SECONDS / SEQUENCES)))
 
     engine_log = []
