@@ -105,14 +105,15 @@ def _env(home):
     return env
 
 
-def build(dest, tmp, *extra):
-    """Run the connected-side role (extra: more ansible-playbook arguments); returns the completed process."""
+def build(dest, tmp, *extra, prefix=(), env=None):
+    """Run the connected-side role (extra: more ansible-playbook arguments; prefix: a command prefix such as
+    OFFLINE; env: more environment); returns the completed process."""
     playbook = os.path.join(str(tmp), "build.yml")
     with open(playbook, "w") as f:
         f.write("- hosts: localhost\n  gather_facts: false\n  roles:\n"
                 "    - role: llmops.onprem.bundle_python\n      bundle_python_dest: %s\n" % dest)
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    return subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1", **(env or {}))
+    return subprocess.run(list(prefix) + [os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
                            "-e", "ansible_python_interpreter=" + sys.executable, playbook] + list(extra),
                           capture_output=True, text=True, env=env, cwd=ROOT, check=False)
 
@@ -217,12 +218,40 @@ def test_a_version_lock_map_that_is_not_versions_to_locks_is_refused_before_anyt
     assert not os.path.exists(dest)
 
 
-def test_second_build_changes_nothing(bundle):
-    second = build(bundle["dest"], bundle["tmp"])
+INDEX_TASK = "TASK [llmops.onprem.bundle_python : Download the wheels the cache lacks from the index into the cache]"
+
+
+def index_runs(stdout):
+    """The "version: lock" labels of the versions a build asked the index for (the cache alone could not serve them)."""
+    after = stdout.split(INDEX_TASK, 1)[1].split("\nTASK [", 1)[0]
+    return re.findall(r"(?m)^ok: \[localhost\] => \(item=([^)]*)\)", after)
+
+
+def test_second_build_changes_nothing_and_asks_no_index(bundle):
+    # With the network cut where this machine allows it: the cache holds every pinned wheel, so the re-run
+    # takes them from there and never asks the index.
+    second = build(bundle["dest"], bundle["tmp"], prefix=OFFLINE)
     assert second.returncode == 0, second.stdout[-3000:]
     assert recap_changed(bundle["first"].stdout) > 0
     changed_tasks = re.findall(r"(?m)^TASK \[([^\]]+)\][^\n]*\n(?:.*\n)*?changed:", second.stdout)
     assert recap_changed(second.stdout) == 0, changed_tasks
+    assert index_runs(second.stdout) == [] and "skipping: [localhost]" in second.stdout.split(INDEX_TASK, 1)[1][:300]
+
+
+def test_a_wheel_missing_from_the_cache_is_fetched_from_the_index_for_its_version_only(bundle, tmp_path):
+    """The cache less one wheel only Python 3.13 takes: that version alone goes to the index, which puts the wheel
+    back in the cache and in the bundle."""
+    cache = tmp_path / "cache"
+    # A cache of exactly the pinned wheels: the bundle's python/ holds each once.
+    shutil.copytree(os.path.join(bundle["dest"], "python"), str(cache / "wheels"), ignore=shutil.ignore_patterns("*.lock"))
+    [gone] = [w for w in os.listdir(str(cache / "wheels")) if w.startswith("pyyaml-") and "-cp313-cp313-" in w]
+    os.remove(str(cache / "wheels" / gone))
+    dest = str(tmp_path / "bundle")
+    r = build(dest, tmp_path, env={"LLMOPS_CACHE": str(cache)})
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert index_runs(r.stdout) == ["3.13: requirements-controller.lock"], r.stdout[-3000:]
+    assert os.path.isfile(str(cache / "wheels" / gone)) and os.path.isfile(os.path.join(dest, "python", gone))
+    assert sorted(os.listdir(os.path.join(dest, "python"))) == sorted(os.listdir(os.path.join(bundle["dest"], "python")))
 
 
 @pytest.mark.parametrize("version", CARRIED)
