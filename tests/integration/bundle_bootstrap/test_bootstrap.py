@@ -113,9 +113,9 @@ def build(dest, tmp, *extra, prefix=(), env=None):
         f.write("- hosts: localhost\n  gather_facts: false\n  roles:\n"
                 "    - role: llmops.onprem.bundle_python\n      bundle_python_dest: %s\n" % dest)
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1", **(env or {}))
-    return subprocess.run(list(prefix) + [os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           "-e", "ansible_python_interpreter=" + sys.executable, playbook] + list(extra),
-                          capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    argv = list(prefix) + [os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           "-e", "ansible_python_interpreter=" + sys.executable, playbook] + list(extra)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
 
 
 def seal(dest, tmp):

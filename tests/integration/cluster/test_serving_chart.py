@@ -189,9 +189,9 @@ def test_install_ready_restart_roll_and_drain(kube, namespace, images, cache, ca
     logger.join(PRESTOP_SECONDS + DRAIN_SECONDS + 180)
     shutdown = [ln.strip() for ln in engine_log if "[shutdown]" in ln]
     # The summary last: CI shows the end of a long failure message.
-    story = "\n".join(shutdown + ["long answer %d x %d tokens at rates %s; it ended %.1f s after the deletion: %s"
-                                   % (SEQUENCES, long_tokens, ["%.0f" % r for r in rates],
-                                      result.get("ended", deleted) - deleted, result)])
+    summary = "long answer %d x %d tokens at rates %s; it ended %.1f s after the deletion: %s" % (
+        SEQUENCES, long_tokens, ["%.0f" % r for r in rates], result.get("ended", deleted) - deleted, result)
+    story = "\n".join(shutdown + [summary])
     print(story)
     assert "r" in result, story
     chunks, usage, done = result["r"]

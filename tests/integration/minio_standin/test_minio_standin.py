@@ -79,7 +79,10 @@ class StandIn(object):
         self.proc = subprocess.Popen(
             [sys.executable, STANDIN, "server", "--address", "127.0.0.1:%d" % self.port,
              "--console-address", "127.0.0.1:0", "--certs-dir", str(self.certs), str(self.volume)],
-            env=self.env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=self.env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            # Unbuffered: select() below watches the pipe itself, so readline() must not take a second line into a
+            # buffer select() cannot see (the rclone line and "NOT MinIO;" arriving together hung a start for 60 s).
+            bufsize=0)
         deadline = time.monotonic() + 60
         while True:
             left = deadline - time.monotonic()
