@@ -58,14 +58,21 @@ def store(kube, images):
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def ns(kube, namespace):
+    """The test's namespace; its serving pods deleted with 1 s grace first (the chart's grace period, preStop and
+    drain, made the namespace's deletion take 86 s in make test)."""
+    yield namespace
+    sh.delete_pods_now(kube, namespace)
+
+
 def stream_values(store):
     # The prefix as the vllm_serving role hands it over: the checkpoint's content-addressed <model>/<digest>.
     m = sh.model("tiny", prefix="%s/%s" % (PREFIX, sh.DIGEST_A), load="stream")
     return sh.values("/nonexistent-no-cache-is-used", [m], objectStore=dict(endpoint=store["endpoint"], bucket=BUCKET))
 
 
-def test_load_stream_serves_from_the_object_store(kube, namespace, store, capsys):
-    ns = namespace
+def test_load_stream_serves_from_the_object_store(kube, ns, store, capsys):
     sh.secrets(kube, ns)
     sh.helm(kube, ns, RELEASE, stream_values(store))
     result, out = sh.endpoint_ready(kube, capsys, [sh.endpoint(kube, ns, RELEASE, "tiny")], timeout=sh.START_SECONDS)
@@ -82,8 +89,7 @@ def test_load_stream_serves_from_the_object_store(kube, namespace, store, capsys
     assert READER[1] not in log
 
 
-def test_load_stream_with_a_wrong_key_never_becomes_ready(kube, namespace, store, capsys):
-    ns = namespace
+def test_load_stream_with_a_wrong_key_never_becomes_ready(kube, ns, store, capsys):
     sh.secrets(kube, ns)
     kube.core.patch_namespaced_secret("llmops-serving-object-storage", ns, {"data": {
         "secret-key": base64.b64encode(b"W" * 40).decode()}})
