@@ -13,7 +13,7 @@ inv=inventories/local
 case ${1:-up} in
   up)
     LLMOPS_TEST_IMAGE=$(tests/images/debian12-systemd/build.sh); export LLMOPS_TEST_IMAGE
-    eval "$(tests/tools/podman-env.sh)"
+    penv=$(tests/tools/podman-env.sh) || die "podman cannot start the test hosts (above)"; eval "$penv"
     say "lab: podman hosts for $inv"
     ansible-playbook -i "$inv" tests/lab/lab.yml
     say "lab: Kubernetes (tests/cluster: built once from Debian's source package, then cached)"
@@ -53,7 +53,7 @@ print(subnets[0])')
   down)
     [ -x .venv/bin/ansible-playbook ] || exit 0
     LLMOPS_TEST_IMAGE=unused; export LLMOPS_TEST_IMAGE
-    eval "$(tests/tools/podman-env.sh)"
+    penv=$(tests/tools/podman-env.sh) || die "podman cannot start the test hosts (above)"; eval "$penv"
     # The lab's node is this machine (lab-node): like every node it was made to trust the site CA. Undo that here.
     if [ -f "$inv/.private/site-state.json" ]; then
       ansible-playbook -i "$inv" playbooks/uninstall.yml --tags pki --limit lab-node,localhost

@@ -7,17 +7,27 @@ cd "$root" || exit 1
 . tests/tools/lib.sh
 export PATH="$root/.venv/bin:$root/.tools/bin:$PATH" ANSIBLE_CONFIG="$root/ansible.cfg" NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
 
-passed=0 failed=0 failures=() table=() run_start=$SECONDS
+passed=0 failed=0 failures=() table=() digest=() run_start=$SECONDS
+# CI keeps only the head and the tail of a long output: the lines that say why each layer failed are
+# repeated at the end (after the layer table), at most three per layer.
+why() { # name file
+  local l
+  while IFS= read -r l; do digest+=("$1: ${l:0:400}"); done < <(
+    grep -E '^(FAILED|ERROR) |^ERROR: |^FATAL|\[ERROR\]|fatal: \[|^E +[A-Za-z_.]*(Error|Exception)|^ *(msg|stderr): |^podman |^  (plain: |/.*containers\.conf: )' "$2" | tail -n 3)
+}
 layer() { # name cmd...
-  local name=$1 start=$SECONDS; shift
+  local name=$1 start=$SECONDS out; shift
+  out=$(mktemp)
   say "=== $name"
-  if "$@"; then
+  if "$@" 2>&1 | tee "$out"; then
     passed=$((passed + 1)); say "=== $name: passed ($((SECONDS - start)) s)"
     table+=("$(printf '%-22s %-7s %6d s' "$name" passed $((SECONDS - start)))")
   else
     failed=$((failed + 1)); failures+=("$name"); say "=== $name: FAILED ($((SECONDS - start)) s)"
     table+=("$(printf '%-22s %-7s %6d s' "$name" FAILED $((SECONDS - start)))")
+    why "$name" "$out"
   fi
+  rm -f "$out"
 }
 
 lint() { ansible-lint --profile production --strict; }
@@ -137,7 +147,17 @@ molecule_all() {
     return 1
   fi
   export LLMOPS_TEST_IMAGE=$image
-  eval "$(tests/tools/podman-env.sh)"
+  local penv perr
+  perr=$(mktemp)
+  if ! penv=$(tests/tools/podman-env.sh 2>"$perr"); then
+    # Counted like a failed scenario: no test host could start (podman-env.sh says why).
+    cat "$perr" >&2; why "molecule podman" "$perr"; rm -f "$perr"
+    failed=$((failed + 1)); failures+=("molecule podman")
+    table+=("$(printf '%-22s %-7s %6d s' "molecule podman" FAILED 0)")
+    return 1
+  fi
+  rm -f "$perr"
+  eval "$penv"
   local jobs=${LLMOPS_MOLECULE_JOBS:-2} logs s rc=0 start=$SECONDS running=0 pending=() pids=() done_list=" "
   logs=$(mktemp -d)
   # Measured wall times on the 2-core machine, longest first; a new scenario runs last.
@@ -163,7 +183,7 @@ molecule_all() {
         table+=("$(printf '%-22s %-7s %6d s' "molecule $name" passed "$secs")")
       else
         failed=$((failed + 1)); failures+=("molecule $name"); rc=1
-        say "=== molecule $name: FAILED ($secs s)"
+        say "=== molecule $name: FAILED ($secs s)"; why "molecule $name" "$logs/$name.log"
         table+=("$(printf '%-22s %-7s %6d s' "molecule $name" FAILED "$secs")")
       fi
       running=$((running - 1))
@@ -228,7 +248,7 @@ beside_cluster() { # cmd...: run cmd (other layers) while the cluster layer runs
     passed=$((passed + 1)); say "=== cluster: passed ($secs s)"
     table+=("$(printf '%-22s %-7s %6d s' cluster passed "$secs")")
   else
-    failed=$((failed + 1)); failures+=(cluster); say "=== cluster: FAILED ($secs s)"
+    failed=$((failed + 1)); failures+=(cluster); say "=== cluster: FAILED ($secs s)"; why cluster "$log"
     table+=("$(printf '%-22s %-7s %6d s' cluster FAILED "$secs")")
   fi
   table+=("$(printf '%-22s %-7s %6d s' "with the cluster (wall)" "" $((SECONDS - start)))")
@@ -261,6 +281,10 @@ esac
 say "=== layer wall times"
 printf '%s\n' "${table[@]}"
 printf '%-22s %-7s %6d s\n' total "" $((SECONDS - run_start))
+if [ ${#digest[@]} -gt 0 ]; then
+  say "=== why: the last lines naming the failure, per failed layer"
+  printf '%s\n' "${digest[@]}"
+fi
 [ ${#failures[@]} -eq 0 ] || say "failed: ${failures[*]}"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
