@@ -116,14 +116,19 @@ class Endpoint(object):
                            access_key=self.access_key, secret_key=self.secret_key,
                            region=self.region if region is None else region, now=now)
 
-    def send(self, request):
+    def send(self, request, limit=None):
         """Send a SignedRequest once. Returns (status, headers, body); raises OnpremError for
-        transport failures (never for HTTP error statuses)."""
+        transport failures (never for HTTP error statuses), and for a body over ``limit`` bytes (read no further)."""
         conn = self._connection()
         try:
             conn.request(request.method, request.target, body=request.body or None, headers=request.headers)
             resp = conn.getresponse()
-            return resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), resp.read()
+            body = resp.read() if limit is None else resp.read(limit + 1)
+            if limit is not None and len(body) > limit:
+                raise OnpremError("%s %s on %s answered more than %d bytes, more than such an answer can be: refused "
+                                  "unread (is the endpoint an S3 object store?)" % (request.method, request.path, self.url, limit),
+                                  kind="protocol", status=resp.status)
+            return resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), body
         except ssl.SSLCertVerificationError as e:
             raise OnpremError("TLS verification of %s failed: %s" % (self.url, e.verify_message or e), kind="tls")
         except ssl.SSLError as e:
@@ -137,17 +142,18 @@ class Endpoint(object):
         finally:
             conn.close()
 
-    def call(self, method, path, query=None, body=b"", headers=None, ok=(200,), retry=None, region=None):
+    def call(self, method, path, query=None, body=b"", headers=None, ok=(200,), retry=None, region=None, limit=None):
         """Sign and send; transient failures of GET and HEAD (``retry``: of this request) are tried again with a
         jittered backoff (module_utils/_retry.py; a POST never is). A refused connection is an answer (nothing
         listens there), not a hiccup: it is not retried. Returns (status, headers, body) for statuses in ``ok``;
-        raises OnpremError otherwise."""
+        raises OnpremError otherwise. ``limit``: the most bytes the answer may have (send())."""
         retry = method.upper() in ("GET", "HEAD") if retry is None else retry
         tries = _retry.Retry(method, 1 + (self.retries if retry else 0), refused=False, statuses=_retry.S3_TRANSIENT_STATUS,
                              sleep=self._sleep)
         while True:
             try:
-                status, headers_out, data = self.send(self.build(method, path, query, body, headers, region))
+                request = self.build(method, path, query, body, headers, region)
+                status, headers_out, data = self.send(request) if limit is None else self.send(request, limit)
             except OnpremError as e:
                 if tries.again(exc=e):
                     continue

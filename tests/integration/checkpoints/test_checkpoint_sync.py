@@ -9,7 +9,7 @@ import signal
 import time
 
 from botocore.exceptions import ClientError
-from ckpt_helpers import BUCKET, RO, make_checkpoint, module_process, run_module_process, sync_args
+from ckpt_helpers import BUCKET, RO, RW, make_checkpoint, module_process, run_module_process, sync_args
 
 from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint, _files
 
@@ -178,8 +178,9 @@ def test_read_only_credential_cannot_be_used_by_mistake_for_secrets_in_output(s3
     assert RO[1].encode() not in out and RO[1].encode() not in err
 
 
-def run_counting(s3, ckpt, prefix, check=False, **kw):
-    """checkpoint_sync.run() in this process with a Store that counts its HEADs: (result, HEAD count)."""
+def run_counting(s3, ckpt, prefix, check=False, clients=None, **kw):
+    """checkpoint_sync.run() in this process with a Store that counts its HEADs: (result, HEAD count). ``clients``:
+    a list that gets an entry for each boto3 client the run created."""
     from ansible_collections.llmops.onprem.plugins.module_utils._checkpoint_s3 import Store
     from ansible_collections.llmops.onprem.plugins.modules import checkpoint_sync
 
@@ -190,20 +191,31 @@ def run_counting(s3, ckpt, prefix, check=False, **kw):
             heads.append(rel)
             return super(CountingStore, self).head_sha(rel)
 
+        @property
+        def client(self):
+            if self._client is None and clients is not None:
+                clients.append(self.prefix)
+            return Store.client.fget(self)
+
     p = dict(sync_args(s3, ckpt, prefix), region="us-east-1", ca_path=None, timeout=30, name=None, manifest=None,
              delete=False, verify=False, parallel=4, part_size=64, progress_file=None)
     p.update(kw)
     return checkpoint_sync.run(p, check, store_factory=CountingStore), heads
 
 
-def test_noop_resync_with_the_same_remote_manifest_makes_no_head(s3, ckpt):
+def test_noop_resync_with_the_same_remote_manifest_makes_no_head_and_no_boto3_client(s3, ckpt):
+    """The plan's reads (listing, open uploads, the manifest) go over the standard-library client: a sync with
+    nothing to do never creates a boto3 client (its creation alone cost more than s5cmd's whole no-op sync)."""
     files = sorted(_checkpoint.list_files(ckpt))
-    first, heads = run_counting(s3, ckpt, "m7")
+    clients = []
+    first, heads = run_counting(s3, ckpt, "m7", clients=clients)
     assert first["changed"] and sorted(first["uploaded"]) == files and heads == []  # nothing listed, nothing to HEAD
+    assert clients == ["m7"]  # the uploads
     s3.client().put_object(Bucket=BUCKET, Key="m7/extra.bin", Body=b"z" * 3)
     for check_mode in (True, False):
-        again, heads = run_counting(s3, ckpt, "m7", check=check_mode)
-        assert heads == []
+        clients = []
+        again, heads = run_counting(s3, ckpt, "m7", check=check_mode, clients=clients)
+        assert heads == [] and clients == []
         assert not again["changed"] and again["uploaded"] == [] and again["bytes_uploaded"] == 0 and again["log"] == []
         assert again["skipped_files"] == len(files) and not again["manifest_uploaded"] and again["extra"] == ["extra.bin"]
         assert again["diff"]["before"]["files"]["extra.bin"] == "(size 3, no sha256)"
@@ -284,3 +296,18 @@ def test_a_new_version_copies_the_unchanged_files_from_the_earlier_prefix_in_the
         assert body == fh.read()
     again = run_module_process(args)
     assert not again["changed"] and again["copied"] == [] and again["uploaded"] == []
+
+
+def test_the_plan_lists_keys_with_spaces_plus_signs_and_non_ascii_as_they_are(s3):
+    """The listing asks for URL-encoded keys (as boto3 does) and decodes them: a key with a space, a '+', a '%' or
+    a non-ASCII letter comes back as it was written, by the real store."""
+    from ansible_collections.llmops.onprem.plugins.module_utils._checkpoint_s3 import Store
+
+    names = ["a b.json", "c+d.json", "50%.txt", "\u00fcber/t\u00f6ken.json", "plain.bin"]
+    client = s3.client()
+    for i, name in enumerate(names):
+        client.put_object(Bucket=BUCKET, Key="m10/" + name, Body=b"x" * (i + 1))
+    store = Store(s3.url, RW[0], RW[1], "us-east-1", None, 10, BUCKET, "m10")
+    assert store.list() == dict((name, i + 1) for i, name in enumerate(names))
+    assert store.get_bytes("c+d.json") == b"xx" and store.get_bytes("gone.json") is None
+    assert store.open_uploads() == [] and store._client is None  # pylint: disable=protected-access
