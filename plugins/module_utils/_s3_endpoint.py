@@ -3,10 +3,15 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private to llmops.onprem; may change without notice.
 
-A small S3 client for site checks and bucket creation: standard library only (http.client,
-ssl), SigV4 from _sigv4, TLS verified against one CA bundle (never the system store when a
-bundle is given), path-style addressing, no proxies, no redirects. Errors are one type,
-OnpremError, whose ``kind`` tells an unreachable endpoint from a TLS failure from a refusal.
+The collection's one S3 client transport: standard library only (http.client, ssl), SigV4 from
+_sigv4, TLS verified against one CA bundle (never the system store when a bundle is given),
+path-style addressing, no proxies, no redirects. Errors are one type, OnpremError, whose ``kind``
+tells an unreachable endpoint from a TLS failure from a refusal.
+
+Used by the site checks, bucket creation, MinIO's admin API, the checkpoint stores' plan reads
+and model-pull (serving/model-pull), which streams ranged GETs over it (``open``, ``keep_alive``).
+Like _sigv4, it runs outside Ansible too: the model-pull image has it next to the script, with
+_sigv4.py, _retry.py and _errors.py (serving/images/build.sh).
 """
 
 from __future__ import annotations
@@ -15,12 +20,22 @@ import http.client
 import re
 import socket
 import ssl
+import threading
 import time
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
-from ansible_collections.llmops.onprem.plugins.module_utils import _retry, _sigv4
-from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
+try:
+    from ansible_collections.llmops.onprem.plugins.module_utils import _retry, _sigv4
+    from ansible_collections.llmops.onprem.plugins.module_utils._errors import OnpremError
+except ImportError:  # in the model-pull image, _retry.py, _sigv4.py and _errors.py lie next to this file
+    import _retry  # type: ignore[no-redef]  # pylint: disable=import-error
+    import _sigv4  # type: ignore[no-redef]  # pylint: disable=import-error
+    from _errors import OnpremError  # type: ignore[no-redef]  # pylint: disable=import-error
+
+# A keep-alive connection the server closed while it lay idle fails like this on its next request:
+# sent again once, at once, on a fresh connection (a reconnect, not a retry of a failed request).
+_STALE = (http.client.RemoteDisconnected, http.client.ImproperConnectionState, BrokenPipeError, ConnectionResetError)
 
 # S3 bucket naming rules (general purpose buckets).
 _BUCKET_CHARS = re.compile(r"^[a-z0-9.-]+$")
@@ -67,11 +82,19 @@ def _error_from_body(body):
     return code, message
 
 
+def error_code(body):
+    """The S3 error code of an error answer's body (None when it has none)."""
+    return _error_from_body(body)[0]
+
+
 class Endpoint(object):
-    """One S3-compatible endpoint and one credential."""
+    """One S3-compatible endpoint and one credential.
+
+    keep_alive=False: a connection per request, closed after it. keep_alive=True: one connection per thread,
+    kept between requests (model-pull's many ranged GETs); a caller that leaves an answer unread calls discard()."""
 
     def __init__(self, url, access_key="", secret_key="", region="us-east-1", ca_path=None,
-                 timeout=10, retries=2, clock=None, sleep=None):
+                 timeout=10, retries=2, clock=None, sleep=None, keep_alive=False):
         parts = urlsplit(url or "")
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise OnpremError("endpoint URL %r must look like https://host:port" % (url,), kind="input")
@@ -89,25 +112,88 @@ class Endpoint(object):
         self.ca_path = ca_path
         self.timeout = timeout
         self.retries = retries
+        self.keep_alive = keep_alive
         self._clock = clock
         self._sleep = time.sleep if sleep is None else sleep
+        self._context = None
+        self._local = threading.local()
 
     def with_credential(self, access_key, secret_key):
         """The same endpoint, another credential."""
         return Endpoint(self.url, access_key, secret_key, self.region, self.ca_path, self.timeout,
-                        self.retries, self._clock, self._sleep)
+                        self.retries, self._clock, self._sleep, self.keep_alive)
 
     # --- transport -------------------------------------------------------------------------
-    def _ssl_context(self):
-        if self.ca_path:
-            return ssl.create_default_context(cafile=self.ca_path)
-        return ssl.create_default_context()
+    def tls_context(self):
+        """The TLS context of this endpoint (made once): the CA bundle when one is given, else the system store.
+        A CA file that cannot be used raises OnpremError(kind="input")."""
+        if self._context is None:
+            try:
+                self._context = (ssl.create_default_context(cafile=self.ca_path) if self.ca_path
+                                 else ssl.create_default_context())
+            except (OSError, ssl.SSLError) as e:
+                raise OnpremError("the CA file %s cannot be used: %s" % (self.ca_path, e), kind="input") from e
+        return self._context
 
-    def _connection(self):
+    def _connection(self, fresh=False):
+        """(connection, reused): this thread's kept connection, or a new one."""
+        conn = getattr(self._local, "conn", None) if self.keep_alive else None
+        if conn is not None and not fresh:
+            return conn, True
+        self.discard()
         if self.scheme == "https":
-            return http.client.HTTPSConnection(self.hostname, self.port, timeout=self.timeout,
-                                               context=self._ssl_context())
-        return http.client.HTTPConnection(self.hostname, self.port, timeout=self.timeout)
+            conn = http.client.HTTPSConnection(self.hostname, self.port, timeout=self.timeout, context=self.tls_context())
+        else:
+            conn = http.client.HTTPConnection(self.hostname, self.port, timeout=self.timeout)
+        if self.keep_alive:
+            self._local.conn = conn
+        return conn, False
+
+    def discard(self):
+        """Close this thread's kept connection (after an answer left unread, or a failure on it)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _transport_error(self, e):
+        """OnpremError for a transport failure (the cause kept: _retry tells a transient one by it)."""
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return OnpremError("TLS verification of %s failed: %s" % (self.url, e.verify_message or e), kind="tls")
+        if isinstance(e, ssl.SSLError):
+            return OnpremError("TLS handshake with %s failed: %s" % (self.url, e), kind="tls")
+        if isinstance(e, (socket.timeout, TimeoutError)):
+            err = OnpremError("%s did not answer within %s s: %s" % (self.url, self.timeout, e), kind="unreachable")
+        elif isinstance(e, http.client.RemoteDisconnected) and self.scheme == "https":
+            return OnpremError("TLS connection to %s was closed: %s" % (self.url, e), kind="tls")
+        else:
+            err = OnpremError("cannot connect to %s: %s" % (self.url, e), kind="unreachable")
+        err.__cause__ = e
+        return err
+
+    def _exchange(self, request):
+        """(connection, response) of one signed request, the body unread. A kept connection that the server
+        closed is replaced once; any other transport failure raises OnpremError."""
+        for attempt in (0, 1):
+            conn, reused = self._connection(fresh=attempt > 0)
+            try:
+                conn.request(request.method, request.target, body=request.body or None, headers=request.headers)
+                return conn, conn.getresponse()
+            except _STALE as e:
+                self.discard()
+                if not (reused and attempt == 0):
+                    conn.close()
+                    raise self._transport_error(e)
+            except (OSError, http.client.HTTPException) as e:
+                self.discard()
+                conn.close()
+                raise self._transport_error(e)
+        raise OnpremError("cannot connect to %s" % self.url, kind="unreachable")  # pragma: no cover
+
+    def open(self, method, path, query=None, headers=None, region=None):
+        """Sign and send a request without a body; the response is returned unread (a stream). The caller reads it
+        whole, or calls discard(). Transport failures raise OnpremError; HTTP error statuses do not."""
+        return self._exchange(self.build(method, path, query, b"", headers, region))[1]
 
     def build(self, method, path, query=None, body=b"", headers=None, region=None):
         """The signed request (no I/O)."""
@@ -119,28 +205,23 @@ class Endpoint(object):
     def send(self, request, limit=None):
         """Send a SignedRequest once. Returns (status, headers, body); raises OnpremError for
         transport failures (never for HTTP error statuses), and for a body over ``limit`` bytes (read no further)."""
-        conn = self._connection()
+        conn, resp = self._exchange(request)
+        keep = False
         try:
-            conn.request(request.method, request.target, body=request.body or None, headers=request.headers)
-            resp = conn.getresponse()
             body = resp.read() if limit is None else resp.read(limit + 1)
             if limit is not None and len(body) > limit:
                 raise OnpremError("%s %s on %s answered more than %d bytes, more than such an answer can be: refused "
                                   "unread (is the endpoint an S3 object store?)" % (request.method, request.path, self.url, limit),
                                   kind="protocol", status=resp.status)
+            keep = self.keep_alive and not resp.will_close
             return resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), body
-        except ssl.SSLCertVerificationError as e:
-            raise OnpremError("TLS verification of %s failed: %s" % (self.url, e.verify_message or e), kind="tls")
-        except ssl.SSLError as e:
-            raise OnpremError("TLS handshake with %s failed: %s" % (self.url, e), kind="tls")
-        except (socket.timeout, TimeoutError) as e:
-            raise OnpremError("%s did not answer within %s s: %s" % (self.url, self.timeout, e), kind="unreachable") from e
         except (OSError, http.client.HTTPException) as e:
-            if isinstance(e, http.client.RemoteDisconnected) and self.scheme == "https":
-                raise OnpremError("TLS connection to %s was closed: %s" % (self.url, e), kind="tls")
-            raise OnpremError("cannot connect to %s: %s" % (self.url, e), kind="unreachable") from e
+            raise self._transport_error(e)
         finally:
-            conn.close()
+            if not keep:
+                if self.keep_alive:
+                    self.discard()
+                conn.close()
 
     def call(self, method, path, query=None, body=b"", headers=None, ok=(200,), retry=None, region=None, limit=None):
         """Sign and send; transient failures of GET and HEAD (``retry``: of this request) are tried again with a

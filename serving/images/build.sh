@@ -196,6 +196,7 @@ if [ -z "$output" ] && [ -z "$layout" ]; then
   stamp=$( { printf '%s\n' "${tags[@]}"; cat "$0" "$MKIMAGE" "$PACKAGES" "$VLLM_LOCK" "$VLLM_PACKAGES";
              case $image in
                model-pull) cat "$REPO/serving/model-pull/model_pull.py" "$REPO"/plugins/module_utils/_sigv4.py \
+                               "$REPO"/plugins/module_utils/_s3_endpoint.py \
                                "$REPO"/plugins/module_utils/_checkpoint.py "$REPO"/plugins/module_utils/_paths.py \
                                "$REPO"/plugins/module_utils/_progress.py "$REPO"/plugins/module_utils/_files.py \
                                "$REPO"/plugins/module_utils/_errors.py "$REPO"/plugins/module_utils/_retry.py ;;
@@ -226,6 +227,8 @@ case $image in
     { echo '#!/usr/bin/python3'; cat "$REPO/serving/model-pull/model_pull.py"; } > "$stage/model_pull.py"
     chmod 0755 "$stage/model_pull.py"
     install -m 0644 "$REPO/plugins/module_utils/_sigv4.py" "$stage/_sigv4.py"
+    # The collection's one S3 transport (kept connections, TLS against the site CA, bounded small answers).
+    install -m 0644 "$REPO/plugins/module_utils/_s3_endpoint.py" "$stage/_s3_endpoint.py"
     # The checkpoint manifest rules (schema, the one path rule) are the collection's own too.
     install -m 0644 "$REPO/plugins/module_utils/_checkpoint.py" "$stage/_checkpoint.py"
     install -m 0644 "$REPO/plugins/module_utils/_paths.py" "$stage/_paths.py"

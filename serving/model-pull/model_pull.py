@@ -14,10 +14,11 @@ DIR/<model>/.lock keeps concurrent pulls on one node from downloading twice; a p
 for it at most --lock-timeout seconds (exit 8 after that), naming the holder. The last line
 printed is MODEL_PATH=DIR/<model>/<digest>. Exit codes: see README.md next to this file.
 
-Standard library only; SigV4 signing, the checkpoint manifest rules (schema, digest, the one path rule),
-the file hash and atomic write, the progress writer, the retry helper and the error root are the
-collection's _sigv4.py, _checkpoint.py, _files.py, _progress.py, _retry.py and _errors.py, copied next to
-this file in the image (and found in plugins/module_utils when run from a checkout).
+Standard library only; the S3 transport (SigV4, TLS against one CA bundle, kept connections), the checkpoint
+manifest rules (schema, digest, the one path rule), the file hash and atomic write, the progress writer, the
+retry helper and the error root are the collection's _s3_endpoint.py, _sigv4.py, _checkpoint.py, _paths.py,
+_files.py, _progress.py, _retry.py and _errors.py, copied next to this file in the image (and found in
+plugins/module_utils when run from a checkout).
 
 What the store answers is bounded by the manifest: a body longer or shorter than the manifest's
 size is a corrupt object (exit 5), never read past that size. Nothing in the node cache is
@@ -37,25 +38,23 @@ import os
 import queue
 import re
 import socket
-import ssl
 import stat
 import sys
 import threading
 import time
-from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 _HERE = os.path.dirname(os.path.realpath(__file__))
 for _cand in (_HERE, os.path.join(_HERE, "..", "..", "plugins", "module_utils")):
-    if os.path.exists(os.path.join(_cand, "_sigv4.py")):
+    if os.path.exists(os.path.join(_cand, "_s3_endpoint.py")):
         sys.path.insert(0, os.path.abspath(_cand))
         break
-import _sigv4  # noqa: E402  pylint: disable=wrong-import-position
 import _checkpoint  # noqa: E402  pylint: disable=wrong-import-position
 import _errors  # noqa: E402  pylint: disable=wrong-import-position
 import _files  # noqa: E402  pylint: disable=wrong-import-position
 import _progress  # noqa: E402  pylint: disable=wrong-import-position
 import _retry  # noqa: E402  pylint: disable=wrong-import-position
+import _s3_endpoint  # noqa: E402  pylint: disable=wrong-import-position
 
 EXIT_OK, EXIT_USAGE, EXIT_CREDENTIAL, EXIT_NOT_FOUND, EXIT_VERIFY, EXIT_DISK, EXIT_UNREACHABLE = 0, 2, 3, 4, 5, 6, 7
 EXIT_LOCKED = 8                   # another pull on this node held the cache lock past --lock-timeout
@@ -105,81 +104,42 @@ def boot_id():
         return ""
 
 
-class S3(object):
-    """GET/HEAD on one endpoint with one credential; one keep-alive connection per thread."""
+class S3(_s3_endpoint.Endpoint):
+    """The collection's S3 transport (_s3_endpoint.Endpoint) with model-pull's exit codes: one keep-alive
+    connection per fetching thread, answers streamed (``open``) or bounded by SMALL_MAX (``get_small``)."""
 
     def __init__(self, endpoint, access_key, secret_key, region="us-east-1", ca_file=None, timeout=30):
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        try:
+            super(S3, self).__init__(endpoint, access_key, secret_key, region, ca_path=ca_file, timeout=timeout,
+                                     retries=0, keep_alive=True)
+        except _s3_endpoint.OnpremError:  # the class _s3_endpoint raises (in a checkout: the collection's own)
             raise PullError(EXIT_USAGE, "--endpoint %r must look like https://host:port (no path)" % endpoint)
-        self.url = endpoint.rstrip("/")
-        self.scheme, self.hostname = parts.scheme, parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.host = parts.netloc
-        self.access_key, self.secret_key, self.region = access_key, secret_key, region
-        self.timeout = timeout
-        self.context = None
         if self.scheme == "https":
             try:
-                self.context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
-            except (OSError, ssl.SSLError) as e:
-                raise PullError(EXIT_USAGE, "--ca-file %s cannot be used: %s" % (ca_file, e))
-        self.local = threading.local()
-
-    def _conn(self, fresh=False):
-        conn = getattr(self.local, "conn", None)
-        if conn is None or fresh:
-            if conn is not None:
-                conn.close()
-            if self.scheme == "https":
-                conn = http.client.HTTPSConnection(self.hostname, self.port, timeout=self.timeout, context=self.context)
-            else:
-                conn = http.client.HTTPConnection(self.hostname, self.port, timeout=self.timeout)
-            self.local.conn = conn
-        return conn
-
-    def request(self, method, path, query=None, headers=None):
-        """Send a signed request; returns the response (body unread). Transport errors -> PullError 7.
-        A dropped keep-alive connection is retried once on a fresh connection, at once: a reconnect of a pooled
-        connection the store closed while idle, not a retry of a failed request (those are _retry.py's)."""
-        for attempt in (0, 1):
-            req = _sigv4.sign(method, self.host, path, query=query, headers=headers, body=b"",
-                              access_key=self.access_key, secret_key=self.secret_key, region=self.region)
-            conn = self._conn(fresh=attempt > 0)
-            try:
-                conn.request(req.method, req.target, headers=req.headers)
-                return conn.getresponse()
-            except ssl.SSLCertVerificationError as e:
-                raise PullError(EXIT_UNREACHABLE, "TLS verification of %s failed: %s (check --ca-file)"
-                                % (self.url, e.verify_message or e))
-            except ssl.SSLError as e:
-                raise PullError(EXIT_UNREACHABLE, "TLS handshake with %s failed: %s" % (self.url, e))
-            except (http.client.RemoteDisconnected, http.client.ImproperConnectionState, BrokenPipeError,
-                    ConnectionResetError) as e:
-                if attempt:
-                    raise PullError(EXIT_UNREACHABLE, "connection to %s dropped: %s" % (self.url, e))
-            except (OSError, http.client.HTTPException) as e:
-                raise PullError(EXIT_UNREACHABLE, "cannot reach %s: %s" % (self.url, e))
-        raise PullError(EXIT_UNREACHABLE, "cannot reach %s" % self.url)  # pragma: no cover
+                self.tls_context()
+            except _s3_endpoint.OnpremError as e:
+                raise PullError(EXIT_USAGE, "--ca-file %s cannot be used: %s" % (ca_file, e.__cause__ or e))
 
     def get_small(self, path, query=None):
         """(status, body, S3 error code) of a small GET; an answer over SMALL_MAX bytes is refused unread."""
-        resp = self.request("GET", path, query=query)
         try:
-            body = resp.read(SMALL_MAX + 1)
-        except (OSError, http.client.HTTPException) as e:
-            raise PullError(EXIT_UNREACHABLE, "reading the answer of %s failed: %s" % (self.url, e))
-        if len(body) > SMALL_MAX:
-            self._conn(fresh=True)
-            raise PullError(EXIT_VERIFY, "GET %s on %s answered more than %d bytes; a manifest or listing is never "
-                            "that large: refused (is the endpoint an S3 object store?)" % (path, self.url, SMALL_MAX))
+            status, _headers, body = self.send(self.build("GET", path, query), SMALL_MAX)
+        except _s3_endpoint.OnpremError as e:
+            if e.kind == "protocol":
+                raise PullError(EXIT_VERIFY, "GET %s on %s answered more than %d bytes; a manifest or listing is never "
+                                "that large: refused (is the endpoint an S3 object store?)" % (path, self.url, SMALL_MAX))
+            raise unreachable(e)
         code = None
-        if resp.status >= 300:
-            try:
-                code = ElementTree.fromstring(body).findtext("Code")
-            except ElementTree.ParseError:
-                code = None
-        return resp.status, body, code
+        if status >= 300:
+            code = _s3_endpoint.error_code(body)
+        return status, body, code
+
+
+def unreachable(e):
+    """PullError 7 for a transport failure of the S3 client (TLS: a hint at --ca-file)."""
+    err = PullError(EXIT_UNREACHABLE, "%s%s" % (e, " (check --ca-file)" if e.kind == "tls" and "verification" in str(e) else ""))
+    err.__cause__ = e
+    return err
 
 
 def credential_refused(status, code, what):
@@ -538,26 +498,26 @@ def check_answer(s3, bucket, key, job, resp, pos, end):
         length = None
     total = int(m.group(3)) if m and m.group(3) != "*" else None
     if total is not None and total != job.size:
-        s3._conn(fresh=True)
+        s3.discard()
         raise PullError(EXIT_VERIFY, corrupt_message(bucket, key, job, "an object of %d bytes (Content-Range %s)"
                                                      % (total, crange)))
     whole = (pos, end) == (0, job.size)
     if m is None and resp.status == 200:
         # The whole object: its length is the object's size.
         if length is not None and length != job.size:
-            s3._conn(fresh=True)
+            s3.discard()
             raise PullError(EXIT_VERIFY, corrupt_message(bucket, key, job, "an object of %d bytes" % length))
         if not whole:
-            s3._conn(fresh=True)
+            s3.discard()
             raise PullError(EXIT_UNREACHABLE, "%s ignored the Range header (asked for bytes %d-%d of s3://%s/%s, it "
                             "answered the whole object)" % (s3.url, pos, end - 1, bucket, key))
         return
     if m is None or (int(m.group(1)), int(m.group(2))) != (pos, end - 1):
-        s3._conn(fresh=True)
+        s3.discard()
         raise PullError(EXIT_UNREACHABLE, "%s answered %r to a request for bytes %d-%d of s3://%s/%s"
                         % (s3.url, crange, pos, end - 1, bucket, key))
     if length is not None and length != end - pos:
-        s3._conn(fresh=True)
+        s3.discard()
         raise PullError(EXIT_VERIFY, corrupt_message(bucket, key, job, "%d bytes for the %d-byte range %d-%d"
                                                      % (length, end - pos, pos, end - 1)))
 
@@ -589,15 +549,18 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop, hasher):
             try:
                 # A retry asks for the rest of the chunk only: the bytes before pos are written.
                 headers = {"range": "bytes=%d-%d" % (pos, end - 1)} if length else {}
-                resp = s3.request("GET", "/%s/%s" % (bucket, key), headers=headers)
+                try:
+                    resp = s3.open("GET", "/%s/%s" % (bucket, key), headers=headers)
+                except _s3_endpoint.OnpremError as e:
+                    # Could not send it, or no answer (a refused or dropped connection, a timeout): tried again
+                    # while transient; TLS failures are not.
+                    if tries.again(exc=e):
+                        continue
+                    raise unreachable(e)
                 if resp.status not in (200, 206):
-                    body = resp.read()
-                    s3._conn(fresh=True)
-                    code = None
-                    try:
-                        code = ElementTree.fromstring(body).findtext("Code")
-                    except ElementTree.ParseError:
-                        pass
+                    body = resp.read(SMALL_MAX)
+                    s3.discard()
+                    code = _s3_endpoint.error_code(body)
                     refused = credential_refused(resp.status, code, "s3://%s/%s" % (bucket, key))
                     if refused:
                         raise refused
@@ -621,17 +584,17 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop, hasher):
                         progress.add(pos - reported)
                         reported = pos
                 if stop.is_set():
-                    s3._conn(fresh=True)
+                    s3.discard()
                     raise Stopped()
                 if pos < end:
                     # A body that ends cleanly before the manifest's size: the object is shorter (a connection
                     # that drops raises instead, and is retried).
-                    s3._conn(fresh=True)
+                    s3.discard()
                     raise PullError(EXIT_VERIFY, corrupt_message(bucket, key, job, "a body that ended after %d bytes "
                                                                  "(from offset %d)" % (pos, off)))
                 # Never drain an answer: one byte more than the manifest's size is a corrupt object.
                 if resp.read(1):
-                    s3._conn(fresh=True)
+                    s3.discard()
                     raise PullError(EXIT_VERIFY, corrupt_message(bucket, key, job, "more bytes than asked for "
                                                                  "(bytes %d-%d)" % (off, end - 1)))
                 break
@@ -640,11 +603,11 @@ def fetch_chunk(s3, bucket, key, job, i, progress, stop, hasher):
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     raise PullError(EXIT_DISK, "no space left on the cache volume while writing %s" % job.final)
-                s3._conn(fresh=True)
+                s3.discard()
                 if not tries.again(exc=e):
                     raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
             except http.client.HTTPException as e:
-                s3._conn(fresh=True)
+                s3.discard()
                 if not tries.again(exc=e):
                     raise PullError(EXIT_UNREACHABLE, "fetching %s failed: %s" % (key, e))
     except Stopped:

@@ -104,7 +104,7 @@ def test_usage_and_unreachable_exit_codes(s3, synced, tmp_path):
     assert rc == 2 and "--digest must be 64 lowercase hex digits" in err
     s3_down = type("S", (), {"url": "http://127.0.0.1:9"})()
     rc, _out, err = pull(s3_down, str(tmp_path / "c"), synced["prefix"], synced["digest"])
-    assert rc == 7 and "cannot reach http://127.0.0.1:9" in err
+    assert rc == 7 and "cannot connect to http://127.0.0.1:9: " in err
 
 
 def test_concurrent_pulls_download_once(s3, synced, tmp_path):
