@@ -184,7 +184,13 @@ def test_one_s3_signer_and_transport():
     assert connections == {"plugins/module_utils/_s3_endpoint.py"}
 
 
-def test_the_model_pull_image_layout_runs_alone(tmp_path):
+# The image runs Debian 12's python3 (3.11, the one at /usr/bin/python3 on this machine's kind) and the checkout's
+# tests run the venv's: both, where there.
+INTERPRETERS = sorted(set([sys.executable] + [p for p in ["/usr/bin/python3.11"] if os.path.exists(p)]))
+
+
+@pytest.mark.parametrize("python", INTERPRETERS)
+def test_the_model_pull_image_layout_runs_alone(tmp_path, python):
     """The files serving/images/build.sh installs beside the script, and nothing else: run with no site-packages
     (-S: the collection is not importable there), the script imports them and reports an unreachable store with
     the client's words and exit 7."""
@@ -195,7 +201,7 @@ def test_the_model_pull_image_layout_runs_alone(tmp_path):
         shutil.copy(os.path.join(ROOT, "plugins", "module_utils", name), str(tmp_path / name))
     shutil.copy(os.path.join(ROOT, "serving", "model-pull", "model_pull.py"), str(tmp_path / "model_pull.py"))
     env = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s", "PATH": os.environ.get("PATH", "")}
-    proc = subprocess.run([sys.executable, "-I", "-S", str(tmp_path / "model_pull.py"), "--endpoint", "http://127.0.0.1:9",
+    proc = subprocess.run([python, "-I", "-S", str(tmp_path / "model_pull.py"), "--endpoint", "http://127.0.0.1:9",
                            "--bucket", "b", "--prefix", "p", "--model", "m", "--digest", "0" * 64,
                            "--cache-root", str(tmp_path / "cache")],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
