@@ -3,6 +3,7 @@ helper written twice). Against a real HTTP/1.1 server on loopback: kept connecti
 connection the server closed while idle replaced once, a request on a fresh connection never sent twice, a
 streamed answer, an unusable CA file. Then the model-pull image's layout: the script with exactly the files
 serving/images/build.sh puts beside it, run without site-packages (so without the collection), uses this client."""
+import hashlib
 import http.server
 import importlib.util
 import os
@@ -208,3 +209,107 @@ def test_the_model_pull_image_layout_runs_alone(tmp_path, python):
     assert proc.returncode == 7, proc.stdout + proc.stderr
     assert "cannot connect to http://127.0.0.1:9: " in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+class RangedStore(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """A plain-HTTP store that answers ranged GETs of its objects (HTTP/1.1, kept connections), and drops the
+    connection without an answer to the first ``drops`` GETs of ``flaky`` (every one with drops=None)."""
+    daemon_threads = True
+
+    def __init__(self, objects, flaky, drops):
+        self.objects, self.flaky, self.drops = objects, flaky, drops
+        self.dropped = 0
+        self.served = []
+        self.lock = threading.Lock()
+        super(RangedStore, self).__init__(("127.0.0.1", 0), RangedHandler)
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.server_address[1]
+
+    def stop(self):
+        self.shutdown()
+        self.server_close()
+
+
+class RangedHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # pylint: disable=arguments-differ
+        pass
+
+    def do_GET(self):  # pylint: disable=invalid-name
+        key = self.path.split("?", 1)[0].split("/", 2)[2]
+        store = self.server
+        with store.lock:
+            drop = key == store.flaky and (store.drops is None or store.dropped < store.drops)
+            if drop:
+                store.dropped += 1
+        if drop:
+            self.close_connection = True
+            return
+        data = store.objects.get(key)
+        if data is None:
+            body = b"<Error><Code>NoSuchKey</Code></Error>"
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        first, last = 0, len(data) - 1
+        m = re.match(r"bytes=(\d+)-(\d+)$", self.headers.get("Range") or "")
+        if m:
+            first, last = int(m.group(1)), min(int(m.group(2)), len(data) - 1)
+            self.send_response(206)
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (first, last, len(data)))
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(last - first + 1))
+        self.end_headers()
+        self.wfile.write(data[first:last + 1])
+        with store.lock:
+            store.served.append((key, first, last))
+
+
+def _flaky_pull(tmp_path, monkeypatch, drops):
+    """model-pull, in process, of a 3-chunk file from a RangedStore whose object GETs drop ``drops`` times; the
+    retry helper's waits made 0 (the tries are counted, not timed)."""
+    from ansible_collections.llmops.onprem.plugins.module_utils import _checkpoint
+    mod = _model_pull()
+    monkeypatch.setattr(mod, "CHUNK", 64 << 10)
+    monkeypatch.setattr(mod._retry, "delay", lambda *a, **k: 0)  # pylint: disable=protected-access
+    weights = os.urandom((64 << 10) * 2 + 1000)
+    manifest = _checkpoint.build_manifest("demo", [dict(path="model.safetensors", size=len(weights),
+                                                        sha256=hashlib.sha256(weights).hexdigest())])
+    digest = hashlib.sha256(_checkpoint.canonical_bytes(manifest)).hexdigest()
+    store = RangedStore({"demo/v1/" + _checkpoint.MANIFEST_KEY: _checkpoint.canonical_bytes(manifest),
+                         "demo/v1/model.safetensors": weights}, "demo/v1/model.safetensors", drops)
+    cache = tmp_path / "cache"
+    try:
+        rc = mod.main(["--endpoint", store.url, "--bucket", "models", "--prefix", "demo/v1", "--model", "demo",
+                       "--digest", digest, "--cache-root", str(cache), "--parallel", "2"],
+                      env=dict(AWS_ACCESS_KEY_ID="a", AWS_SECRET_ACCESS_KEY="s"))
+    finally:
+        store.stop()
+    return rc, store, cache / "demo" / digest, weights
+
+
+def test_model_pull_sends_a_dropped_ranged_get_again(tmp_path, monkeypatch):
+    """The store drops the first two ranged GETs without an answer (a restarting store, a proxy's reset): each is
+    tried again, and the file is whole and verified."""
+    rc, store, dest, weights = _flaky_pull(tmp_path, monkeypatch, drops=2)
+    assert rc == 0
+    assert store.dropped == 2
+    assert sorted(s[1] for s in store.served if s[0].endswith(".safetensors")) == [0, 64 << 10, 128 << 10]
+    assert (dest / "model.safetensors").read_bytes() == weights
+    assert (dest / ".llmops-verified.json").exists()
+
+
+def test_model_pull_gives_up_after_four_tries_and_publishes_nothing(tmp_path, monkeypatch, capsys):
+    rc, store, dest, _weights = _flaky_pull(tmp_path, monkeypatch, drops=None)
+    err = capsys.readouterr().err
+    assert rc == 7, err
+    assert "model-pull: ERROR: cannot connect to %s: " % store.url in err
+    assert 4 <= store.dropped <= 4 * 3        # 4 tries of a chunk; the other chunks stop when one fails
+    assert not (dest / "model.safetensors").exists() and not (dest / ".llmops-verified.json").exists()
