@@ -23,17 +23,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.d
 BODY = b"x" * 1000
 
 
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+class Loopback(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """An HTTP server on 127.0.0.1, a free port, serving from a thread until stop()."""
     daemon_threads = True
 
-    def __init__(self, mode):
-        self.mode = mode            # "keep": HTTP/1.1 keep-alive; "close": closes after each answer, saying nothing;
-        self.connections = 0        # "drop": closes every connection without an answer
-        self.requests = 0
+    def __init__(self, handler):
         self.lock = threading.Lock()
-        super(Server, self).__init__(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        super(Loopback, self).__init__(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     @property
     def url(self):
@@ -42,6 +39,14 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def stop(self):
         self.shutdown()
         self.server_close()
+
+
+class Server(Loopback):
+    def __init__(self, mode):
+        self.mode = mode            # "keep": HTTP/1.1 keep-alive; "close": closes after each answer, saying nothing;
+        self.connections = 0        # "drop": closes every connection without an answer
+        self.requests = 0
+        super(Server, self).__init__(Handler)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -211,26 +216,15 @@ def test_the_model_pull_image_layout_runs_alone(tmp_path, python):
     assert "Traceback" not in proc.stderr
 
 
-class RangedStore(socketserver.ThreadingMixIn, http.server.HTTPServer):
+class RangedStore(Loopback):
     """A plain-HTTP store that answers ranged GETs of its objects (HTTP/1.1, kept connections), and drops the
     connection without an answer to the first ``drops`` GETs of ``flaky`` (every one with drops=None)."""
-    daemon_threads = True
 
     def __init__(self, objects, flaky, drops):
         self.objects, self.flaky, self.drops = objects, flaky, drops
         self.dropped = 0
         self.served = []
-        self.lock = threading.Lock()
-        super(RangedStore, self).__init__(("127.0.0.1", 0), RangedHandler)
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.server_address[1]
-
-    def stop(self):
-        self.shutdown()
-        self.server_close()
+        super(RangedStore, self).__init__(RangedHandler)
 
 
 class RangedHandler(http.server.BaseHTTPRequestHandler):
